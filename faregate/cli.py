@@ -1,0 +1,143 @@
+"""`faregate`: one command, a subcommand per process.
+
+  faregate gateway|keys|billing|usage|notifier|mock-upstream   run that service's HTTP server (and consumers)
+  faregate <service> <command> ...                            a service's own commands (see --help)
+  faregate migrate                                            apply every service's migrations
+  faregate stack up|down                                      start/stop the private Postgres/Redis/NATS
+  faregate dev                                                the whole stack in one terminal
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from shared import config
+from shared.config import CommonSettings, ConfigError
+
+# service command -> package; every one is an HTTP process with a `from_env` factory in app.py.
+SERVICES: dict[str, str] = {
+    "gateway": "services.gateway",
+    "keys": "services.keys",
+    "billing": "services.billing",
+    "usage": "services.usage",
+    "notifier": "services.notifier",
+    "mock-upstream": "services.mock_upstream",
+}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _optional(module: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+
+
+def load_all_configs() -> None:
+    """Import every settings class, so an unknown FAREGATE_* variable can be told from a known one."""
+    for package in SERVICES.values():
+        _optional(f"{package}.config")
+
+
+def settings_class(package: str) -> type:
+    module = importlib.import_module(f"{package}.config")
+    classes = [c for c in vars(module).values() if isinstance(c, type) and c.__name__.endswith("Settings")
+               and c.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise SystemExit(f"{package}.config must define exactly one *Settings class")
+    return classes[0]
+
+
+def serve_service(name: str) -> None:
+    package = SERVICES[name]
+    settings = config.load(settings_class(package))  # type: ignore[type-var]
+    common = config.load(CommonSettings)
+    from shared.web import serve
+
+    print(f"[{name}] listening on http://{settings.host}:{settings.port} ({settings.workers} worker(s))",
+          file=sys.stderr, flush=True)
+    serve(f"{package}.app:from_env", host=settings.host, port=settings.port, workers=settings.workers,
+          data_dir=common.data_dir, service=name)
+
+
+def migration_folders() -> list[tuple[str, Path]]:
+    out = []
+    for name, package in SERVICES.items():
+        folder = ROOT / package.replace(".", "/") / "migrations"
+        if folder.is_dir():
+            out.append((name.replace("-", "_"), folder))
+    return out
+
+
+async def migrate_all(common: CommonSettings) -> list[str]:
+    import asyncpg
+
+    from shared import db
+
+    await db.ensure_database(common.database_url)
+    conn = await asyncpg.connect(common.database_url)
+    applied: list[str] = []
+    try:
+        for schema, folder in migration_folders():
+            applied += await db.migrate(conn, schema, folder)
+    finally:
+        await conn.close()
+    return applied
+
+
+def main(argv: list[str] | None = None) -> None:
+    load_all_configs()
+    parser = argparse.ArgumentParser(prog="faregate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, package in SERVICES.items():
+        p = sub.add_parser(name, help=f"run the {name} service, or one of its commands")
+        commands = _optional(f"{package}.commands")
+        if commands is not None:
+            nested = p.add_subparsers(dest="subcommand")
+            commands.add_commands(nested)
+    sub.add_parser("migrate", help="apply every service's migrations (idempotent)")
+    stack = sub.add_parser("stack", help="start or stop the private Postgres/Redis/NATS for dev and tests")
+    stack.add_argument("action", choices=["up", "down"])
+    dev = sub.add_parser("dev", help="run the whole stack in one terminal (Ctrl-C stops it)")
+    dev.add_argument("--no-seed", action="store_true", help="skip the demo account and key")
+
+    args = parser.parse_args(argv)
+    try:
+        common = config.load(CommonSettings)
+    except ConfigError as exc:
+        raise SystemExit(f"faregate: configuration error: {exc}") from None
+
+    if args.command in SERVICES:
+        if getattr(args, "subcommand", None):
+            args.func(args, common)
+        else:
+            try:
+                serve_service(args.command)
+            except ConfigError as exc:
+                raise SystemExit(f"faregate: configuration error: {exc}") from None
+    elif args.command == "migrate":
+        for line in asyncio.run(migrate_all(common)) or ["nothing to apply"]:
+            print(line)
+    elif args.command == "stack":
+        from faregate import stack as st
+
+        if args.action == "up":
+            print(st.ensure_all(common.database_url, common.redis_url, common.nats_url, common.data_dir))
+        else:
+            st.stop_all(common.data_dir)
+    elif args.command == "dev":
+        from faregate.dev import run_dev
+
+        sys.exit(run_dev(common, seed=not args.no_seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""NATS JetStream: streams declared once, a background publisher with a disk spool, and a batch consumer loop.
+
+Subjects are `<namespace>.<event type>` (for example `faregate.usage.recorded`). Every publish carries
+`Nats-Msg-Id` = the event id, so JetStream drops a duplicate inside its window; consumers are idempotent on the
+event id beyond it. Consumers ack only after their transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+from prometheus_client import Counter, Gauge
+
+from shared import events as ev
+from shared.telemetry import inject_headers
+
+log = logging.getLogger("faregate.bus")
+
+PUBLISHED = Counter("faregate_events_published_total", "Events acknowledged by JetStream", ["type"])
+PUBLISH_FAILURES = Counter("faregate_event_publish_failures_total", "Publish attempts that failed", ["type"])
+CONSUMED = Counter(
+    "faregate_events_consumed_total", "Events handled by a consumer", ["consumer", "outcome"]
+)
+SPOOL_SIZE = Gauge("faregate_spool_events", "Events waiting in the local spool for NATS")
+CONSUMER_PENDING = Gauge("faregate_consumer_pending_events", "Events not yet delivered to a consumer", ["consumer"])
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str  # suffix; the real stream is <NAMESPACE>_<name>
+    subjects: tuple[str, ...]  # event-type prefixes, e.g. "usage.>"
+    max_age_s: int = 7 * 24 * 3600
+    duplicate_window_s: int = 120
+
+
+# Declared once; created (or updated) idempotently at start-up by `ensure_streams`.
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec("USAGE", ("usage.>",)),
+    StreamSpec("ACCOUNTS", ("account.>", "password.>", "key.>", "catalog.>", "org.>")),
+    StreamSpec("BILLING", ("wallet.>", "balance.>", "plan.>")),
+    StreamSpec("OPS", ("channel.>",)),
+)
+
+
+def stream_name(namespace: str, spec: StreamSpec) -> str:
+    return f"{namespace.upper().replace('.', '_').replace('-', '_')}_{spec.name}"
+
+
+def subject(namespace: str, event_type: str) -> str:
+    return f"{namespace}.{event_type}"
+
+
+async def connect(url: str, *, name: str, **kw: object) -> NATS:
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def ensure_streams(js: JetStreamContext, namespace: str) -> None:
+    for spec in STREAMS:
+        config = StreamConfig(
+            name=stream_name(namespace, spec),
+            subjects=[subject(namespace, s) for s in spec.subjects],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=spec.max_age_s,
+            duplicate_window=spec.duplicate_window_s,
+        )
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+
+
+@dataclass
+class Publisher:
+    """Publishes events in the background with many acks in flight; never blocks a request.
+
+    An event that cannot be published (NATS down, timeout) goes to an append-only spool file and is retried until
+    JetStream acknowledges it. A retry carries the same Nats-Msg-Id, and consumers are idempotent on the event id,
+    so a retried event is never counted twice.
+    """
+
+    js: JetStreamContext
+    namespace: str
+    spool_dir: Path
+    concurrency: int = 256
+    _queue: asyncio.Queue[tuple[str, bytes, dict[str, str]]] = field(default_factory=asyncio.Queue)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _spool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _closing: bool = False
+
+    def start(self) -> None:
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
+        self._tasks.append(asyncio.create_task(self._drain_spool_forever()))
+        SPOOL_SIZE.set(self.spool_count())
+
+    def publish_nowait(self, event: ev.Event) -> None:
+        headers = {"Nats-Msg-Id": event.event_id}
+        inject_headers(headers)
+        self._queue.put_nowait((ev.tag_of(type(event)), ev.encode(event), headers))
+
+    async def publish(self, event: ev.Event, timeout: float = 2.0) -> None:
+        """Publish and wait for the ack; on failure spool it. Returns once the event is durable somewhere."""
+        headers = {"Nats-Msg-Id": event.event_id}
+        inject_headers(headers)
+        await self._send(ev.tag_of(type(event)), ev.encode(event), headers, timeout)
+
+    async def _send(self, etype: str, data: bytes, headers: dict[str, str], timeout: float = 2.0) -> None:
+        try:
+            await self.js.publish(subject(self.namespace, etype), data, headers=headers, timeout=timeout)
+            PUBLISHED.labels(etype).inc()
+        except Exception as exc:  # any failure: keep the event on disk, never lose it
+            PUBLISH_FAILURES.labels(etype).inc()
+            log.warning("publish failed, spooling", extra={"event_type": etype, "error": repr(exc)})
+            await self._spool(etype, data, headers)
+
+    async def _worker(self) -> None:
+        while True:
+            etype, data, headers = await self._queue.get()
+            try:
+                await self._send(etype, data, headers)
+            finally:
+                self._queue.task_done()
+
+    # The spool: one JSON line per event in `pending.jsonl`; replayed by renaming it aside first, so events that
+    # fail again during a replay go to a fresh file and nothing is read and written at once.
+    def _spool_path(self) -> Path:
+        return self.spool_dir / "pending.jsonl"
+
+    async def _spool(self, etype: str, data: bytes, headers: dict[str, str]) -> None:
+        line = msgspec.json.encode({"t": etype, "h": headers, "d": data.decode()}) + b"\n"
+        async with self._spool_lock:
+            with open(self._spool_path(), "ab") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+        SPOOL_SIZE.set(self.spool_count())
+
+    def spool_count(self) -> int:
+        total = 0
+        for path in self.spool_dir.glob("*.jsonl"):
+            with open(path, "rb") as fh:
+                total += sum(1 for _ in fh)
+        return total
+
+    async def drain_spool(self) -> int:
+        """Re-publish spooled events; returns how many JetStream acknowledged."""
+        async with self._spool_lock:
+            current = self._spool_path()
+            if current.exists() and current.stat().st_size:
+                current.rename(self.spool_dir / f"replay-{time.time_ns()}.jsonl")
+        sent = 0
+        for path in sorted(self.spool_dir.glob("replay-*.jsonl")):
+            with open(path, "rb") as fh:
+                lines = [ln for ln in fh.read().splitlines() if ln.strip()]
+            for raw in lines:
+                item = msgspec.json.decode(raw)
+                try:
+                    await self.js.publish(
+                        subject(self.namespace, item["t"]), item["d"].encode(), headers=item["h"], timeout=2.0
+                    )
+                    PUBLISHED.labels(item["t"]).inc()
+                    sent += 1
+                except Exception:
+                    await self._spool(item["t"], item["d"].encode(), item["h"])
+            path.unlink()
+        SPOOL_SIZE.set(self.spool_count())
+        return sent
+
+    async def _drain_spool_forever(self, every_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            if self.js._nc.is_connected and any(self.spool_dir.glob("*.jsonl")):
+                with contextlib.suppress(Exception):
+                    await self.drain_spool()
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the in-memory queue is empty (published or spooled)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+
+    async def close(self) -> None:
+        await self.flush()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# --- consumers ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer; its ack settings are written beside the handler that uses them."""
+
+    durable: str  # <service>-<purpose>
+    stream: str  # StreamSpec.name
+    filter_subjects: tuple[str, ...]  # event types, e.g. ("usage.recorded",)
+    ack_wait_s: float = 30.0
+    max_deliver: int = 20
+    max_ack_pending: int = 10_000
+    batch: int = 256
+    backoff_s: tuple[float, ...] = (0.5, 1, 2, 5, 10, 30)
+
+
+Handler = Callable[[Sequence[tuple[Msg, ev.AnyEvent]]], Awaitable[None]]
+
+
+async def ensure_consumer(js: JetStreamContext, namespace: str, spec: ConsumerSpec) -> None:
+    sname = f"{namespace.upper().replace('.', '_').replace('-', '_')}_{spec.stream}"
+    subjects = [subject(namespace, s) for s in spec.filter_subjects]
+    config = ConsumerConfig(
+        durable_name=spec.durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=spec.ack_wait_s,
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+        filter_subject=subjects[0] if len(subjects) == 1 else None,
+        filter_subjects=subjects if len(subjects) > 1 else None,
+    )
+    try:
+        await js.add_consumer(sname, config)
+    except BadRequestError:
+        # Exists with other settings: update what may be updated.
+        with contextlib.suppress(BadRequestError, NotFoundError):
+            await js.update_consumer(sname, config)
+
+
+async def run_consumer(
+    js: JetStreamContext,
+    namespace: str,
+    spec: ConsumerSpec,
+    handle: Handler,
+    stop: asyncio.Event,
+) -> None:
+    """Fetch batches and hand them to `handle`, which must commit before returning; then ack them.
+
+    A malformed message is terminated (never retried). If `handle` raises, every message in the batch is nak-ed
+    with a delay from its delivery count and redelivered; `handle` is idempotent on the event id, so a partly
+    applied batch is safe to redo.
+    """
+    await ensure_consumer(js, namespace, spec)
+    sname = f"{namespace.upper().replace('.', '_').replace('-', '_')}_{spec.stream}"
+    sub = await js.pull_subscribe_bind(spec.durable, sname)
+    try:
+        await _consume(sub, spec, handle, stop)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def _consume(sub: JetStreamContext.PullSubscription, spec: ConsumerSpec, handle: Handler,
+                   stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(spec.batch, timeout=1.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            continue  # an empty fetch is normal
+        except Exception as exc:  # connection blips: wait and fetch again
+            log.warning("fetch failed", extra={"consumer": spec.durable, "error": repr(exc)})
+            await asyncio.sleep(0.5)
+            continue
+        good: list[tuple[Msg, ev.AnyEvent]] = []
+        for msg in msgs:
+            try:
+                good.append((msg, ev.decode(msg.data)))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error("malformed event terminated", extra={"consumer": spec.durable, "error": str(exc)})
+                CONSUMED.labels(spec.durable, "malformed").inc()
+                await msg.term()
+        if not good:
+            continue
+        try:
+            await handle(good)
+        except Exception as exc:
+            log.exception("batch failed, will be redelivered", extra={"consumer": spec.durable})
+            CONSUMED.labels(spec.durable, "retry").inc(len(good))
+            for msg, _ in good:
+                n = msg.metadata.num_delivered if msg.metadata else 1
+                delay = spec.backoff_s[min(n - 1, len(spec.backoff_s) - 1)]
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=delay)
+            del exc
+            continue
+        for msg, _ in good:
+            await msg.ack()
+        CONSUMED.labels(spec.durable, "ok").inc(len(good))
+        with contextlib.suppress(Exception):
+            if good[-1][0].metadata:
+                CONSUMER_PENDING.labels(spec.durable).set(good[-1][0].metadata.num_pending)

@@ -1,0 +1,124 @@
+"""The foundation: configuration, the event contract, the bus (publish, de-dup, spool) and migrations."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from shared import bus, config, events
+from shared.config import CommonSettings, ConfigError
+from shared.runtime import Resources
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_unknown_setting_fails_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="FAREGATE_DATABSE_URL"):
+        config.load(CommonSettings, {"FAREGATE_DATABSE_URL": "postgresql://x"})
+
+
+def test_malformed_setting_fails_naming_the_variable() -> None:
+    from services.gateway.config import GatewaySettings
+
+    with pytest.raises(ConfigError, match="FAREGATE_GATEWAY_PORT"):
+        config.load(GatewaySettings, {"FAREGATE_GATEWAY_PORT": "eighty"})
+
+
+def test_defaults_point_at_local_standard_ports() -> None:
+    s = config.load(CommonSettings, {})
+    assert "127.0.0.1:5432" in s.database_url
+    assert s.redis_url.startswith("redis://127.0.0.1:6379")
+    assert s.nats_url == "nats://127.0.0.1:4222"
+
+
+def test_event_roundtrip_and_unknown_tag_rejected() -> None:
+    e = events.UsageRecorded(request_id="r1", account_id="a", key_id="k", model="m", prompt_tokens=3)
+    back = events.decode(events.encode(e))
+    assert back == e
+    with pytest.raises(msgspec.ValidationError):
+        events.decode(b'{"type": "no.such.event", "event_id": "x"}')
+
+
+def test_services_never_import_each_other_and_shared_imports_no_service() -> None:
+    offenders = []
+    for path in [*ROOT.glob("services/*/**/*.py"), *ROOT.glob("shared/**/*.py")]:
+        rel = path.relative_to(ROOT)
+        owner = rel.parts[1] if rel.parts[0] == "services" else None
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "services" and len(parts) > 1 and parts[1] != owner:
+                    offenders.append(f"{rel} imports {name}")
+                if parts[0] == "faregate":
+                    offenders.append(f"{rel} imports {name}")
+    assert offenders == []
+
+
+async def test_publish_is_deduplicated_by_event_id(resources: Resources) -> None:
+    assert resources.publisher and resources.js
+    e = events.CatalogChanged(version=1)
+    await resources.publisher.publish(e)
+    await resources.publisher.publish(e)
+    info = await resources.js.stream_info(bus.stream_name(resources.common.namespace, bus.STREAMS[1]))
+    assert info.state.messages == 1
+
+
+async def test_spooled_events_are_published_once_when_nats_returns(resources: Resources,
+                                                                   tmp_path: Path) -> None:
+    """Events that could not be published wait on disk; draining the spool delivers each exactly once."""
+    assert resources.js
+    pub = bus.Publisher(resources.js, resources.common.namespace, tmp_path)
+    e1, e2 = events.CatalogChanged(version=2), events.CatalogChanged(version=3)
+    # As if NATS had been down: both went to the spool (e1 also made it to the stream before the failure).
+    await pub._spool("catalog.changed", events.encode(e1), {"Nats-Msg-Id": e1.event_id})
+    await pub._spool("catalog.changed", events.encode(e2), {"Nats-Msg-Id": e2.event_id})
+    await pub.publish(e1)
+    assert pub.spool_count() == 2
+    assert await pub.drain_spool() == 2
+    assert pub.spool_count() == 0
+    sub = await resources.js.subscribe(f"{resources.common.namespace}.catalog.changed",
+                                       deliver_policy=bus.DeliverPolicy.ALL, ordered_consumer=True)
+    seen = []
+    while True:
+        try:
+            msg = await sub.next_msg(timeout=1)
+        except Exception:
+            break
+        seen.append(events.decode(msg.data).event_id)
+    await sub.unsubscribe()
+    mine = [i for i in seen if i in (e1.event_id, e2.event_id)]
+    assert sorted(mine) == sorted([e1.event_id, e2.event_id])
+
+
+async def test_consumer_terminates_malformed_and_acks_after_handler(resources: Resources) -> None:
+    assert resources.js and resources.publisher
+    ns = resources.common.namespace
+    spec = bus.ConsumerSpec(durable="tests-probe", stream="OPS", filter_subjects=("channel.state_changed",))
+    handled: list[str] = []
+
+    async def handle(batch):  # type: ignore[no-untyped-def]
+        handled.extend(e.event_id for _, e in batch)
+
+    await resources.js.publish(f"{ns}.channel.state_changed", b"{not json")
+    good = events.ChannelStateChanged(channel_id="c1", state="open")
+    await resources.publisher.publish(good)
+    stop = asyncio.Event()
+    task = asyncio.create_task(bus.run_consumer(resources.js, ns, spec, handle, stop))
+    for _ in range(50):
+        if handled:
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await task
+    assert handled == [good.event_id]
+    info = await resources.js.consumer_info(bus.stream_name(ns, bus.STREAMS[3]), "tests-probe")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
