@@ -135,8 +135,13 @@ def ensure_postgres(url: str, data: Path) -> str:
     as_root = os.geteuid() == 0
     run_as: list[str] = ["runuser", "-u", "postgres", "--"] if as_root else []
     if as_root:
-        # initdb refuses to run as root: the cluster belongs to the postgres system user.
+        # initdb refuses to run as root: the cluster belongs to the postgres system user, who must be able to
+        # reach it (a private temp folder is 0700): add only the traverse bit on the way down.
         shutil.chown(folder, "postgres", "postgres")
+        for parent in folder.parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)
     if not (pgdata / "PG_VERSION").exists():
         say(f"initialising a Postgres cluster in {pgdata}")
         subprocess.run([*run_as, str(bindir / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(pgdata)],
