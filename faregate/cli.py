@@ -92,6 +92,18 @@ async def migrate_all(common: CommonSettings) -> list[str]:
     return applied
 
 
+def config_table() -> str:
+    rows = ["| variable | default |", "|---|---|"]
+    for name, (service, field) in sorted(config.known_variables().items(),
+                                         key=lambda kv: (kv[1][0] != "", kv[0])):
+        cls = config._REGISTRY[service]
+        default = cls.__struct_defaults__[cls.__struct_fields__.index(field)
+                                          - (len(cls.__struct_fields__) - len(cls.__struct_defaults__))]
+        shown = "(secret; set it)" if field in ("secret_key", "internal_token") else f"`{default}`"
+        rows.append(f"| `{name}` | {shown} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     load_all_configs()
     parser = argparse.ArgumentParser(prog="faregate", description=__doc__,
@@ -106,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("migrate", help="apply every service's migrations (idempotent)")
     stack = sub.add_parser("stack", help="start or stop the private Postgres/Redis/NATS for dev and tests")
     stack.add_argument("action", choices=["up", "down"])
+    sub.add_parser("config", help="print every setting with its default, as a Markdown table")
     dev = sub.add_parser("dev", help="run the whole stack in one terminal (Ctrl-C stops it)")
     dev.add_argument("--no-seed", action="store_true", help="skip the demo account and key")
 
@@ -133,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
             print(st.ensure_all(common.database_url, common.redis_url, common.nats_url, common.data_dir))
         else:
             st.stop_all(common.data_dir)
+    elif args.command == "config":
+        print(config_table())
     elif args.command == "dev":
         from faregate.dev import run_dev
 
