@@ -67,6 +67,9 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
 class AccountRegistered(Event, frozen=True, kw_only=True, tag="account.registered"):
     account_id: str
     email: str
+    # E-mail verification link, when keys asks for one (single-use; the token in it is stored only as a hash).
+    # Empty: the notifier sends a plain welcome.
+    verify_url: str = ""
 
 
 class AccountChanged(Event, frozen=True, kw_only=True, tag="account.changed"):
