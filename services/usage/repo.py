@@ -1,0 +1,155 @@
+"""Every SQL statement of the usage service. Tables are qualified with the `usage` schema."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+
+from services.usage.rollup import Charge, Deltas, LogRow
+
+SCHEMA = "usage"
+
+# --- writes (the usage-log consumer) ----------------------------------------------------------------------------
+
+ENSURE_PARTITION = "SELECT usage.ensure_log_partition($1::date)"
+
+TAKE_PENDING_CHARGES = """
+DELETE FROM usage.pending_charges WHERE request_id = ANY($1::text[])
+RETURNING request_id, amount_micros, upstream_cost_micros, charged_at
+"""
+
+INSERT_LOG_ROWS = """
+INSERT INTO usage.request_log (ts, request_id, account_id, user_id, key_id, model, upstream_model, channel_id,
+    dialect, endpoint, stream, status, error_code, prompt_tokens, completion_tokens, cached_tokens, cost_micros,
+    upstream_cost_micros, charged_at, latency_ms, ttft_ms)
+SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::text[], $11::boolean[], $12::int[], $13::text[], $14::bigint[], $15::bigint[],
+    $16::bigint[], $17::bigint[], $18::bigint[], $19::timestamptz[], $20::int[], $21::int[])
+ON CONFLICT DO NOTHING
+RETURNING request_id
+"""
+
+# Only a row not yet charged takes a charge, so a second charge for the same request never adds twice.
+APPLY_CHARGES = """
+UPDATE usage.request_log r
+SET cost_micros = c.amount, upstream_cost_micros = c.upstream_cost, charged_at = c.charged_at
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[]) AS c(request_id, amount, upstream_cost,
+     charged_at)
+WHERE r.request_id = c.request_id AND r.charged_at IS NULL
+RETURNING r.request_id, r.ts, r.account_id, r.key_id, r.model, r.cost_micros
+"""
+
+EXISTING_REQUESTS = "SELECT DISTINCT request_id FROM usage.request_log WHERE request_id = ANY($1::text[])"
+
+PARK_CHARGES = """
+INSERT INTO usage.pending_charges (request_id, amount_micros, upstream_cost_micros, charged_at)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
+
+_AGG_COLUMNS = "requests, errors, prompt_tokens, completion_tokens, cached_tokens, cost_micros, latency_ms_sum"
+_AGG_UPDATE = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in _AGG_COLUMNS.split(", "))
+
+UPSERT_HOURLY = f"""
+INSERT INTO usage.usage_hourly AS t (account_id, hour, key_id, model, {_AGG_COLUMNS})
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+    $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+ON CONFLICT (account_id, hour, key_id, model) DO UPDATE SET {_AGG_UPDATE}
+"""
+
+UPSERT_DAILY = f"""
+INSERT INTO usage.usage_daily AS t (account_id, day, key_id, model, {_AGG_COLUMNS})
+SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+    $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+ON CONFLICT (account_id, day, key_id, model) DO UPDATE SET {_AGG_UPDATE}
+"""
+
+# Billing events can arrive out of order: the balance with the newest occurred_at wins.
+UPSERT_BALANCES = """
+INSERT INTO usage.account_balance AS b (account_id, balance_micros, as_of)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[])
+ON CONFLICT (account_id) DO UPDATE SET balance_micros = EXCLUDED.balance_micros, as_of = EXCLUDED.as_of
+WHERE EXCLUDED.as_of >= b.as_of
+"""
+
+
+async def ensure_partitions(conn: asyncpg.Connection, months: set[date]) -> None:
+    for month in sorted(months):
+        await conn.fetchval(ENSURE_PARTITION, month)
+
+
+async def take_pending_charges(conn: asyncpg.Connection, request_ids: Sequence[str]) -> dict[str, Charge]:
+    rows = await conn.fetch(TAKE_PENDING_CHARGES, list(request_ids))
+    return {r["request_id"]: Charge(r["request_id"], r["amount_micros"], r["upstream_cost_micros"],
+                                    r["charged_at"]) for r in rows}
+
+
+async def insert_log_rows(conn: asyncpg.Connection, rows: Sequence[LogRow]) -> set[str]:
+    """Insert rows (one statement for the batch); returns the request ids actually inserted."""
+    if not rows:
+        return set()
+    cols = list(zip(*[(r.ts, r.request_id, r.account_id, r.user_id, r.key_id, r.model, r.upstream_model,
+                       r.channel_id, r.dialect, r.endpoint, r.stream, r.status, r.error_code, r.prompt_tokens,
+                       r.completion_tokens, r.cached_tokens, r.cost_micros, r.upstream_cost_micros, r.charged_at,
+                       r.latency_ms, r.ttft_ms) for r in rows], strict=True))
+    inserted = await conn.fetch(INSERT_LOG_ROWS, *[list(c) for c in cols])
+    return {r["request_id"] for r in inserted}
+
+
+async def apply_charges(conn: asyncpg.Connection, charges: Sequence[Charge]) -> list[asyncpg.Record]:
+    if not charges:
+        return []
+    return list(await conn.fetch(
+        APPLY_CHARGES,
+        [c.request_id for c in charges], [c.amount_micros for c in charges],
+        [c.upstream_cost_micros for c in charges], [c.charged_at for c in charges],
+    ))
+
+
+async def existing_requests(conn: asyncpg.Connection, request_ids: Sequence[str]) -> set[str]:
+    if not request_ids:
+        return set()
+    return {r["request_id"] for r in await conn.fetch(EXISTING_REQUESTS, list(request_ids))}
+
+
+async def park_charges(conn: asyncpg.Connection, charges: Sequence[Charge]) -> None:
+    if charges:
+        await conn.execute(
+            PARK_CHARGES,
+            [c.request_id for c in charges], [c.amount_micros for c in charges],
+            [c.upstream_cost_micros for c in charges], [c.charged_at for c in charges],
+        )
+
+
+def _agg_arrays(items: Sequence[tuple[tuple[str, Any, str, str], Any]]) -> list[list[Any]]:
+    return [
+        [k[0] for k, _ in items], [k[1] for k, _ in items], [k[2] for k, _ in items], [k[3] for k, _ in items],
+        [t.requests for _, t in items], [t.errors for _, t in items], [t.prompt_tokens for _, t in items],
+        [t.completion_tokens for _, t in items], [t.cached_tokens for _, t in items],
+        [t.cost_micros for _, t in items], [t.latency_ms_sum for _, t in items],
+    ]
+
+
+async def upsert_aggregates(conn: asyncpg.Connection, deltas: Deltas) -> None:
+    # Sorted keys: two consumers upserting overlapping rows lock them in the same order (no deadlock).
+    if deltas.hourly:
+        await conn.execute(UPSERT_HOURLY, *_agg_arrays(sorted(deltas.hourly.items())))
+    if deltas.daily:
+        await conn.execute(UPSERT_DAILY, *_agg_arrays(sorted(deltas.daily.items())))
+
+
+async def upsert_balances(conn: asyncpg.Connection, balances: dict[str, tuple[int, datetime]]) -> None:
+    if balances:
+        ids = sorted(balances)
+        await conn.execute(UPSERT_BALANCES, ids, [balances[a][0] for a in ids], [balances[a][1] for a in ids])
+
+
+# --- retention ---------------------------------------------------------------------------------------------------
+
+DROP_PARTITIONS_BEFORE = "SELECT usage.drop_log_partitions_before($1)"
+PRUNE_PROCESSED = "DELETE FROM usage.processed_events WHERE processed_at < $1"
+# A charge whose request row never arrived (or was already dropped by retention) is forgotten after a while.
+PRUNE_PENDING_CHARGES = "DELETE FROM usage.pending_charges WHERE received_at < $1"
