@@ -8,8 +8,8 @@ from shared.config import ServerSettings, register
 @register("USAGE")
 class UsageSettings(ServerSettings, frozen=True, kw_only=True):
     port: int = 8103
-    # Request-log rows older than this many days are dropped, a whole month partition at a time (a partition goes
-    # once all of it is older than this). Hourly and daily aggregates are kept.
+    # Request-log rows older than this many days are dropped, a whole month partition at a time (a partition
+    # goes once all of it is older than this). Hourly and daily aggregates are kept.
     retention_days: int = 400
     # How often the retention job runs in the service process (seconds); 0 disables it (run
     # `faregate usage retention` from cron instead).

@@ -24,13 +24,14 @@ from shared.telemetry import extract_context, tracer
 
 ROWS = Counter("faregate_usage_log_rows_total", "Request-log rows written by the usage service")
 BATCH_SECONDS = Histogram(
-    "faregate_usage_batch_duration_seconds", "Time to apply one consumer batch (one transaction)", ["consumer"],
+    "faregate_usage_batch_duration_seconds", "Time to apply one consumer batch (one transaction)",
+    ["consumer"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
-# Ack settings beside the handler. A batch of up to `batch` messages is one transaction: well under ack_wait even
-# on a slow disk. A failed batch is redelivered with growing delays; after max_deliver (about an hour of retries)
-# JetStream gives up on a message, which only a long Postgres outage can cause.
+# Ack settings beside the handler. A batch of up to `batch` messages is one transaction: well under ack_wait
+# even on a slow disk. A failed batch is redelivered with growing delays; after max_deliver (about an hour of
+# retries) JetStream gives up on a message, which only a long Postgres outage can cause.
 LOG_CONSUMER = bus.ConsumerSpec(
     durable="usage-log",
     stream="USAGE",
@@ -55,6 +56,11 @@ BALANCE_CONSUMER = bus.ConsumerSpec(
 _tracer = tracer("faregate.usage")
 
 
+def _operation(endpoint: str) -> str:
+    """GenAI semantic-convention operation name for a gateway endpoint."""
+    return "chat" if endpoint in ("chat", "messages", "responses") else endpoint
+
+
 def _span(msg: Msg, event: AnyEvent, consumer: str) -> trace.Span:
     """A consumer span whose parent is the producer's span (traceparent travels in the NATS headers)."""
     etype = event.__struct_config__.tag
@@ -70,7 +76,7 @@ def _span(msg: Msg, event: AnyEvent, consumer: str) -> trace.Span:
     )
     if isinstance(event, UsageRecorded):
         span.set_attributes({
-            "gen_ai.operation.name": "chat" if event.endpoint in ("chat", "messages", "responses") else event.endpoint,
+            "gen_ai.operation.name": _operation(event.endpoint),
             "gen_ai.request.model": event.model,
             "gen_ai.response.model": event.upstream_model or event.model,
             "gen_ai.usage.input_tokens": event.prompt_tokens,

@@ -1,9 +1,9 @@
 """Apply a batch of events to the usage tables in one transaction, idempotently on the event id.
 
-usage.recorded becomes one request-log row plus aggregate increments. usage.charged fills the row's cost and adds
-it to the aggregates; it may arrive before its usage.recorded (different streams of work in billing and usage), in
-which case it waits in `pending_charges` and the row takes it when it lands. Billing events also carry the wallet
-balance, kept as the dashboard's "balance".
+usage.recorded becomes one request-log row plus aggregate increments. usage.charged fills the row's cost and
+adds it to the aggregates; it may arrive before its usage.recorded (billing and usage consume independently),
+in which case it waits in `pending_charges` and the row takes it when it lands. Billing events also carry the
+wallet balance, kept as the dashboard's "balance".
 """
 
 from __future__ import annotations
@@ -65,14 +65,15 @@ async def apply_batch(pool: asyncpg.Pool, consumer: str, events: Sequence[AnyEve
         for r in updated:
             deltas.add_cost(r["account_id"], r["ts"], r["key_id"], r["model"], r["cost_micros"])
         unmatched = [c for c in waiting if c.request_id not in {r["request_id"] for r in updated}]
-        # A charge for a row that exists and is already charged is a duplicate: drop it; otherwise it is early.
+        # A charge for a row that exists and is already charged is a duplicate: drop it; else it is early.
         known = await repo.existing_requests(conn, [c.request_id for c in unmatched])
         early = [c for c in unmatched if c.request_id not in known]
         await repo.park_charges(conn, early)
 
         await repo.upsert_aggregates(conn, deltas)
         await repo.upsert_balances(conn, balances)
-        return Applied(len(seen), len(inserted), len(updated) + sum(1 for r in rows if r.charged_at), len(early))
+        charged_on_insert = sum(1 for r in rows if r.charged_at and r.request_id in inserted)
+        return Applied(len(seen), len(inserted), len(updated) + charged_on_insert, len(early))
 
 
 def _newest(balances: dict[str, tuple[int, datetime]], account_id: str, balance: int, at: datetime) -> None:

@@ -12,7 +12,7 @@ from services.usage.rollup import Charge, Deltas, LogRow
 
 SCHEMA = "usage"
 
-# --- writes (the usage-log consumer) ----------------------------------------------------------------------------
+# --- writes (the usage-log consumer) ----------------------------------------------------------------------
 
 ENSURE_PARTITION = "SELECT usage.ensure_log_partition($1::date)"
 
@@ -22,12 +22,13 @@ RETURNING request_id, amount_micros, upstream_cost_micros, charged_at
 """
 
 INSERT_LOG_ROWS = """
-INSERT INTO usage.request_log (ts, request_id, account_id, user_id, key_id, model, upstream_model, channel_id,
-    dialect, endpoint, stream, status, error_code, prompt_tokens, completion_tokens, cached_tokens, cost_micros,
-    upstream_cost_micros, charged_at, latency_ms, ttft_ms)
-SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::text[], $9::text[], $10::text[], $11::boolean[], $12::int[], $13::text[], $14::bigint[], $15::bigint[],
-    $16::bigint[], $17::bigint[], $18::bigint[], $19::timestamptz[], $20::int[], $21::int[])
+INSERT INTO usage.request_log (ts, request_id, account_id, user_id, key_id, model, upstream_model,
+    channel_id, dialect, endpoint, stream, status, error_code, prompt_tokens, completion_tokens,
+    cached_tokens,
+    cost_micros, upstream_cost_micros, charged_at, latency_ms, ttft_ms)
+SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::text[], $11::boolean[], $12::int[], $13::text[], $14::bigint[],
+    $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::timestamptz[], $20::int[], $21::int[])
 ON CONFLICT DO NOTHING
 RETURNING request_id
 """
@@ -50,7 +51,9 @@ SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[])
 ON CONFLICT DO NOTHING
 """
 
-_AGG_COLUMNS = "requests, errors, prompt_tokens, completion_tokens, cached_tokens, cost_micros, latency_ms_sum"
+_AGG_COLUMNS = (
+    "requests, errors, prompt_tokens, completion_tokens, cached_tokens, cost_micros, latency_ms_sum"
+)
 _AGG_UPDATE = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in _AGG_COLUMNS.split(", "))
 
 UPSERT_HOURLY = f"""
@@ -91,10 +94,11 @@ async def insert_log_rows(conn: asyncpg.Connection, rows: Sequence[LogRow]) -> s
     """Insert rows (one statement for the batch); returns the request ids actually inserted."""
     if not rows:
         return set()
-    cols = list(zip(*[(r.ts, r.request_id, r.account_id, r.user_id, r.key_id, r.model, r.upstream_model,
-                       r.channel_id, r.dialect, r.endpoint, r.stream, r.status, r.error_code, r.prompt_tokens,
-                       r.completion_tokens, r.cached_tokens, r.cost_micros, r.upstream_cost_micros, r.charged_at,
-                       r.latency_ms, r.ttft_ms) for r in rows], strict=True))
+    tuples = [(r.ts, r.request_id, r.account_id, r.user_id, r.key_id, r.model, r.upstream_model, r.channel_id,
+               r.dialect, r.endpoint, r.stream, r.status, r.error_code, r.prompt_tokens, r.completion_tokens,
+               r.cached_tokens, r.cost_micros, r.upstream_cost_micros, r.charged_at, r.latency_ms, r.ttft_ms)
+              for r in rows]
+    cols = list(zip(*tuples, strict=True))
     inserted = await conn.fetch(INSERT_LOG_ROWS, *[list(c) for c in cols])
     return {r["request_id"] for r in inserted}
 
@@ -126,7 +130,8 @@ async def park_charges(conn: asyncpg.Connection, charges: Sequence[Charge]) -> N
 
 def _agg_arrays(items: Sequence[tuple[tuple[str, Any, str, str], Any]]) -> list[list[Any]]:
     return [
-        [k[0] for k, _ in items], [k[1] for k, _ in items], [k[2] for k, _ in items], [k[3] for k, _ in items],
+        [k[0] for k, _ in items], [k[1] for k, _ in items],
+        [k[2] for k, _ in items], [k[3] for k, _ in items],
         [t.requests for _, t in items], [t.errors for _, t in items], [t.prompt_tokens for _, t in items],
         [t.completion_tokens for _, t in items], [t.cached_tokens for _, t in items],
         [t.cost_micros for _, t in items], [t.latency_ms_sum for _, t in items],
@@ -147,7 +152,7 @@ async def upsert_balances(conn: asyncpg.Connection, balances: dict[str, tuple[in
         await conn.execute(UPSERT_BALANCES, ids, [balances[a][0] for a in ids], [balances[a][1] for a in ids])
 
 
-# --- retention ---------------------------------------------------------------------------------------------------
+# --- retention ----------------------------------------------------------------------------------------------
 
 DROP_PARTITIONS_BEFORE = "SELECT usage.drop_log_partitions_before($1)"
 PRUNE_PROCESSED = "DELETE FROM usage.processed_events WHERE processed_at < $1"

@@ -44,8 +44,8 @@ class LogRow:
     ttft_ms: int
 
 
-# Out-of-range values are clamped rather than refused: one odd event must not fail (and so redeliver) the whole
-# batch it arrived in. Bigint columns hold up to 2^63; int columns (status, latencies) up to 2^31.
+# Out-of-range values are clamped rather than refused: one odd event must not fail (and so redeliver) the
+# whole batch it arrived in. Bigint columns hold up to 2^63; int columns (status, latencies) up to 2^31.
 _BIG = 2**62
 _INT = 2**31 - 1
 _TEXT = 200

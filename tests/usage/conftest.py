@@ -55,10 +55,12 @@ PRICE = ModelPrice(input=150_000, output=600_000)
 
 def recorded(account_id: str = "acct-a", key_id: str = "key-a1", model: str = "gpt-4o-mini", *,
              at: datetime | None = None, status: int = 200, prompt: int = 100, completion: int = 50,
-             cached: int = 0, latency_ms: int = 420, ttft_ms: int = 90, error_code: str = "") -> UsageRecorded:
+             cached: int = 0, latency_ms: int = 420, ttft_ms: int = 90,
+             error_code: str = "") -> UsageRecorded:
     rid = new_id()
     return UsageRecorded(
-        event_id=rid, request_id=rid, occurred_at=at or datetime.now(UTC), account_id=account_id, key_id=key_id,
+        event_id=rid, request_id=rid, occurred_at=at or datetime.now(UTC), account_id=account_id,
+        key_id=key_id,
         user_id=f"user-{account_id}", model=model, upstream_model=model, channel_id="ch-1", dialect="openai",
         status=status, error_code=error_code, prompt_tokens=prompt, completion_tokens=completion,
         cached_tokens=cached, latency_ms=latency_ms, ttft_ms=ttft_ms, price=PRICE,

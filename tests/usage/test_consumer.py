@@ -1,5 +1,5 @@
-"""The usage-log consumer: one metadata row per request, cost from billing in either order, aggregates, balances,
-and the mandatory consumer shapes (duplicate, redelivery after a lost ack, poison message)."""
+"""The usage-log consumer: one metadata row per request, cost from billing in either order, aggregates,
+balances, and the mandatory consumer shapes (duplicate, redelivery after a lost ack, poison message)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ async def _row(res: Resources, request_id: str) -> dict[str, object] | None:
     return dict(row) if row else None
 
 
-async def test_a_request_becomes_one_log_row_and_its_charge_fills_the_cost(usage_consumers: Resources) -> None:
+async def test_a_request_becomes_one_log_row_and_its_charge_fills_the_cost(
+        usage_consumers: Resources) -> None:
     res = usage_consumers
     assert res.publisher and res.pool
     rec = recorded(prompt=1200, completion=300, cached=200, latency_ms=1234, ttft_ms=321)
@@ -30,8 +31,8 @@ async def test_a_request_becomes_one_log_row_and_its_charge_fills_the_cost(usage
     await eventually(logged)
     row = await _row(res, rec.request_id)
     assert row is not None
-    assert (row["account_id"], row["key_id"], row["model"], row["channel_id"], row["dialect"], row["status"]) == (
-        "acct-a", "key-a1", "gpt-4o-mini", "ch-1", "openai", 200)
+    who = (row["account_id"], row["key_id"], row["model"], row["channel_id"], row["dialect"], row["status"])
+    assert who == ("acct-a", "key-a1", "gpt-4o-mini", "ch-1", "openai", 200)
     assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (1200, 300, 200)
     assert (row["latency_ms"], row["ttft_ms"], row["cost_micros"], row["charged_at"]) == (1234, 321, 0, None)
 
@@ -48,8 +49,9 @@ async def test_a_request_becomes_one_log_row_and_its_charge_fills_the_cost(usage
         assert agg is not None
         assert (agg["requests"], agg["prompt_tokens"], agg["completion_tokens"], agg["cost_micros"]) == (
             1, 1200, 300, 2_345)
-    assert await res.pool.fetchval("SELECT balance_micros FROM usage.account_balance WHERE account_id = 'acct-a'") \
-        == 7_000_000
+    balance = await res.pool.fetchval(
+        "SELECT balance_micros FROM usage.account_balance WHERE account_id = 'acct-a'")
+    assert balance == 7_000_000
 
 
 async def test_a_charge_that_arrives_first_waits_for_its_row(clean_usage: Resources) -> None:
@@ -99,7 +101,8 @@ async def test_a_second_charge_for_a_charged_request_adds_nothing(clean_usage: R
     assert await res.pool.fetchval("SELECT count(*) FROM usage.pending_charges") == 0
 
 
-async def test_failed_requests_count_as_errors_and_months_get_their_own_partition(clean_usage: Resources) -> None:
+async def test_failed_requests_count_as_errors_and_months_get_their_own_partition(
+        clean_usage: Resources) -> None:
     res = clean_usage
     assert res.pool
     last_month = datetime.now(UTC).replace(day=1) - timedelta(days=3)
@@ -111,7 +114,8 @@ async def test_failed_requests_count_as_errors_and_months_get_their_own_partitio
     parts = await res.pool.fetchval(
         "SELECT count(*) FROM pg_inherits WHERE inhparent = 'usage.request_log'::regclass")
     assert parts >= 2
-    assert await res.pool.fetchval("SELECT error_code FROM usage.request_log WHERE status = 429") == "rate_limited"
+    code = await res.pool.fetchval("SELECT error_code FROM usage.request_log WHERE status = 429")
+    assert code == "rate_limited"
 
 
 async def test_balance_follows_the_newest_billing_event(usage_consumers: Resources) -> None:
