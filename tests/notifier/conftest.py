@@ -1,0 +1,44 @@
+"""Fixtures for the notifier's tests: a real SMTP server, a real webhook receiver, the notifier in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from services.notifier.app import create_app
+from shared.config import CommonSettings
+from tests.notifier.receivers import Receiver, SmtpServer, settings_for
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.up()
+    try:
+        yield server
+    finally:
+        server.release()
+        server.down()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.up()
+    try:
+        yield r
+    finally:
+        r.down()
+
+
+@pytest.fixture
+def notifier_app(common: CommonSettings, smtp: SmtpServer) -> Callable[..., Any]:
+    """`async with notifier_app(**settings) as client:` runs the notifier (consumers and senders) in-process."""
+
+    def make(**kw: Any) -> AsyncTestClient[Any]:
+        return AsyncTestClient(app=create_app(settings_for(smtp, **kw), common))
+
+    return make
