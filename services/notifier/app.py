@@ -12,8 +12,8 @@ import httpx
 import msgspec
 from litestar import Litestar, Request, get, post, put
 from litestar.datastructures import State
-from litestar.di import Provide
-from litestar.params import JSONBody
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from services.notifier import consumer, repo
 from services.notifier.auth import Caller, caller_of
@@ -58,14 +58,14 @@ async def provide_caller(request: Request[Any, Any, State]) -> Caller:
 
 
 @get("/api/notifications/preferences")
-async def get_preferences(state: State, caller: Caller) -> PrefsView:
+async def get_preferences(state: State, caller: NamedDependency[Caller]) -> PrefsView:
     async with state.res.pool.acquire() as conn:
         row = await conn.fetchrow(repo.GET_PREFS, caller.account_id)
     return view(stored_from_row(row, caller.account_id))
 
 
 @put("/api/notifications/preferences")
-async def put_preferences(state: State, caller: Caller, data: JSONBody[PrefsUpdate]) -> PrefsView:
+async def put_preferences(state: State, caller: NamedDependency[Caller], data: JSONBody[PrefsUpdate]) -> PrefsView:
     settings: NotifierSettings = state.settings
     async with state.res.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(repo.GET_PREFS + " FOR UPDATE", caller.account_id)
@@ -78,7 +78,7 @@ async def put_preferences(state: State, caller: Caller, data: JSONBody[PrefsUpda
 
 
 @post("/api/notifications/webhook/secret", status_code=200)
-async def rotate_secret(state: State, caller: Caller) -> Secret:
+async def rotate_secret(state: State, caller: NamedDependency[Caller]) -> Secret:
     """A new signing secret; the old one stops working at once (shown once, like an API key)."""
     plain = new_webhook_secret()
     async with state.res.pool.acquire() as conn:
@@ -90,8 +90,8 @@ async def rotate_secret(state: State, caller: Caller) -> Secret:
 
 
 @get("/api/notifications/deliveries")
-async def list_deliveries(state: State, caller: Caller, status: str | None = None, channel: str | None = None,
-                          limit: int = 50) -> list[Delivery]:
+async def list_deliveries(state: State, caller: NamedDependency[Caller], status: FromQuery[str | None] = None,
+                          channel: FromQuery[str | None] = None, limit: FromQuery[int] = 50) -> list[Delivery]:
     if status is not None and status not in ("pending", "sent", "failed", "cancelled"):
         raise ServiceError("status must be pending, sent, failed or cancelled", code="invalid_status",
                            field="status")
@@ -103,7 +103,7 @@ async def list_deliveries(state: State, caller: Caller, status: str | None = Non
 
 
 @post("/api/notifications/deliveries/{delivery_id:int}/retry", status_code=202)
-async def retry_delivery(state: State, caller: Caller, delivery_id: int) -> dict[str, int]:
+async def retry_delivery(state: State, caller: NamedDependency[Caller], delivery_id: FromPath[int]) -> dict[str, int]:
     async with state.res.pool.acquire() as conn:
         found = await conn.fetchval(repo.RETRY_FAILED, delivery_id, caller.account_id)
     if found is None:

@@ -58,6 +58,7 @@ class SmtpServer:
         self._accept_left: int | None = None
         self.holding = threading.Event()
         self._release = threading.Event()
+        self.delay_s = 0.0  # a slower server, so concurrent senders overlap
 
     # aiosmtpd handler hook
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
@@ -70,6 +71,8 @@ class SmtpServer:
             while not self._release.is_set():
                 await asyncio.sleep(0.05)
             return "451 4.3.0 not accepted, try again later"
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self._lock:
             self.mails.append(Mail(list(envelope.rcpt_tos), msg))  # type: ignore[arg-type]
