@@ -8,3 +8,32 @@ from shared.config import ServerSettings, register
 @register("BILLING")
 class BillingSettings(ServerSettings, frozen=True, kw_only=True):
     port: int = 8102
+    # Low-balance threshold for wallets that did not set their own (micro-USD; $1).
+    low_balance_default_micros: int = 1_000_000
+    # Top-up amounts offered as buttons (USD) and the range a custom amount must fall in (USD, inclusive).
+    topup_presets_usd: tuple[str, ...] = ("5", "10", "20", "50", "100")
+    topup_min_usd: str = "1"
+    topup_max_usd: str = "10000"
+    # Bonus tiers applied to a top-up, "<min USD>=<percent>": the highest tier not above the paid amount wins.
+    # Admins may replace them at run time (stored in the database); these seed an empty table.
+    bonus_tiers: tuple[str, ...] = ("20=10", "50=15", "100=20")
+    # Payment provider for top-ups and plan purchases: "sandbox" (demos, tests) or "stripe".
+    payment_provider: str = "sandbox"
+    # Stripe: secret API key, webhook signing secret (whsec_...), API base and where checkout returns the user.
+    stripe_secret_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_success_url: str = "http://127.0.0.1:8100/console/billing?paid=1"
+    stripe_cancel_url: str = "http://127.0.0.1:8100/console/billing?cancelled=1"
+    # A webhook older than this (seconds, by its signed timestamp) is refused as a possible replay.
+    webhook_tolerance_s: int = 300
+    # Usage events applied per database transaction (the consumer's fetch size).
+    usage_batch: int = 500
+    # How often (seconds) expired plans are taken out of the spendable balance published to Redis.
+    plan_expiry_scan_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.payment_provider not in ("sandbox", "stripe"):
+            raise ValueError("FAREGATE_BILLING_PAYMENT_PROVIDER must be sandbox or stripe")
+        if self.usage_batch < 1:
+            raise ValueError("FAREGATE_BILLING_USAGE_BATCH must be at least 1")
