@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.config import ServerSettings, register
+from shared.config import ConfigError, ServerSettings, register
 
 
 @register("NOTIFIER")
@@ -53,9 +53,10 @@ class NotifierSettings(ServerSettings, frozen=True, kw_only=True):
     product_name: str = "Faregate"
 
     def __post_init__(self) -> None:
+        # ConfigError rather than ValueError: `config.load` passes it through, naming the variable.
         if self.smtp_security not in ("none", "starttls", "tls"):
-            raise ValueError("FAREGATE_NOTIFIER_SMTP_SECURITY must be none, starttls or tls")
+            raise ConfigError("FAREGATE_NOTIFIER_SMTP_SECURITY must be none, starttls or tls")
         if max(self.smtp_timeout_s, self.webhook_timeout_s) * 2 > self.lease_s:
-            raise ValueError("FAREGATE_NOTIFIER_LEASE_S must be at least twice the SMTP and webhook timeouts")
+            raise ConfigError("FAREGATE_NOTIFIER_LEASE_S must be at least twice the SMTP and webhook timeouts")
         if self.email_workers < 1 or self.webhook_workers < 1:
-            raise ValueError("FAREGATE_NOTIFIER_EMAIL_WORKERS and _WEBHOOK_WORKERS must be at least 1")
+            raise ConfigError("FAREGATE_NOTIFIER_EMAIL_WORKERS and _WEBHOOK_WORKERS must be at least 1")
