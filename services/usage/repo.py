@@ -158,3 +158,128 @@ DROP_PARTITIONS_BEFORE = "SELECT usage.drop_log_partitions_before($1)"
 PRUNE_PROCESSED = "DELETE FROM usage.processed_events WHERE processed_at < $1"
 # A charge whose request row never arrived (or was already dropped by retention) is forgotten after a while.
 PRUNE_PENDING_CHARGES = "DELETE FROM usage.pending_charges WHERE received_at < $1"
+
+
+# --- reads (the API) --------------------------------------------------------------------------------------
+# Each read has an "account" form ($1 = account id) and an "all accounts" form (admins), rather than one
+# `($1 IS NULL OR account_id = $1)` statement whose generic plan could not use the account index.
+
+_ACCOUNT = "account_id = $1"
+_ALL = "$1::text IS NULL"  # keeps the parameter numbering of the account form
+
+
+def _both_forms(template: str) -> tuple[str, str]:
+    return template.replace("{who}", _ACCOUNT), template.replace("{who}", _ALL)
+
+
+# Dashboard totals since the start of today / this week / this month (instants computed in the caller's zone).
+SUMMARY_TOTALS, SUMMARY_TOTALS_ALL = _both_forms("""
+SELECT
+  coalesce(sum(requests) FILTER (WHERE hour >= $2), 0)::bigint          AS today_requests,
+  coalesce(sum(errors) FILTER (WHERE hour >= $2), 0)::bigint            AS today_errors,
+  coalesce(sum(prompt_tokens) FILTER (WHERE hour >= $2), 0)::bigint     AS today_prompt_tokens,
+  coalesce(sum(completion_tokens) FILTER (WHERE hour >= $2), 0)::bigint AS today_completion_tokens,
+  coalesce(sum(cost_micros) FILTER (WHERE hour >= $2), 0)::bigint       AS today_cost_micros,
+  coalesce(sum(requests) FILTER (WHERE hour >= $3), 0)::bigint          AS week_requests,
+  coalesce(sum(errors) FILTER (WHERE hour >= $3), 0)::bigint            AS week_errors,
+  coalesce(sum(prompt_tokens) FILTER (WHERE hour >= $3), 0)::bigint     AS week_prompt_tokens,
+  coalesce(sum(completion_tokens) FILTER (WHERE hour >= $3), 0)::bigint AS week_completion_tokens,
+  coalesce(sum(cost_micros) FILTER (WHERE hour >= $3), 0)::bigint       AS week_cost_micros,
+  coalesce(sum(requests) FILTER (WHERE hour >= $4), 0)::bigint          AS month_requests,
+  coalesce(sum(errors) FILTER (WHERE hour >= $4), 0)::bigint            AS month_errors,
+  coalesce(sum(prompt_tokens) FILTER (WHERE hour >= $4), 0)::bigint     AS month_prompt_tokens,
+  coalesce(sum(completion_tokens) FILTER (WHERE hour >= $4), 0)::bigint AS month_completion_tokens,
+  coalesce(sum(cost_micros) FILTER (WHERE hour >= $4), 0)::bigint       AS month_cost_micros
+FROM usage.usage_hourly
+WHERE {who} AND hour >= least($2, $3, $4)
+""")
+
+SUMMARY_BY_MODEL, SUMMARY_BY_MODEL_ALL = _both_forms("""
+SELECT model, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
+       sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
+       sum(cost_micros)::bigint AS cost_micros
+FROM usage.usage_hourly
+WHERE {who} AND hour >= $2
+GROUP BY model
+ORDER BY cost_micros DESC, requests DESC, model
+""")
+
+BALANCE = "SELECT balance_micros, as_of FROM usage.account_balance WHERE account_id = $1"
+BALANCE_ALL = (
+    "SELECT sum(balance_micros)::bigint AS balance_micros, max(as_of) AS as_of FROM usage.account_balance"
+)
+
+# $2/$3 the UTC range, $4 the bucket ('hour' | 'day' | 'week' | 'month'), $5 the zone for bucket boundaries,
+# $6 the grouping ('model' | 'key' | 'none').
+SERIES, SERIES_ALL = _both_forms("""
+SELECT date_trunc($4, hour AT TIME ZONE $5) AT TIME ZONE $5 AS bucket,
+       CASE $6 WHEN 'model' THEN model WHEN 'key' THEN key_id ELSE '' END AS grp,
+       sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
+       sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
+       sum(cached_tokens)::bigint AS cached_tokens, sum(cost_micros)::bigint AS cost_micros
+FROM usage.usage_hourly
+WHERE {who} AND hour >= $2 AND hour < $3
+GROUP BY 1, 2
+ORDER BY 1, 2
+""")
+
+KEYS_USAGE, KEYS_USAGE_ALL = _both_forms("""
+SELECT account_id, key_id, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
+       sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
+       sum(cost_micros)::bigint AS cost_micros, max(hour) AS last_hour
+FROM usage.usage_hourly
+WHERE {who} AND hour >= $2 AND hour < $3
+GROUP BY account_id, key_id
+ORDER BY cost_micros DESC, requests DESC, key_id
+""")
+
+_LOG_COLUMNS = """ts, request_id, account_id, user_id, key_id, model, upstream_model, channel_id, dialect,
+       endpoint, stream, status, error_code, prompt_tokens, completion_tokens, cached_tokens, cost_micros,
+       upstream_cost_micros, charged_at, latency_ms, ttft_ms"""
+
+# $2/$3 the UTC range, $4 key ('' = any), $5 model ('' = any), $6/$7 status range, $8/$9 the cursor (the last
+# row's ts and request id; NULL for the first page), $10 the page size. Newest first, ties by request id.
+_LOG_FILTER = """
+FROM usage.request_log
+WHERE {who} AND ts >= $2 AND ts < $3
+  AND ($4 = '' OR key_id = $4) AND ($5 = '' OR model = $5) AND status BETWEEN $6 AND $7
+"""
+LOG_PAGE, LOG_PAGE_ALL = _both_forms(
+    f"SELECT {_LOG_COLUMNS}{_LOG_FILTER}"
+    "  AND ($8::timestamptz IS NULL OR (ts, request_id) < ($8, $9))\n"
+    "ORDER BY ts DESC, request_id DESC\nLIMIT $10"
+)
+# The CSV export: the same filter, no paging (read through a server-side cursor).
+LOG_EXPORT, LOG_EXPORT_ALL = _both_forms(
+    f"SELECT {_LOG_COLUMNS}{_LOG_FILTER}ORDER BY ts DESC, request_id DESC"
+)
+
+# --- rebuilding aggregates from the log (recovery, benchmarks) ----------------------------------------------
+# Replaces the aggregates of [$1, $2) with what the log holds; only meaningful where the log is still kept.
+
+DELETE_HOURLY_RANGE = "DELETE FROM usage.usage_hourly WHERE hour >= $1 AND hour < $2"
+DELETE_DAILY_RANGE = "DELETE FROM usage.usage_daily WHERE day >= ($1 AT TIME ZONE 'UTC')::date" \
+    " AND day < ($2 AT TIME ZONE 'UTC')::date"
+_FROM_LOG = """
+SELECT account_id, {bucket}, key_id, model, count(*), count(*) FILTER (WHERE status >= 400),
+       sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(cost_micros), sum(latency_ms)
+FROM usage.request_log WHERE ts >= $1 AND ts < $2
+GROUP BY 1, 2, 3, 4
+"""
+HOURLY_FROM_LOG = (
+    f"INSERT INTO usage.usage_hourly (account_id, hour, key_id, model, {_AGG_COLUMNS})"
+    + _FROM_LOG.replace("{bucket}", "date_trunc('hour', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'")
+)
+DAILY_FROM_LOG = (
+    f"INSERT INTO usage.usage_daily (account_id, day, key_id, model, {_AGG_COLUMNS})"
+    + _FROM_LOG.replace("{bucket}", "(ts AT TIME ZONE 'UTC')::date")
+)
+
+
+async def rebuild_aggregates(conn: asyncpg.Connection, start: datetime, end: datetime) -> None:
+    """`start`/`end` should be whole UTC days, so daily rows are rebuilt from complete days."""
+    async with conn.transaction():
+        await conn.execute(DELETE_HOURLY_RANGE, start, end)
+        await conn.execute(DELETE_DAILY_RANGE, start, end)
+        await conn.execute(HOURLY_FROM_LOG, start, end)
+        await conn.execute(DAILY_FROM_LOG, start, end)

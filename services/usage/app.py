@@ -1,0 +1,170 @@
+"""The usage service: consumers that build the request log and aggregates, and the usage API.
+
+  GET /api/usage/summary      dashboard: balance; requests, tokens and spend today / this week / this month;
+                              this month by model
+  GET /api/usage/series       spend, requests and tokens per hour / day / week / month, by model or key
+  GET /api/usage/keys         usage per API key over a range
+  GET /api/usage/logs         the request log, filtered (time range, key, model, status), cursor-paged
+  GET /api/usage/logs.csv     the same filter as CSV, streamed
+
+Every read takes `tz` (IANA zone; default UTC) for where days begin, and `account_id` (admins: any account or,
+left out, all; users: only their own). Who is calling: see `auth.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+from litestar import Litestar, Request, Response, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import ValidationException
+from litestar.params import Parameter
+from litestar.response import Stream
+from prometheus_client import Gauge
+
+from services.usage import consumer, periods, reports, retention
+from services.usage.auth import Authenticator, Principal, scope
+from services.usage.config import UsageSettings
+from shared import config, logs, telemetry
+from shared.config import CommonSettings
+from shared.runtime import open_resources
+from shared.web import ReadyCheck, ServiceError, ops_handlers, request_id_middleware, service_error_handler
+
+DB_POOL = Gauge("faregate_db_pool_connections", "Postgres pool connections by state (in_use, idle, max)",
+                ["service", "state"], multiprocess_mode="livesum")
+
+
+async def _watch_pool(pool: asyncpg.Pool, service: str, stop: asyncio.Event, every_s: float = 5.0) -> None:
+    while not stop.is_set():
+        size, idle = pool.get_size(), pool.get_idle_size()
+        DB_POOL.labels(service, "in_use").set(size - idle)
+        DB_POOL.labels(service, "idle").set(idle)
+        DB_POOL.labels(service, "max").set(pool.get_max_size())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
+async def current_principal(request: Request[Any, Any, Any]) -> Principal:
+    auth: Authenticator = request.app.state.auth
+    return await auth.principal(request.headers, request.cookies)
+
+
+def _pool(state: State) -> asyncpg.Pool:
+    pool: asyncpg.Pool = state.resources.pool
+    return pool
+
+
+# --- handlers -------------------------------------------------------------------------------------------
+
+_FROM = Parameter(query="from", default=None, description="ISO 8601; without an offset it is read in `tz`")
+_TO = Parameter(query="to", default=None, description="ISO 8601, exclusive; default now")
+
+
+@get("/api/usage/summary")
+async def get_summary(state: State, who: Principal, tz: str = "UTC",
+                      account_id: str | None = None) -> reports.Summary:
+    return await reports.summary(_pool(state), scope(who, account_id), periods.zone(tz), datetime.now(UTC))
+
+
+@get("/api/usage/series")
+async def get_series(state: State, who: Principal, granularity: str = "day", group_by: str = "none",
+                     tz: str = "UTC", account_id: str | None = None, from_: str | None = _FROM,
+                     to: str | None = _TO) -> reports.Series:
+    zone = periods.zone(tz)
+    span = timedelta(days=2) if granularity == "hour" else timedelta(days=30)
+    rng = periods.time_range(from_, to, zone, datetime.now(UTC), span)
+    periods.check_series(granularity, group_by, rng, state.settings.max_series_buckets)
+    return await reports.series(_pool(state), scope(who, account_id), rng, zone, granularity, group_by)
+
+
+@get("/api/usage/keys")
+async def get_keys(state: State, who: Principal, tz: str = "UTC", account_id: str | None = None,
+                   from_: str | None = _FROM, to: str | None = _TO) -> list[reports.KeyUsage]:
+    rng = periods.time_range(from_, to, periods.zone(tz), datetime.now(UTC), timedelta(days=30))
+    return await reports.keys_usage(_pool(state), scope(who, account_id), rng)
+
+
+def _log_filter(who: Principal, account_id: str | None, tz: str, from_: str | None, to: str | None,
+                key_id: str | None, model: str | None, status: str | None) -> reports.LogFilter:
+    rng = periods.time_range(from_, to, periods.zone(tz), datetime.now(UTC), timedelta(days=30))
+    lo, hi = reports.status_range(status)
+    return reports.LogFilter(scope(who, account_id), rng, key_id or "", model or "", lo, hi)
+
+
+@get("/api/usage/logs")
+async def get_logs(state: State, who: Principal, tz: str = "UTC", account_id: str | None = None,
+                   from_: str | None = _FROM, to: str | None = _TO, key_id: str | None = None,
+                   model: str | None = None, status: str | None = None, limit: int = 50,
+                   cursor: str | None = None) -> reports.LogPage:
+    if not 1 <= limit <= state.settings.max_page_size:
+        raise ServiceError(f"limit must be between 1 and {state.settings.max_page_size}",
+                           code="invalid_limit", field="limit")
+    f = _log_filter(who, account_id, tz, from_, to, key_id, model, status)
+    return await reports.log_page(_pool(state), f, limit=limit, cursor=cursor, admin=who.is_admin)
+
+
+@get("/api/usage/logs.csv")
+async def get_logs_csv(state: State, who: Principal, tz: str = "UTC", account_id: str | None = None,
+                       from_: str | None = _FROM, to: str | None = _TO, key_id: str | None = None,
+                       model: str | None = None, status: str | None = None) -> Stream:
+    f = _log_filter(who, account_id, tz, from_, to, key_id, model, status)
+    name = f"usage-{f.rng.start:%Y%m%d}-{f.rng.end:%Y%m%d}.csv"
+    return Stream(reports.export_csv(_pool(state), f, admin=who.is_admin),
+                  media_type="text/csv; charset=utf-8",
+                  headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _bad_parameter(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    return Response({"error": {"code": "invalid_parameter", "message": str(exc.detail)}}, status_code=400)
+
+
+# --- wiring ---------------------------------------------------------------------------------------------
+
+
+def create_app(settings: UsageSettings, common: CommonSettings, *, consumers: bool = True) -> Litestar:
+    # /readyz checks the resources the lifespan opens: the dict is filled once they exist.
+    checks: dict[str, ReadyCheck] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_resources(common, "usage", use_redis=False, pool_size=settings.pool_size) as res, \
+                httpx.AsyncClient() as http:
+            assert res.pool is not None and res.js is not None
+            app.state.resources = res
+            app.state.settings = settings
+            app.state.auth = Authenticator(keys_url=common.keys_url, internal_token=common.internal_token,
+                                           session_cookie=settings.session_cookie, http=http)
+            checks.update(res.ready_checks())
+            if consumers:
+                log_spec = dataclasses.replace(consumer.LOG_CONSUMER, batch=settings.batch_size)
+                for spec in (log_spec, consumer.BALANCE_CONSUMER):
+                    res.spawn(consumer.run(res.js, common.namespace, res.pool, spec, res.stop), spec.durable)
+            if settings.retention_interval_s > 0:
+                res.spawn(retention.run_forever(res.pool, settings.retention_days,
+                                                settings.retention_interval_s, res.stop), "usage-retention")
+            res.spawn(_watch_pool(res.pool, "usage", res.stop), "usage-pool-gauge")
+            yield
+
+    return Litestar(
+        route_handlers=[get_summary, get_series, get_keys, get_logs, get_logs_csv, *ops_handlers(checks)],
+        dependencies={"who": Provide(current_principal)},
+        middleware=[request_id_middleware],
+        exception_handlers={ServiceError: service_error_handler, ValidationException: _bad_parameter},
+        lifespan=[lifespan],
+    )
+
+
+def from_env() -> Litestar:
+    settings = config.load(UsageSettings)
+    common = config.load(CommonSettings)
+    logs.setup("usage", common.log_level, common.log_format)
+    telemetry.setup("usage", common.otel_exporter, common.otel_endpoint)
+    return create_app(settings, common)

@@ -1,0 +1,97 @@
+"""Who is calling the usage API, and which accounts they may see.
+
+Two ways in:
+  - a console session: the session cookie's value goes to keys' `GET /internal/whoami` (with the internal
+    token), which answers {account_id, user_id, role, email} or 401;
+  - a service call (another Faregate service, or the console backend acting for a user): `X-Internal-Token`
+    plus `X-Account-Id` and `X-Role` (`user` unless said otherwise; an `admin` may omit the account).
+A user sees only their own account; an admin sees every account, or one they name with `account_id`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+
+from shared.web import Forbidden, ServiceError, Unauthorized
+
+ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    account_id: str
+    user_id: str
+    role: str
+    email: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
+
+class _WhoAmI(msgspec.Struct, kw_only=True):
+    account_id: str
+    user_id: str = ""
+    role: str = "user"
+    email: str = ""
+
+
+_whoami = msgspec.json.Decoder(_WhoAmI)
+
+
+def _unavailable(message: str) -> ServiceError:
+    return ServiceError(message, code="auth_unavailable", status=503)
+
+
+class Authenticator:
+    def __init__(self, *, keys_url: str, internal_token: str, session_cookie: str,
+                 http: httpx.AsyncClient) -> None:
+        self.keys_url = keys_url.rstrip("/")
+        self.internal_token = internal_token
+        self.session_cookie = session_cookie
+        self.http = http
+
+    async def principal(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> Principal:
+        token = headers.get("x-internal-token")
+        if token is not None:
+            if not hmac.compare_digest(token.encode(), self.internal_token.encode()):
+                raise Unauthorized("invalid internal token")
+            role = headers.get("x-role") or "user"
+            account = headers.get("x-account-id") or ""
+            if not account and role != ADMIN:
+                raise Unauthorized("X-Account-Id is required with the internal token")
+            return Principal(account, headers.get("x-user-id") or "", role)
+        session = cookies.get(self.session_cookie)
+        if not session:
+            raise Unauthorized("sign in first")
+        return await self._whoami(session)
+
+    async def _whoami(self, session: str) -> Principal:
+        try:
+            resp = await self.http.get(f"{self.keys_url}/internal/whoami", timeout=5.0, headers={
+                "X-Internal-Token": self.internal_token, "X-Session": session})
+        except httpx.HTTPError:
+            raise _unavailable("the sign-in service is unavailable") from None
+        if resp.status_code in (401, 403, 404):
+            raise Unauthorized("session expired or invalid; sign in again")
+        if resp.status_code != 200:
+            raise _unavailable("the sign-in service is unavailable")
+        try:
+            who = _whoami.decode(resp.content)
+        except msgspec.DecodeError:
+            raise _unavailable("the sign-in service answered badly") from None
+        return Principal(who.account_id, who.user_id, who.role, who.email)
+
+
+def scope(who: Principal, requested: str | None) -> str | None:
+    """The account to read: a user's own (naming another is refused); an admin's pick, None = every one."""
+    if who.is_admin:
+        return requested or None
+    if requested and requested != who.account_id:
+        raise Forbidden("you can only see your own usage")
+    return who.account_id
