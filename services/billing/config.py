@@ -8,6 +8,10 @@ from shared.config import ServerSettings, register
 @register("BILLING")
 class BillingSettings(ServerSettings, frozen=True, kw_only=True):
     port: int = 8102
+    # Address users reach billing at (the sandbox checkout page is served from here).
+    public_url: str = "http://127.0.0.1:8102"
+    # Name of the console's session cookie (set by the keys service); its value is checked with keys' whoami.
+    session_cookie: str = "fg_session"
     # Low-balance threshold for wallets that did not set their own (micro-USD; $1).
     low_balance_default_micros: int = 1_000_000
     # Top-up amounts offered as buttons (USD) and the range a custom amount must fall in (USD, inclusive).
@@ -19,7 +23,8 @@ class BillingSettings(ServerSettings, frozen=True, kw_only=True):
     bonus_tiers: tuple[str, ...] = ("20=10", "50=15", "100=20")
     # Payment provider for top-ups and plan purchases: "sandbox" (demos, tests) or "stripe".
     payment_provider: str = "sandbox"
-    # Stripe: secret API key, webhook signing secret (whsec_...), API base and where checkout returns the user.
+    # Stripe: secret API key, webhook signing secret (whsec_...), API base, and where checkout sends the
+    # user back.
     stripe_secret_key: str = ""
     stripe_webhook_secret: str = ""
     stripe_api_base: str = "https://api.stripe.com"

@@ -54,11 +54,12 @@ class Grant:
 
 
 def allocate(price: int, grants: Sequence[Grant], model: str, at: datetime) -> tuple[list[tuple[str, int]], int]:
-    """Split a price between plans (valid at `at`, soonest-expiring first) and the wallet. Mutates the grants'
-    remaining amounts; returns [(grant_id, amount)] and the wallet's part."""
+    """Split a price between plans valid at `at` and the wallet. Model-restricted plans go first (they are the
+    least flexible credit), then the soonest to expire. Mutates the grants' remaining amounts; returns
+    [(grant_id, amount)] and the wallet's part."""
     taken: list[tuple[str, int]] = []
     left = price
-    for g in sorted(grants, key=lambda g: (g.expires_at, g.grant_id)):
+    for g in sorted(grants, key=lambda g: (not g.models, g.expires_at, g.grant_id)):
         if left <= 0:
             break
         if g.covers(model, at):

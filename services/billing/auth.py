@@ -1,0 +1,107 @@
+"""Who is calling billing's API.
+
+  - A console session: the session cookie's value (cookie `fg_session`, or an `X-Session` header) goes to keys'
+    `GET /internal/whoami` with the internal token, which answers {account_id, user_id, role, email} or 401.
+  - A service call (another Faregate service, an admin tool, or the console backend acting for a user):
+    `X-Internal-Token` plus `X-Account-Id` and `X-Role` (`user` unless said otherwise; an `admin` may omit the
+    account).
+A user acts on their own wallet only; an admin may name any account (`?account_id=`) and use /v1/admin/billing.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+
+from shared.web import Forbidden, ServiceError, Unauthorized
+
+ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Caller:
+    account_id: str
+    user_id: str
+    role: str
+    email: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
+
+class _WhoAmI(msgspec.Struct, kw_only=True):
+    account_id: str
+    user_id: str = ""
+    role: str = "user"
+    email: str = ""
+
+
+_whoami = msgspec.json.Decoder(_WhoAmI)
+
+
+def _unavailable(message: str) -> ServiceError:
+    return ServiceError(message, code="auth_unavailable", status=503)
+
+
+def internal_ok(headers: Mapping[str, str], token: str) -> bool:
+    given = headers.get("x-internal-token")
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+class Authenticator:
+    def __init__(self, *, keys_url: str, internal_token: str, session_cookie: str, http: httpx.AsyncClient) -> None:
+        self.keys_url = keys_url.rstrip("/")
+        self.internal_token = internal_token
+        self.session_cookie = session_cookie
+        self.http = http
+
+    async def caller(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> Caller:
+        if headers.get("x-internal-token") is not None:
+            if not internal_ok(headers, self.internal_token):
+                raise Unauthorized("invalid internal token")
+            role = headers.get("x-role") or "user"
+            account = headers.get("x-account-id") or ""
+            if not account and role != ADMIN:
+                raise Unauthorized("X-Account-Id is required with the internal token")
+            return Caller(account, headers.get("x-user-id") or "", role)
+        session = cookies.get(self.session_cookie) or headers.get("x-session")
+        if not session:
+            raise Unauthorized("sign in first")
+        return await self._whoami(session)
+
+    async def _whoami(self, session: str) -> Caller:
+        try:
+            resp = await self.http.get(f"{self.keys_url}/internal/whoami", timeout=5.0, headers={
+                "X-Internal-Token": self.internal_token, "X-Session": session})
+        except httpx.HTTPError:
+            raise _unavailable("the sign-in service is unavailable") from None
+        if resp.status_code in (401, 403, 404):
+            raise Unauthorized("session expired or invalid; sign in again")
+        if resp.status_code != 200:
+            raise _unavailable("the sign-in service is unavailable")
+        try:
+            who = _whoami.decode(resp.content)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise _unavailable("the sign-in service answered badly") from None
+        return Caller(who.account_id, who.user_id, who.role, who.email)
+
+
+def wallet_of(who: Caller, requested: str | None) -> str:
+    """The wallet a request acts on: the caller's own; an admin may name another."""
+    if requested and requested != who.account_id:
+        if not who.is_admin:
+            raise Forbidden("you can only act on your own wallet")
+        return requested
+    if not who.account_id:
+        raise ServiceError("name the wallet with account_id", field="account_id")
+    return who.account_id
+
+
+def require_admin(who: Caller) -> None:
+    if not who.is_admin:
+        raise Forbidden("admins only")
