@@ -31,7 +31,14 @@ from services.notifier.sender import CHANNELS, Sender
 from shared import bus, config, crypto, logs, telemetry
 from shared.config import CommonSettings
 from shared.runtime import open_resources
-from shared.web import NotFound, ReadyCheck, ServiceError, ops_handlers, request_id_middleware, service_error_handler
+from shared.web import (
+    NotFound,
+    ReadyCheck,
+    ServiceError,
+    ops_handlers,
+    request_id_middleware,
+    service_error_handler,
+)
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,7 +72,8 @@ async def get_preferences(state: State, caller: NamedDependency[Caller]) -> Pref
 
 
 @put("/api/notifications/preferences")
-async def put_preferences(state: State, caller: NamedDependency[Caller], data: JSONBody[PrefsUpdate]) -> PrefsView:
+async def put_preferences(state: State, caller: NamedDependency[Caller],
+                          data: JSONBody[PrefsUpdate]) -> PrefsView:
     settings: NotifierSettings = state.settings
     async with state.res.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(repo.GET_PREFS + " FOR UPDATE", caller.account_id)
@@ -82,7 +90,7 @@ async def rotate_secret(state: State, caller: NamedDependency[Caller]) -> Secret
     """A new signing secret; the old one stops working at once (shown once, like an API key)."""
     plain = new_webhook_secret()
     async with state.res.pool.acquire() as conn:
-        done = await conn.execute(repo.SET_WEBHOOK_SECRET, caller.account_id,
+        done = await conn.execute(repo.REPLACE_SIGNING_KEY, caller.account_id,
                                   crypto.seal(plain, state.common.secret_key))
     if done.endswith(" 0"):
         raise ServiceError("set a webhook_url first", code="no_webhook", status=409)
@@ -91,19 +99,22 @@ async def rotate_secret(state: State, caller: NamedDependency[Caller]) -> Secret
 
 @get("/api/notifications/deliveries")
 async def list_deliveries(state: State, caller: NamedDependency[Caller], status: FromQuery[str | None] = None,
-                          channel: FromQuery[str | None] = None, limit: FromQuery[int] = 50) -> list[Delivery]:
+                          channel: FromQuery[str | None] = None,
+                          limit: FromQuery[int] = 50) -> list[Delivery]:
     if status is not None and status not in ("pending", "sent", "failed", "cancelled"):
         raise ServiceError("status must be pending, sent, failed or cancelled", code="invalid_status",
                            field="status")
     if channel is not None and channel not in CHANNELS:
         raise ServiceError("channel must be email or webhook", code="invalid_channel", field="channel")
     async with state.res.pool.acquire() as conn:
-        rows = await conn.fetch(repo.LIST_DELIVERIES, caller.account_id, status, channel, max(1, min(limit, 500)))
+        rows = await conn.fetch(repo.LIST_DELIVERIES, caller.account_id, status, channel,
+                                max(1, min(limit, 500)))
     return [Delivery(**dict(r)) for r in rows]
 
 
 @post("/api/notifications/deliveries/{delivery_id:int}/retry", status_code=202)
-async def retry_delivery(state: State, caller: NamedDependency[Caller], delivery_id: FromPath[int]) -> dict[str, int]:
+async def retry_delivery(state: State, caller: NamedDependency[Caller],
+                         delivery_id: FromPath[int]) -> dict[str, int]:
     async with state.res.pool.acquire() as conn:
         found = await conn.fetchval(repo.RETRY_FAILED, delivery_id, caller.account_id)
     if found is None:

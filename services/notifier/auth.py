@@ -8,6 +8,7 @@ Console users send their session (header `X-Session`, or the session cookie); ke
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 import httpx
 import msgspec
@@ -47,7 +48,7 @@ async def whoami(http: httpx.AsyncClient, common: CommonSettings, session: str) 
         raise Unavailable("the keys service gave an unexpected answer") from None
 
 
-async def caller_of(request: Request[object, object, object], http: httpx.AsyncClient,
+async def caller_of(request: Request[Any, Any, Any], http: httpx.AsyncClient,
                     common: CommonSettings) -> Caller:
     token = request.headers.get("x-internal-token")
     if token is not None:

@@ -9,10 +9,11 @@ from shared.config import ConfigError, ServerSettings, register
 class NotifierSettings(ServerSettings, frozen=True, kw_only=True):
     port: int = 8104
 
-    # --- SMTP -------------------------------------------------------------------------------------------------
+    # --- SMTP -----------------------------------------------------------------------------------------------
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
-    # none (plain), starttls (upgrade after connecting; refused if the server does not offer it) or tls (implicit).
+    # none (plain), starttls (upgrade after connecting; refused if the server does not offer it) or tls
+    # (implicit).
     smtp_security: str = "none"
     smtp_username: str = ""  # empty: no AUTH
     smtp_password: str = ""
@@ -22,17 +23,18 @@ class NotifierSettings(ServerSettings, frozen=True, kw_only=True):
     # Right-hand side of the Message-ID we derive from each outbox key (receivers de-duplicate on it).
     message_id_domain: str = "faregate.local"
 
-    # --- Webhooks ---------------------------------------------------------------------------------------------
+    # --- Webhooks -------------------------------------------------------------------------------------------
     webhook_timeout_s: float = 10.0  # per attempt; must stay well below lease_s
     webhook_max_attempts: int = 10  # then the delivery is recorded as failed, visible to the owner
-    # Allow account webhooks to loopback/private addresses (tests, a private deployment). Off: a webhook must not
+    # Allow account webhooks to loopback/private addresses (tests, a private deployment). Off: a webhook
+    # must not
     # be a way to reach the operator's internal network.
     webhook_allow_private: bool = False
     # Operators' own webhook for admin alerts (channel out of rotation); empty: none. Secret signs its bodies.
     admin_webhook_url: str = ""
     admin_webhook_secret: str = ""
 
-    # --- Sending ----------------------------------------------------------------------------------------------
+    # --- Sending --------------------------------------------------------------------------------------------
     email_max_attempts: int = 20  # SMTP transient failures (down, 4xx); a 5xx refusal fails at once
     backoff_base_s: float = 5.0  # retry n waits about base * 2^(n-1), jittered, capped by backoff_max_s
     backoff_max_s: float = 3600.0
@@ -45,7 +47,7 @@ class NotifierSettings(ServerSettings, frozen=True, kw_only=True):
     # An e-mail whose account has no known address yet waits this long for account.registered, then fails.
     address_wait_s: float = 3600.0
 
-    # --- Content ----------------------------------------------------------------------------------------------
+    # --- Content --------------------------------------------------------------------------------------------
     # Addresses that receive admin alerts (a channel taken out of rotation); comma-separated.
     admin_emails: tuple[str, ...] = ()
     # Base URL of the web console, used for links in e-mails.
@@ -57,6 +59,7 @@ class NotifierSettings(ServerSettings, frozen=True, kw_only=True):
         if self.smtp_security not in ("none", "starttls", "tls"):
             raise ConfigError("FAREGATE_NOTIFIER_SMTP_SECURITY must be none, starttls or tls")
         if max(self.smtp_timeout_s, self.webhook_timeout_s) * 2 > self.lease_s:
-            raise ConfigError("FAREGATE_NOTIFIER_LEASE_S must be at least twice the SMTP and webhook timeouts")
+            raise ConfigError("FAREGATE_NOTIFIER_LEASE_S must be at least twice the SMTP and webhook"
+                              " timeouts")
         if self.email_workers < 1 or self.webhook_workers < 1:
             raise ConfigError("FAREGATE_NOTIFIER_EMAIL_WORKERS and _WEBHOOK_WORKERS must be at least 1")

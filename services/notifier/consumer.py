@@ -1,6 +1,7 @@
 """The event consumers: each event becomes outbox rows in one transaction with its processed-events claim.
 
-Sending happens elsewhere (sender.py), so an SMTP server or webhook receiver that is down never slows consuming.
+Sending happens elsewhere (sender.py), so an SMTP server or webhook receiver that is down never slows
+consuming.
 One durable consumer per stream (a JetStream consumer reads one stream), all sharing this handler.
 """
 
@@ -23,7 +24,7 @@ from shared import events as ev
 log = logging.getLogger("faregate.notifier.consumer")
 
 QUEUED = Counter("faregate_notifier_queued_total", "Notifications written to the outbox", ["channel", "kind"])
-PLAN_ERRORS = Counter("faregate_notifier_plan_errors_total", "Events whose notifications could not be planned")
+PLAN_ERRORS = Counter("faregate_notifier_plan_errors_total", "Events whose notifications were not planned")
 
 def _spec(durable: str, stream: str, subjects: tuple[str, ...]) -> bus.ConsumerSpec:
     # Ack settings. max_deliver=-1: a batch that fails (Postgres away) is retried until it succeeds, never
@@ -33,7 +34,8 @@ def _spec(durable: str, stream: str, subjects: tuple[str, ...]) -> bus.ConsumerS
                             backoff_s=(1.0, 2.0, 5.0, 10.0, 30.0, 60.0))
 
 
-ACCOUNTS = _spec("notifier-accounts", "ACCOUNTS", ("account.registered", "password.reset_requested", "key.expiring"))
+ACCOUNTS = _spec("notifier-accounts", "ACCOUNTS",
+                 ("account.registered", "password.reset_requested", "key.expiring"))
 BILLING = _spec("notifier-billing", "BILLING", ("wallet.credited", "plan.purchased", "balance.low"))
 OPS = _spec("notifier-ops", "OPS", ("channel.state_changed",))
 SPECS = (ACCOUNTS, BILLING, OPS)

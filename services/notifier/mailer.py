@@ -30,7 +30,8 @@ def _header(value: str) -> str:
     return " ".join(value.split())
 
 
-def build_message(settings: NotifierSettings, *, to: str, rendered: Rendered, delivery_id: str) -> EmailMessage:
+def build_message(settings: NotifierSettings, *, to: str, rendered: Rendered,
+                  delivery_id: str) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = settings.mail_from
     msg["To"] = _header(to)

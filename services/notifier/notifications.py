@@ -1,7 +1,7 @@
 """Which notifications an event causes: a pure function from (event, preferences, settings) to outbox rows.
 
-No I/O here, so the rules are tested without a database. Addresses and webhook URLs of accounts are resolved at
-send time (recipient `account:<id>`), so an event that arrives before the account's address is known still
+No I/O here, so the rules are tested without a database. Addresses and webhook URLs of accounts are resolved
+at send time (recipient `account:<id>`), so an event that arrives before the account's address is known still
 becomes a notification, and an address changed before sending is honoured.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 from shared import events as ev
 from shared.money import usd
 
-# Alert kinds an account can switch on or off per channel. Security mail (password reset, welcome) is always sent.
+# Alert kinds an account can switch on or off per channel. Security mail (password reset, welcome) is always
+# sent.
 ALERTS: tuple[str, ...] = ("receipt", "low_balance", "key_expiring")
 
 
@@ -60,7 +61,7 @@ class Planned:
 
 
 def delivery_id(dedupe_key: str, channel: str, recipient: str) -> str:
-    """Stable id of one notification: the Message-ID / webhook idempotency key a receiver can de-duplicate on."""
+    """Stable id of one notification: the Message-ID / webhook idempotency key receivers de-duplicate on."""
     return hashlib.sha256(f"{dedupe_key}\x1f{channel}\x1f{recipient}".encode()).hexdigest()[:32]
 
 
@@ -82,7 +83,8 @@ def _account_alert(
     if alert in prefs.email_alerts:
         out.append(Planned(key, "email", account_recipient(account_id), account_id, kind, etype, vars, data))
     if prefs.webhook_url and alert in prefs.webhook_alerts:
-        out.append(Planned(key, "webhook", account_recipient(account_id), account_id, kind, etype, vars, data))
+        out.append(Planned(key, "webhook", account_recipient(account_id), account_id, kind, etype, vars,
+                           data))
     return out
 
 
@@ -100,8 +102,9 @@ def plan(event: ev.AnyEvent, prefs: Prefs | None, ctx: Context) -> list[Planned]
                             vars, {"account_id": event.account_id}, secret)]
         case ev.PasswordResetRequested():
             vars = {**base, "email": event.email, "expires_at": _when(event.expires_at)}
-            return [Planned(event.event_id, "email", f"address:{event.email}", event.account_id, "password_reset",
-                            etype, vars, {"account_id": event.account_id}, {"reset_url": event.reset_url})]
+            return [Planned(event.event_id, "email", f"address:{event.email}", event.account_id,
+                            "password_reset", etype, vars, {"account_id": event.account_id},
+                            {"reset_url": event.reset_url})]
         case ev.WalletCredited() if event.kind == "topup":
             vars = {**base, "paid": usd(event.paid_micros), "bonus": usd(event.bonus_micros),
                     "credit": usd(event.amount_micros), "balance": usd(event.balance_micros),
@@ -134,10 +137,11 @@ def plan(event: ev.AnyEvent, prefs: Prefs | None, ctx: Context) -> list[Planned]
                     "expires_at": _when(event.expires_at)}
             data = {"account_id": event.account_id, "key_id": event.key_id, "label": event.label,
                     "expires_at": event.expires_at.isoformat()}
-            # Keys' scan may publish again (a restart, a second replica): one notice per key and expiry instant.
+            # Keys' scan may publish again (a restart, a second replica): one notice per key and
+            # expiry instant.
             once = f"key.expiring:{event.key_id}:{event.expires_at.isoformat()}"
-            return _account_alert(event, account_id=event.account_id, alert="key_expiring", kind="key_expiring",
-                                  prefs=p, vars=vars, data=data, dedupe_key=once)
+            return _account_alert(event, account_id=event.account_id, alert="key_expiring",
+                                  kind="key_expiring", prefs=p, vars=vars, data=data, dedupe_key=once)
         case ev.ChannelStateChanged() if event.state == "open":
             vars = {**base, "channel_id": event.channel_id, "reason": event.reason or "-",
                     "date": _when(event.occurred_at)}
@@ -145,8 +149,8 @@ def plan(event: ev.AnyEvent, prefs: Prefs | None, ctx: Context) -> list[Planned]
             out = [Planned(event.event_id, "email", f"admin:{addr}", None, "channel_open", etype, vars, data)
                    for addr in ctx.admin_emails]
             if ctx.admin_webhook:
-                out.append(Planned(event.event_id, "webhook", "admin:webhook", None, "channel_open", etype, vars,
-                                   data))
+                out.append(Planned(event.event_id, "webhook", "admin:webhook", None, "channel_open", etype,
+                                   vars, data))
             return out
         case _:
             return []

@@ -22,9 +22,9 @@ _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 class PrefsUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """PUT body: fields left out keep their value; `null` clears the address override or the webhook."""
 
-    email: str | None | msgspec.UnsetType = msgspec.UNSET
+    email: str | msgspec.UnsetType | None = msgspec.UNSET
     email_alerts: list[str] | msgspec.UnsetType = msgspec.UNSET
-    webhook_url: str | None | msgspec.UnsetType = msgspec.UNSET
+    webhook_url: str | msgspec.UnsetType | None = msgspec.UNSET
     webhook_alerts: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -73,8 +73,8 @@ def new_webhook_secret() -> str:
 def _alerts(values: list[str], field: str) -> tuple[str, ...]:
     unknown = sorted(set(values) - set(ALERTS))
     if unknown:
-        raise ServiceError(f"unknown alert {unknown[0]!r}; choose from {', '.join(ALERTS)}", code="invalid_alert",
-                           status=422, field=field)
+        raise ServiceError(f"unknown alert {unknown[0]!r}; choose from {', '.join(ALERTS)}",
+                           code="invalid_alert", status=422, field=field)
     return tuple(a for a in ALERTS if a in values)
 
 
@@ -86,8 +86,8 @@ def check_email(value: str) -> str:
 
 
 def check_webhook_url(value: str, *, allow_private: bool) -> str:
-    """http(s) with a host; unless allowed, not a loopback/private/link-local literal (a webhook must not be a way
-    to poke at the operator's own network)."""
+    """http(s) with a host; unless allowed, not a loopback/private/link-local literal (a webhook must not be a
+    way to poke at the operator's own network)."""
     value = value.strip()
     try:
         parts = urllib.parse.urlsplit(value)
@@ -112,7 +112,7 @@ def check_webhook_url(value: str, *, allow_private: bool) -> str:
 
 def apply_update(current: Stored, update: PrefsUpdate, *, secret_key: str,
                  allow_private: bool) -> tuple[Stored, str | None]:
-    """The new preferences and, when a webhook URL is set for the first time, the new secret in clear (once)."""
+    """The new preferences and, when a webhook URL is first set, the new secret in clear (shown once)."""
     changes: dict[str, Any] = {}
     if not isinstance(update.email, msgspec.UnsetType):
         changes["email"] = check_email(update.email) if update.email else None

@@ -16,7 +16,8 @@ FROM notifier.preferences WHERE account_id = $1
 """
 
 UPSERT_PREFS = """
-INSERT INTO notifier.preferences (account_id, email, email_alerts, webhook_url, webhook_secret, webhook_alerts)
+INSERT INTO notifier.preferences
+    (account_id, email, email_alerts, webhook_url, webhook_secret, webhook_alerts)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, email_alerts = excluded.email_alerts,
     webhook_url = excluded.webhook_url, webhook_secret = excluded.webhook_secret,
@@ -24,7 +25,7 @@ ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, email_alerts = ex
 RETURNING account_id, email, email_alerts, webhook_url, webhook_secret, webhook_alerts, updated_at
 """
 
-SET_WEBHOOK_SECRET = """
+REPLACE_SIGNING_KEY = """
 UPDATE notifier.preferences SET webhook_secret = $2, updated_at = now()
 WHERE account_id = $1 AND webhook_url IS NOT NULL
 """
@@ -39,7 +40,8 @@ RETURNING id
 """
 
 # Claim due rows for one channel: a lease (claimed_until) instead of a lock held across the network call, so a
-# slow SMTP server holds no Postgres connection, and a sender killed mid-send frees its row when the lease ends.
+# slow SMTP server holds no Postgres connection, and a sender killed mid-send frees its row when the lease
+# ends.
 CLAIM_DUE = """
 WITH due AS (
     SELECT id FROM notifier.outbox
@@ -66,7 +68,8 @@ WHERE id = $1 AND claim_token = $2 AND status = 'pending'
 
 MARK_RETRY = """
 UPDATE notifier.outbox
-SET next_attempt_at = now() + make_interval(secs => $3), claimed_until = NULL, last_error = $4, destination = $5
+SET next_attempt_at = now() + make_interval(secs => $3), claimed_until = NULL, last_error = $4,
+    destination = $5
 WHERE id = $1 AND claim_token = $2 AND status = 'pending'
 """
 

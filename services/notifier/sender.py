@@ -1,17 +1,17 @@
 """Sender loops: claim one due outbox row, send it, record the outcome. Safe with any number of replicas.
 
 The sequence per row, and what a kill at each point does:
-  1. claim (one short transaction): `FOR UPDATE SKIP LOCKED`, set a lease `claimed_until = now() + lease_s` and a
-     fresh claim token. Killed here: the claim either committed (the row waits for the lease to end, then is
-     claimed again) or did not (nothing happened).
+  1. claim (one short transaction): `FOR UPDATE SKIP LOCKED`, set a lease `claimed_until = now() + lease_s`
+     and a fresh claim token. Killed here: the claim either committed (the row waits for the lease to end,
+     then is claimed again) or did not (nothing happened).
   2. send, bounded by a total timeout well inside the lease, so no other sender can claim the row meanwhile.
   3. mark sent (one short transaction, only while the claim token is still ours).
-The one residual window: killed after the SMTP server or webhook receiver accepted the message and before step 3
-committed (a few milliseconds: one UPDATE). The row is sent again after its lease. The copy is identical where it
-matters: an e-mail carries the same Message-ID, a webhook the same `Faregate-Delivery` / `Idempotency-Key` and
-body, both derived from the outbox key, so a receiver that de-duplicates on them sees it once. Redelivered events,
-a restart between sending and acking, and concurrent replicas cannot cause a second send at all: the outbox's
-unique key and the lease exclude them.
+The one residual window: killed after the SMTP server or webhook receiver accepted the message and before
+step 3 committed (a few milliseconds: one UPDATE). The row is sent again after its lease. The copy is
+identical where it matters: an e-mail carries the same Message-ID, a webhook the same `Faregate-Delivery` /
+`Idempotency-Key` and body, all derived from the outbox key, so a receiver that de-duplicates on them sees it
+once. Redelivered events, a restart between sending and acking, and concurrent replicas cannot cause a second
+send at all: the outbox's unique key and the lease exclude them.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def backoff_s(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with jitter: about base * 2^(attempt-1), capped, scaled by a random 0.5-1.0 so that
     many deliveries failing together do not come back together."""
     exp = min(cap, base * (2 ** min(attempt - 1, 30)))
-    return exp * random.uniform(0.5, 1.0)
+    return float(exp * random.uniform(0.5, 1.0))
 
 
 class Sender:
@@ -128,29 +128,33 @@ class Sender:
 
     async def _failed_attempt(self, row: Mapping[str, Any], token: str, exc: SendError,
                               destination: str | None) -> None:
-        limit = self.settings.email_max_attempts if row["channel"] == "email" else self.settings.webhook_max_attempts
+        s = self.settings
+        limit = s.email_max_attempts if row["channel"] == "email" else s.webhook_max_attempts
         if exc.permanent or row["attempts"] >= limit:
             await self._record(repo.MARK_FAILED, row, token, exc.message, destination)
             DELIVERIES.labels(row["channel"], "failed").inc()
-            log.error("notification failed for good", extra={"outbox_id": row["id"], "kind": row["kind"],
-                                                            "attempts": row["attempts"], "error": exc.message})
+            log.error("notification failed for good",
+                      extra={"outbox_id": row["id"], "kind": row["kind"], "attempts": row["attempts"],
+                             "error": exc.message})
             return
         delay = backoff_s(row["attempts"], self.settings.backoff_base_s, self.settings.backoff_max_s)
         await self._record(repo.MARK_RETRY, row, token, delay, exc.message, destination)
         DELIVERIES.labels(row["channel"], "retry").inc()
-        log.warning("notification will be retried", extra={"outbox_id": row["id"], "kind": row["kind"],
-                                                          "attempt": row["attempts"], "delay_s": round(delay, 1),
-                                                          "error": exc.message})
+        log.warning("notification will be retried",
+                    extra={"outbox_id": row["id"], "kind": row["kind"], "attempt": row["attempts"],
+                           "delay_s": round(delay, 1), "error": exc.message})
 
     async def _no_address(self, row: Mapping[str, Any], token: str, message: str) -> None:
-        # The account's account.registered may simply not have been consumed yet (another stream): wait for it,
+        # The account's account.registered may simply not have been consumed yet (another stream):
+        # wait for it,
         # without spending the row's attempts, for a while; then give up visibly.
         created: datetime = row["created_at"]
         if datetime.now(UTC) - created > timedelta(seconds=self.settings.address_wait_s):
             await self._record(repo.MARK_FAILED, row, token, message, None)
             DELIVERIES.labels(row["channel"], "failed").inc()
             return
-        await self._record(repo.MARK_WAITING, row, token, min(30.0, self.settings.poll_interval_s * 5), message)
+        delay = min(30.0, self.settings.poll_interval_s * 5)
+        await self._record(repo.MARK_WAITING, row, token, delay, message)
 
     # --- channels -------------------------------------------------------------------------------------------
 

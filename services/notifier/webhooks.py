@@ -26,8 +26,8 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 def verify(secret: str, header: str, body: bytes, *, now: float | None = None,
            tolerance_s: int = TOLERANCE_S) -> bool:
-    """What a receiver does (WEBHOOKS.md): recompute the MAC over `t.body`, compare in constant time, and refuse
-    timestamps too far from its clock (a replayed old request)."""
+    """What a receiver does (WEBHOOKS.md): recompute the MAC over `t.body`, compare in constant time, and
+    refuse timestamps too far from its clock (a replayed old request)."""
     try:
         parts = dict(p.split("=", 1) for p in header.split(","))
         timestamp = int(parts["t"])

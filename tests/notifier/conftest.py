@@ -36,7 +36,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def notifier_app(common: CommonSettings, smtp: SmtpServer) -> Callable[..., Any]:
-    """`async with notifier_app(**settings) as client:` runs the notifier (consumers and senders) in-process."""
+    """`async with notifier_app(**settings) as client:` runs the notifier (consumers, senders) in-process."""
 
     def make(**kw: Any) -> AsyncTestClient[Any]:
         return AsyncTestClient(app=create_app(settings_for(smtp, **kw), common))

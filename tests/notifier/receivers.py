@@ -1,5 +1,5 @@
-"""Real receivers for the notifier's tests: an SMTP server (aiosmtpd) and an HTTP webhook receiver, both in this
-process on their own threads, each of which can be down (nothing listening) and brought up on a fixed port."""
+"""Real receivers for the notifier's tests: an SMTP server (aiosmtpd) and an HTTP webhook receiver, both in
+this process on their own threads; each can be down (nothing listening) and brought up on a fixed port."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ class SmtpServer:
                 self._accept_left -= 1
         if hold:
             self.holding.set()
-            while not self._release.is_set():
+            # A threading.Event set from the test's thread: polled, as this runs on the server's own loop.
+            while not self._release.is_set():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             return "451 4.3.0 not accepted, try again later"
         if self.delay_s:
@@ -149,9 +150,17 @@ class Receiver:
 
 
 def settings_for(smtp: SmtpServer, **kw: Any) -> NotifierSettings:
-    base: dict[str, Any] = {"smtp_port": smtp.port, "smtp_timeout_s": 2.0, "webhook_timeout_s": 2.0,
-                            "lease_s": 5.0, "backoff_base_s": 0.2, "backoff_max_s": 1.0, "poll_interval_s": 0.2,
-                            "webhook_allow_private": True, "console_url": "https://console.example"}
+    base: dict[str, Any] = {
+        "smtp_port": smtp.port,
+        "smtp_timeout_s": 2.0,
+        "webhook_timeout_s": 2.0,
+        "lease_s": 5.0,
+        "backoff_base_s": 0.2,
+        "backoff_max_s": 1.0,
+        "poll_interval_s": 0.2,
+        "webhook_allow_private": True,
+        "console_url": "https://console.example",
+    }
     return NotifierSettings(**{**base, **kw})
 
 
@@ -159,16 +168,33 @@ def env_for(smtp: SmtpServer, **kw: Any) -> dict[str, str]:
     """The same settings for a `faregate notifier` process."""
     s = settings_for(smtp, **kw)
     out = {}
-    for name in ("smtp_port", "smtp_timeout_s", "webhook_timeout_s", "lease_s", "backoff_base_s", "backoff_max_s",
-                 "poll_interval_s", "webhook_allow_private", "console_url", "email_workers", "webhook_workers"):
+    for name in (
+        "smtp_port",
+        "smtp_timeout_s",
+        "webhook_timeout_s",
+        "lease_s",
+        "backoff_base_s",
+        "backoff_max_s",
+        "poll_interval_s",
+        "webhook_allow_private",
+        "console_url",
+        "email_workers",
+        "webhook_workers",
+    ):
         value = getattr(s, name)
-        out[f"FAREGATE_NOTIFIER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        out[f"FAREGATE_NOTIFIER_{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
     if s.admin_emails:
         out["FAREGATE_NOTIFIER_ADMIN_EMAILS"] = ",".join(s.admin_emails)
     return out
 
 
-async def until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
+async def until(
+    predicate: Callable[[], object],
+    timeout: float = 15.0,  # noqa: ASYNC109 (a plain deadline for a polling helper)
+    what: str = "condition",
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

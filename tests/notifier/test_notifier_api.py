@@ -1,5 +1,5 @@
-"""The preferences API: who may call it (a console session checked by a real whoami endpoint, or a service with
-the internal token) and the errors a caller gets."""
+"""The preferences API: who may call it (a console session checked by a real whoami endpoint, or a service
+with the internal token) and the errors a caller gets."""
 
 from __future__ import annotations
 
@@ -24,10 +24,16 @@ def keys_whoami(common: CommonSettings) -> Iterator[str]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            ok = (self.path == "/internal/whoami" and self.headers.get("X-Internal-Token") == common.internal_token
-                  and self.headers.get("X-Session") == "good-session")
-            body = msgspec.json.encode({"account_id": "acct-api", "user_id": "u1", "role": "owner",
-                                        "email": "api@example.com"} if ok else {"error": "unauthorized"})
+            ok = (
+                self.path == "/internal/whoami"
+                and self.headers.get("X-Internal-Token") == common.internal_token
+                and self.headers.get("X-Session") == "good-session"
+            )
+            body = msgspec.json.encode(
+                {"account_id": "acct-api", "user_id": "u1", "role": "owner", "email": "api@example.com"}
+                if ok
+                else {"error": "unauthorized"}
+            )
             self.send_response(200 if ok else 401)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -47,11 +53,14 @@ def keys_whoami(common: CommonSettings) -> Iterator[str]:
 
 
 def client_for(common: CommonSettings, smtp: SmtpServer, keys_url: str) -> AsyncTestClient[Any]:
-    return AsyncTestClient(app=create_app(settings_for(smtp), msgspec.structs.replace(common, keys_url=keys_url)))
+    return AsyncTestClient(
+        app=create_app(settings_for(smtp), msgspec.structs.replace(common, keys_url=keys_url))
+    )
 
 
-async def test_console_session_is_checked_with_keys(common: CommonSettings, smtp: SmtpServer,
-                                                    keys_whoami: str) -> None:
+async def test_console_session_is_checked_with_keys(
+    common: CommonSettings, smtp: SmtpServer, keys_whoami: str
+) -> None:
     async with client_for(common, smtp, keys_whoami) as client:
         anonymous = await client.get("/api/notifications/preferences")
         assert anonymous.status_code == 401
@@ -59,8 +68,11 @@ async def test_console_session_is_checked_with_keys(common: CommonSettings, smtp
         bad = await client.get("/api/notifications/preferences", headers={"X-Session": "stolen"})
         assert bad.status_code == 401 and "login expired" in bad.json()["error"]["message"]
 
-        put = await client.put("/api/notifications/preferences", headers={"X-Session": "good-session"},
-                               json={"email": "billing@example.com", "email_alerts": ["receipt"]})
+        put = await client.put(
+            "/api/notifications/preferences",
+            headers={"X-Session": "good-session"},
+            json={"email": "billing@example.com", "email_alerts": ["receipt"]},
+        )
         assert put.status_code == 200, put.text
         assert put.json()["account_id"] == "acct-api"
         client.cookies.set("faregate_session", "good-session")
@@ -71,15 +83,20 @@ async def test_console_session_is_checked_with_keys(common: CommonSettings, smtp
 
 async def test_internal_token_must_match(common: CommonSettings, smtp: SmtpServer, keys_whoami: str) -> None:
     async with client_for(common, smtp, keys_whoami) as client:
-        wrong = await client.get("/api/notifications/preferences",
-                                 headers={"X-Internal-Token": "guess", "X-Account-Id": "acct-api"})
+        wrong = await client.get(
+            "/api/notifications/preferences",
+            headers={"X-Internal-Token": "guess", "X-Account-Id": "acct-api"},
+        )
         assert wrong.status_code == 401
-        missing = await client.get("/api/notifications/preferences",
-                                   headers={"X-Internal-Token": common.internal_token})
+        missing = await client.get(
+            "/api/notifications/preferences", headers={"X-Internal-Token": common.internal_token}
+        )
         assert missing.status_code == 400 and missing.json()["error"]["code"] == "missing_account"
 
 
-async def test_bad_input_gets_clear_errors(common: CommonSettings, smtp: SmtpServer, keys_whoami: str) -> None:
+async def test_bad_input_gets_clear_errors(
+    common: CommonSettings, smtp: SmtpServer, keys_whoami: str
+) -> None:
     h = {"X-Internal-Token": common.internal_token, "X-Account-Id": "acct-bad"}
     async with client_for(common, smtp, keys_whoami) as client:
         unknown_field = await client.put("/api/notifications/preferences", headers=h, json={"emial": "x@y.z"})
@@ -96,17 +113,23 @@ async def test_bad_input_gets_clear_errors(common: CommonSettings, smtp: SmtpSer
         assert retry.status_code == 404
 
 
-async def test_rotating_the_webhook_secret_shows_a_new_one_once(common: CommonSettings, smtp: SmtpServer,
-                                                                keys_whoami: str) -> None:
+async def test_rotating_the_webhook_secret_shows_a_new_one_once(
+    common: CommonSettings, smtp: SmtpServer, keys_whoami: str
+) -> None:
     h = {"X-Internal-Token": common.internal_token, "X-Account-Id": "acct-rot"}
     async with client_for(common, smtp, keys_whoami) as client:
-        first = (await client.put("/api/notifications/preferences", headers=h,
-                                  json={"webhook_url": "http://127.0.0.1:9/x"})).json()["webhook_secret"]
+        first = (
+            await client.put(
+                "/api/notifications/preferences", headers=h, json={"webhook_url": "http://127.0.0.1:9/x"}
+            )
+        ).json()["webhook_secret"]
         rotated = await client.post("/api/notifications/webhook/secret", headers=h)
         assert rotated.status_code == 200
         second = rotated.json()["webhook_secret"]
         assert second.startswith("whsec_") and second != first
-        assert (await client.get("/api/notifications/preferences", headers=h)).json()["webhook_secret"] is None
+        assert (await client.get("/api/notifications/preferences", headers=h)).json()[
+            "webhook_secret"
+        ] is None
 
 
 async def test_keys_unreachable_is_a_503_not_a_crash(common: CommonSettings, smtp: SmtpServer) -> None:

@@ -1,5 +1,5 @@
-"""The notifier in-process against real Postgres, NATS, an SMTP server and a webhook receiver: each event becomes
-exactly one message with the right content, whatever is redelivered or down meanwhile."""
+"""The notifier in-process against real Postgres, NATS, an SMTP server and a webhook receiver: each event
+becomes exactly one message with the right content, whatever is redelivered or down meanwhile."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ async def register(res: Resources, account: str, address: str) -> events.Account
 
 
 async def test_each_event_yields_one_message_with_the_right_content(
-    resources: Resources, smtp: SmtpServer, notifier_app: Any,
+    resources: Resources,
+    smtp: SmtpServer,
+    notifier_app: Any,
 ) -> None:
     assert resources.publisher
     pub = resources.publisher
@@ -39,33 +41,70 @@ async def test_each_event_yields_one_message_with_the_right_content(
     channel = uid("chan")
     expiry = datetime(2030, 1, 2, 3, 4, tzinfo=UTC)
     async with notifier_app(admin_emails=(admin,)):
-        await pub.publish(events.AccountRegistered(account_id=account, email=address,
-                                                   verify_url="https://console.example/verify?t=abc"))
+        await pub.publish(
+            events.AccountRegistered(
+                account_id=account, email=address, verify_url="https://console.example/verify?t=abc"
+            )
+        )
         await until(lambda: len(smtp.to(address)) == 1, what="welcome mail")
         welcome = smtp.to(address)[0]
         assert "confirm your e-mail" in welcome.subject
         assert "https://console.example/verify?t=abc" in welcome.text
         assert 'href="https://console.example/verify?t=abc"' in welcome.html
 
-        await pub.publish(events.PasswordResetRequested(
-            account_id=account, email=address, reset_url="https://console.example/reset?token=s3cr3t&x=1",
-            expires_at=expiry))
-        await pub.publish(events.WalletCredited(account_id=account, kind="topup", amount_micros=11_000_000,
-                                                bonus_micros=1_000_000, paid_micros=10_000_000,
-                                                balance_micros=12_500_000, reference="pay_123"))
-        await pub.publish(events.WalletCredited(account_id=account, kind="adjustment", amount_micros=5,
-                                                balance_micros=12_500_005))  # not a top-up: no receipt
-        await pub.publish(events.PlanPurchased(account_id=account, plan_id="p1", plan_name="Pro monthly",
-                                               paid_micros=20_000_000, credit_micros=25_000_000, expires_at=expiry,
-                                               reference="pay_456", balance_micros=37_500_005))
-        await pub.publish(events.BalanceLow(account_id=account, balance_micros=900_000,
-                                            threshold_micros=1_000_000))
-        await pub.publish(events.BalanceLow(account_id=account, balance_micros=0, threshold_micros=1_000_000,
-                                            exhausted=True))
-        await pub.publish(events.KeyExpiring(account_id=account, key_id="key_1", label="ci bot",
-                                             expires_at=expiry))
-        await pub.publish(events.ChannelStateChanged(channel_id=channel, state="open", reason="5 errors in 10s"))
-        await pub.publish(events.ChannelStateChanged(channel_id=channel, state="closed"))  # restored: no alert
+        await pub.publish(
+            events.PasswordResetRequested(
+                account_id=account,
+                email=address,
+                reset_url="https://console.example/reset?token=s3cr3t&x=1",
+                expires_at=expiry,
+            )
+        )
+        await pub.publish(
+            events.WalletCredited(
+                account_id=account,
+                kind="topup",
+                amount_micros=11_000_000,
+                bonus_micros=1_000_000,
+                paid_micros=10_000_000,
+                balance_micros=12_500_000,
+                reference="pay_123",
+            )
+        )
+        await pub.publish(
+            events.WalletCredited(
+                account_id=account, kind="adjustment", amount_micros=5, balance_micros=12_500_005
+            )
+        )  # not a top-up: no receipt
+        await pub.publish(
+            events.PlanPurchased(
+                account_id=account,
+                plan_id="p1",
+                plan_name="Pro monthly",
+                paid_micros=20_000_000,
+                credit_micros=25_000_000,
+                expires_at=expiry,
+                reference="pay_456",
+                balance_micros=37_500_005,
+            )
+        )
+        await pub.publish(
+            events.BalanceLow(account_id=account, balance_micros=900_000, threshold_micros=1_000_000)
+        )
+        await pub.publish(
+            events.BalanceLow(
+                account_id=account, balance_micros=0, threshold_micros=1_000_000, exhausted=True
+            )
+        )
+        await pub.publish(
+            events.KeyExpiring(account_id=account, key_id="key_1", label="ci bot", expires_at=expiry)
+        )
+        await pub.publish(
+            events.ChannelStateChanged(channel_id=channel, state="open", reason="5 errors in 10s")
+        )
+        await pub.publish(
+            events.ChannelStateChanged(channel_id=channel, state="closed")
+        )  # restored: no alert
 
         await until(lambda: len(smtp.to(address)) == 7 and len(smtp.to(admin)) == 1, what="all mails")
         await asyncio.sleep(1.0)  # a wrong extra message would show up here
@@ -81,8 +120,13 @@ async def test_each_event_yields_one_message_with_the_right_content(
     assert "2030-01-02 03:04 UTC" in reset.text
 
     topup = next(m for m in mails if m.subject.startswith("Receipt: $11.000000"))
-    for line in ("Amount paid:      $10.000000", "Bonus:            $1.000000", "Credit received:  $11.000000",
-                 "New balance:      $12.500000", "Payment reference: pay_123"):
+    for line in (
+        "Amount paid:      $10.000000",
+        "Bonus:            $1.000000",
+        "Credit received:  $11.000000",
+        "New balance:      $12.500000",
+        "Payment reference: pay_123",
+    ):
         assert line in topup.text
     assert "<strong>$10.000000</strong>" in topup.html
 
@@ -108,31 +152,44 @@ async def test_each_event_yields_one_message_with_the_right_content(
     # The reset link is not kept at rest once sent.
     assert resources.pool
     sealed = await resources.pool.fetchval(
-        "SELECT count(*) FROM notifier.outbox WHERE account_id = $1 AND sealed IS NOT NULL", account)
+        "SELECT count(*) FROM notifier.outbox WHERE account_id = $1 AND sealed IS NOT NULL", account
+    )
     assert sealed == 0
 
 
 async def test_redelivered_events_and_repeated_expiry_notices_send_once(
-    resources: Resources, smtp: SmtpServer, notifier_app: Any,
+    resources: Resources,
+    smtp: SmtpServer,
+    notifier_app: Any,
 ) -> None:
     """A redelivery beyond JetStream's de-dup window (a different Nats-Msg-Id, same event) and a second
     key.expiring for the same key and expiry (keys' scan ran twice) each change nothing."""
     assert resources.publisher and resources.js
     account, address = uid("acct"), f"{uid('u')}@example.com"
     expiry = datetime(2031, 5, 6, 7, 8, tzinfo=UTC)
-    topup = events.WalletCredited(account_id=account, kind="topup", amount_micros=2_000_000,
-                                  paid_micros=2_000_000, balance_micros=2_000_000, reference="pay_dup")
+    topup = events.WalletCredited(
+        account_id=account,
+        kind="topup",
+        amount_micros=2_000_000,
+        paid_micros=2_000_000,
+        balance_micros=2_000_000,
+        reference="pay_dup",
+    )
     subject = bus.subject(resources.common.namespace, "wallet.credited")
     async with notifier_app():
         await register(resources, account, address)
         for n in range(3):
             await resources.js.publish(subject, events.encode(topup), headers={"Nats-Msg-Id": f"again-{n}"})
         for _ in range(2):
-            await resources.publisher.publish(events.KeyExpiring(account_id=account, key_id="k9", label="x",
-                                                                 expires_at=expiry))
+            await resources.publisher.publish(
+                events.KeyExpiring(account_id=account, key_id="k9", label="x", expires_at=expiry)
+            )
         # A later expiry of the same key is a new notice.
-        await resources.publisher.publish(events.KeyExpiring(account_id=account, key_id="k9", label="x",
-                                                             expires_at=expiry + timedelta(days=30)))
+        await resources.publisher.publish(
+            events.KeyExpiring(
+                account_id=account, key_id="k9", label="x", expires_at=expiry + timedelta(days=30)
+            )
+        )
         await until(lambda: len(smtp.to(address)) >= 4, what="mails")
         await asyncio.sleep(1.5)
     subjects = sorted(m.subject for m in smtp.to(address))
@@ -146,32 +203,47 @@ async def test_commit_without_ack_then_redelivery_queues_nothing_twice(resources
     """The consumer handler committed but the ack was lost: the redelivered batch adds no outbox rows."""
     assert resources.pool
     account = uid("acct")
-    batch: list[Any] = [(None, events.BalanceLow(account_id=account, balance_micros=1, threshold_micros=5)),
-                        (None, events.KeyExpiring(account_id=account, key_id="k1", label="a",
-                                                  expires_at=datetime(2032, 1, 1, tzinfo=UTC)))]
+    batch: list[Any] = [
+        (None, events.BalanceLow(account_id=account, balance_micros=1, threshold_micros=5)),
+        (
+            None,
+            events.KeyExpiring(
+                account_id=account, key_id="k1", label="a", expires_at=datetime(2032, 1, 1, tzinfo=UTC)
+            ),
+        ),
+    ]
     woken: list[int] = []
-    handle = consumer.make_handler(resources.pool, Context(), resources.common.secret_key, "notifier-billing",
-                                   lambda: woken.append(1))
+    handle = consumer.make_handler(
+        resources.pool, Context(), resources.common.secret_key, "notifier-billing", lambda: woken.append(1)
+    )
     await handle(batch)
     await handle(batch)
-    rows = await resources.pool.fetchval("SELECT count(*) FROM notifier.outbox WHERE account_id = $1", account)
+    rows = await resources.pool.fetchval(
+        "SELECT count(*) FROM notifier.outbox WHERE account_id = $1", account
+    )
     assert rows == 2
     assert woken == [1]
 
 
 async def test_poison_message_is_terminated_and_the_next_event_still_delivered(
-    resources: Resources, smtp: SmtpServer, notifier_app: Any,
+    resources: Resources,
+    smtp: SmtpServer,
+    notifier_app: Any,
 ) -> None:
     assert resources.js and resources.publisher
     account, address = uid("acct"), f"{uid('u')}@example.com"
     async with notifier_app():
         await register(resources, account, address)
-        await resources.js.publish(bus.subject(resources.common.namespace, "balance.low"), b'{"type": "balance.low"')
-        await resources.publisher.publish(events.BalanceLow(account_id=account, balance_micros=3,
-                                                            threshold_micros=10))
+        await resources.js.publish(
+            bus.subject(resources.common.namespace, "balance.low"), b'{"type": "balance.low"'
+        )
+        await resources.publisher.publish(
+            events.BalanceLow(account_id=account, balance_micros=3, threshold_micros=10)
+        )
         await until(lambda: len(smtp.to(address)) == 2, what="welcome and alert")
-    info = await resources.js.consumer_info(bus.stream_name(resources.common.namespace, bus.STREAMS[2]),
-                                            "notifier-billing")
+    info = await resources.js.consumer_info(
+        bus.stream_name(resources.common.namespace, bus.STREAMS[2]), "notifier-billing"
+    )
     assert info.num_ack_pending == 0
 
 
@@ -181,13 +253,21 @@ async def internal(client: Any, method: str, path: str, account: str, **kw: Any)
 
 
 async def test_webhook_receiver_down_then_up_gets_one_signed_delivery(
-    resources: Resources, smtp: SmtpServer, receiver: Receiver, notifier_app: Any,
+    resources: Resources,
+    smtp: SmtpServer,
+    receiver: Receiver,
+    notifier_app: Any,
 ) -> None:
     assert resources.publisher
     account, address = uid("acct"), f"{uid('u')}@example.com"
     async with notifier_app() as client:
-        resp = await internal(client, "PUT", "/api/notifications/preferences", account,
-                              json={"webhook_url": receiver.url, "email_alerts": ["receipt"]})
+        resp = await internal(
+            client,
+            "PUT",
+            "/api/notifications/preferences",
+            account,
+            json={"webhook_url": receiver.url, "email_alerts": ["receipt"]},
+        )
         assert resp.status_code == 200, resp.text
         secret = resp.json()["webhook_secret"]
         assert secret.startswith("whsec_")
@@ -198,6 +278,7 @@ async def test_webhook_receiver_down_then_up_gets_one_signed_delivery(
         await register(resources, account, address)
         low = events.BalanceLow(account_id=account, balance_micros=400_000, threshold_micros=500_000)
         await resources.publisher.publish(low)
+
         # Pending with failed attempts, visible to the owner; e-mail for this alert was switched off.
         async def attempted() -> bool:
             r = await internal(client, "GET", "/api/notifications/deliveries?channel=webhook", account)
@@ -213,7 +294,9 @@ async def test_webhook_receiver_down_then_up_gets_one_signed_delivery(
         receiver.up()
         await until(lambda: len(receiver.hooks) == 1, what="webhook after receiver came back")
         await asyncio.sleep(1.0)
-        rows = (await internal(client, "GET", "/api/notifications/deliveries?channel=webhook", account)).json()
+        rows = (
+            await internal(client, "GET", "/api/notifications/deliveries?channel=webhook", account)
+        ).json()
 
     assert len(receiver.hooks) == 1
     hook = receiver.hooks[0]
@@ -222,8 +305,12 @@ async def test_webhook_receiver_down_then_up_gets_one_signed_delivery(
     assert not verify("whsec_wrong", hook.headers["faregate-signature"], hook.body)
     body = msgspec.json.decode(hook.body)
     assert body["type"] == "balance_low" and body["event_type"] == "balance.low"
-    assert body["data"] == {"account_id": account, "balance_micros": 400_000, "threshold_micros": 500_000,
-                            "exhausted": False}
+    assert body["data"] == {
+        "account_id": account,
+        "balance_micros": 400_000,
+        "threshold_micros": 500_000,
+        "exhausted": False,
+    }
     assert hook.headers["idempotency-key"] == body["id"] == hook.headers["faregate-delivery"]
     assert rows[0]["status"] == "sent" and rows[0]["destination"] == receiver.url
     # Only the welcome mail: low-balance e-mails were switched off in the preferences.
@@ -231,17 +318,28 @@ async def test_webhook_receiver_down_then_up_gets_one_signed_delivery(
 
 
 async def test_webhook_failing_past_the_limit_is_recorded_failed_and_can_be_retried(
-    resources: Resources, smtp: SmtpServer, receiver: Receiver, notifier_app: Any,
+    resources: Resources,
+    smtp: SmtpServer,
+    receiver: Receiver,
+    notifier_app: Any,
 ) -> None:
     assert resources.publisher
     account = uid("acct")
     receiver.status = 500
     async with notifier_app(webhook_max_attempts=3) as client:
-        resp = await internal(client, "PUT", "/api/notifications/preferences", account,
-                              json={"webhook_url": receiver.url, "email_alerts": []})
+        resp = await internal(
+            client,
+            "PUT",
+            "/api/notifications/preferences",
+            account,
+            json={"webhook_url": receiver.url, "email_alerts": []},
+        )
         secret = resp.json()["webhook_secret"]
-        await resources.publisher.publish(events.KeyExpiring(account_id=account, key_id="kx", label="l",
-                                                             expires_at=datetime(2033, 1, 1, tzinfo=UTC)))
+        await resources.publisher.publish(
+            events.KeyExpiring(
+                account_id=account, key_id="kx", label="l", expires_at=datetime(2033, 1, 1, tzinfo=UTC)
+            )
+        )
 
         async def failed() -> list[dict[str, Any]]:
             r = await internal(client, "GET", "/api/notifications/deliveries?status=failed", account)
@@ -257,47 +355,70 @@ async def test_webhook_failing_past_the_limit_is_recorded_failed_and_can_be_retr
         assert receiver.attempts == 3 and receiver.hooks == []
 
         receiver.status = 204
-        retry = await internal(client, "POST", f"/api/notifications/deliveries/{rows[0]['id']}/retry", account)
+        retry = await internal(
+            client, "POST", f"/api/notifications/deliveries/{rows[0]['id']}/retry", account
+        )
         assert retry.status_code == 202
         await until(lambda: len(receiver.hooks) == 1, what="retried webhook")
-        other = await internal(client, "POST", f"/api/notifications/deliveries/{rows[0]['id']}/retry", "acct-x")
+        other = await internal(
+            client, "POST", f"/api/notifications/deliveries/{rows[0]['id']}/retry", "acct-x"
+        )
         assert other.status_code == 404  # not someone else's to retry
     assert verify(secret, receiver.hooks[0].headers["faregate-signature"], receiver.hooks[0].body)
 
 
 async def test_smtp_down_delays_mail_without_blocking_webhooks_or_consuming(
-    resources: Resources, smtp: SmtpServer, receiver: Receiver, notifier_app: Any,
+    resources: Resources,
+    smtp: SmtpServer,
+    receiver: Receiver,
+    notifier_app: Any,
 ) -> None:
     assert resources.publisher and resources.pool
     account, address = uid("acct"), f"{uid('u')}@example.com"
     smtp.down()
     async with notifier_app() as client:
-        await internal(client, "PUT", "/api/notifications/preferences", account, json={"webhook_url": receiver.url})
+        await internal(
+            client, "PUT", "/api/notifications/preferences", account, json={"webhook_url": receiver.url}
+        )
         await register(resources, account, address)
-        await resources.publisher.publish(events.WalletCredited(
-            account_id=account, kind="topup", amount_micros=1_000_000, paid_micros=1_000_000,
-            balance_micros=1_000_000, reference="pay_down"))
+        await resources.publisher.publish(
+            events.WalletCredited(
+                account_id=account,
+                kind="topup",
+                amount_micros=1_000_000,
+                paid_micros=1_000_000,
+                balance_micros=1_000_000,
+                reference="pay_down",
+            )
+        )
         await until(lambda: len(receiver.hooks) == 1, what="webhook while SMTP is down")
         queued = await resources.pool.fetchval(
             "SELECT count(*) FROM notifier.outbox WHERE account_id = $1 AND channel = 'email'"
-            " AND status = 'pending' AND last_error LIKE 'SMTP unavailable%'", account)
+            " AND status = 'pending' AND last_error LIKE 'SMTP unavailable%'",
+            account,
+        )
         assert queued == 2  # welcome and receipt: consumed, waiting, not dropped
         smtp.up()
         await until(lambda: len(smtp.to(address)) == 2, what="mail once SMTP is back")
         await asyncio.sleep(1.0)
-    assert sorted(m.subject for m in smtp.to(address)) == ["Receipt: $1.000000 added to your Faregate wallet",
-                                                          "Welcome to Faregate"]
+    assert sorted(m.subject for m in smtp.to(address)) == [
+        "Receipt: $1.000000 added to your Faregate wallet",
+        "Welcome to Faregate",
+    ]
 
 
 async def test_mail_waits_for_an_address_that_arrives_later(
-    resources: Resources, smtp: SmtpServer, notifier_app: Any,
+    resources: Resources,
+    smtp: SmtpServer,
+    notifier_app: Any,
 ) -> None:
     """Billing's stream may be read before keys' one: the receipt waits for account.registered."""
     assert resources.publisher
     account, address = uid("acct"), f"{uid('u')}@example.com"
     async with notifier_app():
-        await resources.publisher.publish(events.BalanceLow(account_id=account, balance_micros=1,
-                                                            threshold_micros=2))
+        await resources.publisher.publish(
+            events.BalanceLow(account_id=account, balance_micros=1, threshold_micros=2)
+        )
         await asyncio.sleep(1.0)
         assert smtp.to(address) == []
         await register(resources, account, address)

@@ -1,5 +1,5 @@
-"""Real `faregate notifier` processes: one SIGKILLed in the middle of a batch, and two running at once. Neither
-may send any notification twice."""
+"""Real `faregate notifier` processes: one SIGKILLed in the middle of a batch, and two running at once.
+Neither may send any notification twice."""
 
 from __future__ import annotations
 
@@ -29,13 +29,21 @@ def references(mails: list[object]) -> collections.Counter[str]:
 async def publish_topups(res: Resources, account: str, n: int, tag: str) -> None:
     assert res.publisher
     for i in range(n):
-        await res.publisher.publish(events.WalletCredited(
-            account_id=account, kind="topup", amount_micros=1_000_000 + i, paid_micros=1_000_000 + i,
-            balance_micros=5_000_000, reference=f"{tag}-{i}"))
+        await res.publisher.publish(
+            events.WalletCredited(
+                account_id=account,
+                kind="topup",
+                amount_micros=1_000_000 + i,
+                paid_micros=1_000_000 + i,
+                balance_micros=5_000_000,
+                reference=f"{tag}-{i}",
+            )
+        )
 
 
-async def test_notifier_killed_mid_batch_sends_each_notification_once(resources: Resources,
-                                                                       smtp: SmtpServer) -> None:
+async def test_notifier_killed_mid_batch_sends_each_notification_once(
+    resources: Resources, smtp: SmtpServer
+) -> None:
     assert resources.publisher
     account, address = f"acct-{secrets.token_hex(4)}", f"kill-{secrets.token_hex(4)}@example.com"
     await resources.publisher.publish(events.AccountRegistered(account_id=account, email=address))
@@ -64,24 +72,32 @@ async def test_notifier_killed_mid_batch_sends_each_notification_once(resources:
     assert len({m.message_id for m in mails}) == 9
 
 
-async def test_two_notifiers_at_once_never_double_send(resources: Resources, smtp: SmtpServer,
-                                                       receiver: Receiver) -> None:
+async def test_two_notifiers_at_once_never_double_send(
+    resources: Resources, smtp: SmtpServer, receiver: Receiver
+) -> None:
     assert resources.publisher
     common = config.load(CommonSettings)
     account, address = f"acct-{secrets.token_hex(4)}", f"pair-{secrets.token_hex(4)}@example.com"
     env = env_for(smtp, email_workers=4, webhook_workers=4)
     smtp.delay_s = 0.05
-    a, b = await asyncio.gather(asyncio.to_thread(procs.start, "notifier", env),
-                                asyncio.to_thread(procs.start, "notifier", env))
+    a, b = await asyncio.gather(
+        asyncio.to_thread(procs.start, "notifier", env), asyncio.to_thread(procs.start, "notifier", env)
+    )
     try:
         async with httpx.AsyncClient() as http:
-            resp = await http.put(f"{a.url}/api/notifications/preferences", json={"webhook_url": receiver.url},
-                                  headers={"X-Internal-Token": common.internal_token, "X-Account-Id": account})
+            resp = await http.put(
+                f"{a.url}/api/notifications/preferences",
+                json={"webhook_url": receiver.url},
+                headers={"X-Internal-Token": common.internal_token, "X-Account-Id": account},
+            )
             assert resp.status_code == 200, resp.text
         await resources.publisher.publish(events.AccountRegistered(account_id=account, email=address))
         await publish_topups(resources, account, 30, "pair")
-        await until(lambda: len(smtp.to(address)) >= 31 and len(receiver.hooks) >= 30, timeout=60,
-                    what="every mail and webhook")
+        await until(
+            lambda: len(smtp.to(address)) >= 31 and len(receiver.hooks) >= 30,
+            timeout=60,
+            what="every mail and webhook",
+        )
         await asyncio.sleep(2.0)
     finally:
         a.stop()
