@@ -8,7 +8,7 @@ from typing import Any
 from litestar import Litestar, Request, get, post
 from litestar.datastructures import State
 
-from services.mock_upstream import openai_api
+from services.mock_upstream import anthropic_api, gemini_api, openai_api
 from services.mock_upstream.config import MockUpstreamSettings
 from services.mock_upstream.exchange import stats_of
 from shared import config, logs, telemetry
@@ -18,6 +18,12 @@ from shared.web import ops_handlers, request_id_middleware
 
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    # One path, three providers: Anthropic's SDK always sends `anthropic-version`, Google's sends its key in
+    # `x-goog-api-key` (or `?key=`), OpenAI's does neither.
+    if "anthropic-version" in request.headers:
+        return anthropic_api.anthropic_models()
+    if gemini_api.api_key(request):
+        return gemini_api.gemini_models()
     return openai_api.openai_models()
 
 
@@ -42,6 +48,8 @@ def create_app(settings: MockUpstreamSettings, common: CommonSettings) -> Litest
             mock_stats,
             mock_reset,
             *openai_api.HANDLERS,
+            *anthropic_api.HANDLERS,
+            *gemini_api.HANDLERS,
         ],
         middleware=[request_id_middleware],
         state=State({"stats": Stats(), "api_key": settings.api_key}),

@@ -129,26 +129,30 @@ async def open_exchange(
         entry.status = CLIENT_CLOSED
         return Response(b"", status_code=CLIENT_CLOSED)
     if faults.status is not None and faults.status >= 400:
-        entry.outcome = "error"
-        entry.status = faults.status
         headers = {"retry-after": str(faults.retry_after)} if faults.retry_after is not None else None
         kind = "rate_limit" if faults.status == 429 else None
-        return error(faults.status, f"Injected fault: the upstream answered {faults.status}.", kind, headers)
+        return _refuse(
+            entry,
+            error(faults.status, f"Injected fault: the upstream answered {faults.status}.", kind, headers),
+        )
 
     expected: str = request.app.state["api_key"]
     if not api_key or (expected and api_key != expected):
-        entry.outcome = "error"
-        entry.status = 401
-        return error(401, "Incorrect API key provided." if api_key else "No API key provided.", "auth", None)
+        return _refuse(
+            entry,
+            error(401, "Incorrect API key provided." if api_key else "No API key provided.", "auth", None),
+        )
     if not base_model:
-        entry.outcome = "error"
-        entry.status = 400
-        return error(400, "you must provide a model parameter", "invalid_request", None)
+        return _refuse(entry, error(400, "you must provide a model parameter", "invalid_request", None))
     return Exchange(body=body, model=base_model, faults=faults, entry=entry, error=error)
+
+
+def _refuse(entry: Entry, response: Response[Any]) -> Response[Any]:
+    entry.outcome = "error"
+    entry.status = response.status_code or 500
+    return response
 
 
 def fail(exchange: Exchange, status: int, message: str, kind: str | None = None) -> Response[Any]:
     """A validation error found after the exchange opened."""
-    exchange.entry.outcome = "error"
-    exchange.entry.status = status
-    return exchange.error(status, message, kind, None)
+    return _refuse(exchange.entry, exchange.error(status, message, kind, None))

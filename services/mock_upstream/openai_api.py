@@ -511,7 +511,7 @@ def model_object(name: str) -> dict[str, Any]:
 
 
 @get("/v1/models/{model_id:str}")
-async def get_model(request: Request[Any, Any, Any], model_id: str) -> Response[Any]:
+async def get_model(model_id: str) -> Response[Any]:
     if model_id not in MODELS:
         return error_response(404, f"The model '{model_id}' does not exist", None, None, param="model")
     return Response(model_object(model_id))

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 
 from tests.procs import ServiceProcess, start
@@ -38,3 +39,7 @@ def stats(mock_url: str) -> Callable[[], dict[str, Any]]:
         return response.json()  # type: ignore[no-any-return]
 
     return read
+
+
+# What a client sees when the mock drops the line on purpose (the SDKs ride on httpx2, tests on httpx).
+DROPPED = (httpx.RemoteProtocolError, httpx2.RemoteProtocolError)

@@ -1,0 +1,156 @@
+"""The fake provider speaks the Gemini API well enough for the official `google-genai` SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from google import genai
+from google.genai import errors, types
+
+from tests.mock_upstream.conftest import DROPPED, KEY
+
+Stats = Callable[[], dict[str, Any]]
+ASK = "Explain blorptangle briefly."
+WEATHER = types.Tool(
+    function_declarations=[
+        types.FunctionDeclaration(
+            name="get_weather",
+            description="Weather in a city",
+            parameters=types.Schema(
+                type=types.Type.OBJECT,
+                properties={"city": types.Schema(type=types.Type.STRING)},
+                required=["city"],
+            ),
+        )
+    ]
+)
+
+
+@pytest.fixture
+def client(mock_url: str) -> genai.Client:
+    return genai.Client(
+        api_key=KEY,
+        http_options=types.HttpOptions(base_url=mock_url, retry_options=types.HttpRetryOptions(attempts=1)),
+    )
+
+
+def test_generate_content_with_system_instruction_and_usage(client: genai.Client, stats: Stats) -> None:
+    config = types.GenerateContentConfig(system_instruction="Be brief.")
+    resp = client.models.generate_content(model="gemini-2.5-flash", contents=ASK, config=config)
+    again = client.models.generate_content(model="gemini-2.5-flash", contents=ASK, config=config)
+    assert resp.text and resp.text == again.text and "blorptangle" not in resp.text.lower()
+    cand = resp.candidates[0]  # type: ignore[index]
+    assert cand.finish_reason == types.FinishReason.STOP
+    usage = resp.usage_metadata
+    assert usage and usage.prompt_token_count and usage.candidates_token_count
+    assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count
+    assert usage.cached_content_token_count is None
+    entry = stats()["requests"][0]
+    assert entry["api_key"] == KEY and entry["model"] == "gemini-2.5-flash"
+    assert "systemInstruction" in entry["body"]  # the SDK speaks camelCase on the wire
+    counted = client.models.count_tokens(model="gemini-2.5-flash", contents=ASK)
+    assert counted.total_tokens and counted.total_tokens > 3
+
+
+def test_stream_sse_text_matches_and_usage_last(client: genai.Client, mock_url: str) -> None:
+    whole = client.models.generate_content(model="gemini-2.5-flash", contents=ASK)
+    chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents=ASK))
+    assert len(chunks) == 20
+    assert "".join(c.text or "" for c in chunks) == whole.text
+    assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP  # type: ignore[index]
+    assert chunks[-1].usage_metadata and chunks[-1].usage_metadata.candidates_token_count == (
+        whole.usage_metadata.candidates_token_count
+    )  # type: ignore[union-attr]
+    # Without alt=sse the stream is one JSON array.
+    raw = httpx.post(
+        mock_url + "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        params={"key": KEY},
+        json={"contents": [{"role": "user", "parts": [{"text": ASK}]}]},
+    )
+    assert raw.status_code == 200 and len(raw.json()) == 20
+
+
+def test_function_call_and_generation_config(client: genai.Client) -> None:
+    config = types.GenerateContentConfig(tools=[WEATHER])
+    resp = client.models.generate_content(
+        model="gemini-2.5-flash", contents="weather in Oslo?", config=config
+    )
+    calls = resp.function_calls
+    assert calls and calls[0].name == "get_weather" and calls[0].args == {"city": "Paris"}
+    streamed = [
+        c
+        for c in client.models.generate_content_stream(
+            model="gemini-2.5-flash", contents="weather in Oslo?", config=config
+        )
+        if c.function_calls
+    ]
+    assert streamed and streamed[0].function_calls[0].name == "get_weather"  # type: ignore[index]
+    forced = client.models.generate_content(
+        model="gemini-2.5-flash",
+        contents=ASK,
+        config=types.GenerateContentConfig(
+            tools=[WEATHER],
+            tool_config=types.ToolConfig(
+                function_calling_config=types.FunctionCallingConfig(mode=types.FunctionCallingConfigMode.ANY)
+            ),
+        ),
+    )
+    assert forced.function_calls
+
+    short = client.models.generate_content(
+        model="gemini-2.5-flash", contents=ASK, config=types.GenerateContentConfig(max_output_tokens=5)
+    )
+    assert short.candidates[0].finish_reason == types.FinishReason.MAX_TOKENS  # type: ignore[index]
+    assert short.usage_metadata and short.usage_metadata.candidates_token_count <= 5  # type: ignore[operator]
+    two = client.models.generate_content(
+        model="gemini-2.5-flash", contents=ASK, config=types.GenerateContentConfig(candidate_count=2)
+    )
+    assert two.candidates and len(two.candidates) == 2
+    as_json = client.models.generate_content(
+        model="gemini-2.5-flash",
+        contents=ASK,
+        config=types.GenerateContentConfig(response_mime_type="application/json"),
+    )
+    assert as_json.parsed is None and isinstance(__import__("json").loads(as_json.text or ""), dict)
+    cached = client.models.generate_content(model="gemini-2.5-flash", contents="lorem " * 1500)
+    assert cached.usage_metadata and (cached.usage_metadata.cached_content_token_count or 0) >= 1024
+
+
+def test_errors_in_google_shape(client: genai.Client, mock_url: str) -> None:
+    with pytest.raises(errors.ClientError) as limited:
+        client.models.generate_content(model="gemini-2.5-flash@fail429", contents=ASK)
+    assert limited.value.code == 429 and limited.value.status == "RESOURCE_EXHAUSTED"
+    with pytest.raises(errors.ServerError) as broken:
+        client.models.generate_content(
+            model="gemini-2.5-flash",
+            contents=ASK,
+            config=types.GenerateContentConfig(
+                http_options=types.HttpOptions(headers={"x-mock-fault": "status=503"})
+            ),
+        )
+    assert broken.value.code == 503
+    anonymous = httpx.post(
+        mock_url + "/v1beta/models/gemini-2.5-flash:generateContent",
+        json={"contents": [{"parts": [{"text": "hi"}]}]},
+    )
+    assert anonymous.status_code == 403 and anonymous.json()["error"]["status"] == "PERMISSION_DENIED"
+    empty = httpx.post(
+        mock_url + "/v1beta/models/gemini-2.5-flash:generateContent",
+        params={"key": KEY},
+        json={"contents": []},
+    )
+    assert empty.status_code == 400 and empty.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_disconnect_mid_stream(client: genai.Client, stats: Stats) -> None:
+    got = []
+    with pytest.raises((*DROPPED, errors.APIError)):
+        for chunk in client.models.generate_content_stream(
+            model="gemini-2.5-flash@disconnect_after=2", contents=ASK
+        ):
+            got.append(chunk)
+    assert len(got) == 2
+    assert stats()["requests"][0]["outcome"] == "disconnected"
