@@ -1,5 +1,6 @@
 """The Gemini (Google AI) wire format: generateContent, streamGenerateContent (SSE or JSON array),
-countTokens, models, errors. Field names are camelCase on the wire; snake_case is accepted too, as Google's server does."""
+countTokens, models, errors. Field names are camelCase on the wire; snake_case is accepted too, as Google's
+server does."""
 
 from __future__ import annotations
 
