@@ -1,0 +1,166 @@
+"""Admission: rate limits, concurrency and the spend-guard reservation, in one Redis round trip per request.
+
+`lua/admit.lua` checks every limit and the wallet (and key quota) and writes nothing unless all pass;
+`lua/finish.lua` undoes the in-flight entry, corrects the token windows and settles the reservation. Both keep the
+hash fields of `shared/wallet.py`, so billing's `apply_debit` matches what the gateway reserved and settled.
+
+When Redis is unreachable the gateway stays up (decided in ARCHITECTURE terms, tested in
+tests/gateway/test_redis_outage.py):
+- rate limits and concurrency fail OPEN: they protect upstream capacity, and losing them for the length of an
+  outage costs less than refusing every paying client;
+- the spend guard fails CLOSED for wallets this worker has never seen, and degrades for those it has: each
+  worker remembers the last available amount Redis answered per account and keeps reserving against that local
+  copy (never above it). Billing still debits from the usage events, so the ledger stays exact; the possible
+  overspend during the outage is bounded by (workers x the last known available amount), and no wallet this
+  worker never saw funded can spend at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+
+from shared.cache import Keys
+
+log = logging.getLogger("faregate.gateway.admission")
+
+_LUA = Path(__file__).with_name("lua")
+
+REDIS_DEGRADED = Counter("faregate_gateway_redis_degraded_total",
+                         "Requests admitted or refused without Redis (limits open, local spend copy)", ["outcome"])
+
+RESERVATION_TTL_S = 15 * 60
+INFLIGHT_TTL_MS = 15 * 60 * 1000  # an in-flight entry left by a killed pod stops counting after this
+
+SCOPES = {10: ("key", "rpm"), 11: ("key", "tpm"), 12: ("key", "concurrency"),
+          13: ("account", "rpm"), 14: ("account", "tpm"), 15: ("account", "concurrency")}
+
+
+@dataclass(frozen=True)
+class Limits:
+    key_rpm: int = 0
+    key_tpm: int = 0
+    key_concurrency: int = 0
+    account_rpm: int = 0
+    account_tpm: int = 0
+    account_concurrency: int = 0
+
+
+@dataclass
+class Ticket:
+    """What admission held for one request; handed back to `finish`."""
+
+    request_id: str
+    account_id: str
+    key_id: str
+    amount: int
+    token_estimate: int
+    window: int  # minute index the token windows were charged in
+    degraded: bool = False  # admitted without Redis (local spend copy)
+    key_rpm_used: int = 0
+    key_tpm_used: int = 0
+    reset_ms: int = 0
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ticket: Ticket | None
+    # refused: "wallet" | "quota" | "unknown" | "<scope>_<kind>" (e.g. "key_rpm"); "" when admitted
+    refused: str = ""
+    available: int = 0
+    retry_after_ms: int = 0
+
+
+@dataclass
+class Admission:
+    redis: aioredis.Redis
+    keys: Keys
+    _last_available: dict[str, int] = field(default_factory=dict)
+    _local_held: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._admit = self.redis.register_script((_LUA / "admit.lua").read_text())
+        self._finish = self.redis.register_script((_LUA / "finish.lua").read_text())
+
+    def _keys(self, account_id: str, key_id: str, request_id: str, window: int) -> list[str]:
+        k = self.keys
+        w = str(window)
+        return [
+            k.wallet(account_id), k.quota(key_id), k.reservation(request_id),
+            k.rate("key", key_id, "rpm:" + w), k.rate("key", key_id, "tpm:" + w), k.rate("key", key_id, "inflight"),
+            k.rate("acct", account_id, "rpm:" + w), k.rate("acct", account_id, "tpm:" + w),
+            k.rate("acct", account_id, "inflight"),
+        ]
+
+    async def admit(self, *, request_id: str, account_id: str, key_id: str, amount: int, quota_limit: int,
+                    token_estimate: int, limits: Limits) -> Verdict:
+        now_ms = int(time.time() * 1000)
+        window = now_ms // 60000
+        try:
+            out = await self._admit(
+                keys=self._keys(account_id, key_id, request_id, window),
+                args=[amount, quota_limit, RESERVATION_TTL_S, now_ms, request_id, token_estimate, INFLIGHT_TTL_MS,
+                      limits.key_rpm, limits.key_tpm, limits.key_concurrency,
+                      limits.account_rpm, limits.account_tpm, limits.account_concurrency],
+            )
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+            return self._admit_locally(request_id, account_id, key_id, amount, token_estimate, window, exc)
+        code, available, rpm_used, tpm_used, retry_ms = (int(x) for x in out)
+        if code == 0:
+            self._last_available[account_id] = available
+            return Verdict(Ticket(request_id, account_id, key_id, amount, token_estimate, window,
+                                  key_rpm_used=rpm_used, key_tpm_used=tpm_used, reset_ms=retry_ms),
+                           available=available)
+        if code in SCOPES:
+            scope, kind = SCOPES[code]
+            return Verdict(None, refused=f"{scope}_{kind}", retry_after_ms=retry_ms)
+        refused = {1: "wallet", 2: "quota", 3: "unknown"}[code]
+        if refused != "unknown":
+            self._last_available[account_id] = available
+        return Verdict(None, refused=refused, available=available)
+
+    def _admit_locally(self, request_id: str, account_id: str, key_id: str, amount: int, token_estimate: int,
+                       window: int, exc: BaseException) -> Verdict:
+        known = self._last_available.get(account_id)
+        if known is None:
+            REDIS_DEGRADED.labels("refused").inc()
+            log.warning("redis unreachable and no local balance copy; refusing", extra={"error": repr(exc)})
+            return Verdict(None, refused="unavailable")
+        held = self._local_held.get(account_id, 0)
+        if known - held < amount or known - held <= 0:
+            REDIS_DEGRADED.labels("refused").inc()
+            return Verdict(None, refused="wallet", available=known - held)
+        self._local_held[account_id] = held + amount
+        REDIS_DEGRADED.labels("admitted").inc()
+        return Verdict(Ticket(request_id, account_id, key_id, amount, token_estimate, window, degraded=True),
+                       available=known - held - amount)
+
+    async def finish(self, ticket: Ticket, actual_cost: int, actual_tokens: int) -> None:
+        """Settle once; safe to call again (the reservation marker makes the Redis side idempotent)."""
+        if ticket.finished:
+            return
+        ticket.finished = True
+        if ticket.degraded:
+            # The local copy keeps the actual spend: it stays spent until Redis (and billing) say otherwise.
+            self._local_held[ticket.account_id] = (
+                self._local_held.get(ticket.account_id, 0) - ticket.amount + actual_cost)
+            return
+        keys = self._keys(ticket.account_id, ticket.key_id, ticket.request_id, ticket.window)
+        try:
+            await self._finish(
+                keys=[keys[0], keys[1], keys[2], keys[4], keys[7], keys[5], keys[8]],
+                args=[actual_cost, ticket.request_id, actual_tokens - ticket.token_estimate],
+            )
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+            # The reservation marker expires and billing's debit still lands from the usage event.
+            log.warning("settle failed; reservation will expire", extra={"error": repr(exc)})
+
+    def redis_recovered(self) -> None:
+        """Forget the local spend copies once Redis answers again: it is the truth from then on."""
+        self._local_held.clear()

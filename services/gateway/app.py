@@ -1,0 +1,320 @@
+"""`faregate gateway`: the client-facing API. Handlers are thin; the request path lives in relay.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.response import Stream
+
+from services.gateway import metrics, relay, tokenizer
+from services.gateway.admission import Ticket
+from services.gateway.config import GatewaySettings
+from services.gateway.context import Gateway
+from services.gateway.errors import (
+    BadRequest,
+    BadUpstream,
+    BodyTooLarge,
+    GatewayError,
+    ModelNotFound,
+    error_body,
+    headers_for,
+)
+from services.gateway.providers import openai as oai
+from services.gateway.relay import Call
+from services.gateway.usage import Usage
+from shared import config, logs, telemetry
+from shared.config import CommonSettings
+from shared.runtime import open_resources
+from shared.web import Unauthorized, ops_handlers, request_id_middleware
+
+log = logging.getLogger("faregate.gateway")
+
+CATALOG_SAFETY_RELOAD_S = 30.0  # events keep the catalog fresh; this only bounds the damage of a missed one
+
+
+def gateway_of(request: Request[Any, Any, Any]) -> Gateway:
+    gw: Gateway = request.app.state.gw
+    return gw
+
+
+def new_call(request: Request[Any, Any, Any], dialect: str, endpoint: str) -> Call:
+    metrics.INFLIGHT.inc()
+    client = request.client
+    return Call(request_id=request.scope["state"]["request_id"], dialect=dialect, endpoint=endpoint,
+                client_ip=client.host if client else "")
+
+
+def error_response(dialect: str, exc: GatewayError) -> Response[bytes]:
+    return Response(error_body(dialect, exc.status, exc.code, exc.message, exc.field), status_code=exc.status,
+                    media_type="application/json", headers=headers_for(exc))
+
+
+def ratelimit_headers(call: Call, rpm: int, tpm: int) -> dict[str, str]:
+    t: Ticket | None = call.ticket
+    if t is None:
+        return {}
+    out: dict[str, str] = {}
+    reset = f"{max(t.reset_ms, 0) / 1000:.3f}s"
+    if rpm:
+        out["x-ratelimit-limit-requests"] = str(rpm)
+        out["x-ratelimit-remaining-requests"] = str(max(rpm - t.key_rpm_used, 0))
+        out["x-ratelimit-reset-requests"] = reset
+    if tpm:
+        out["x-ratelimit-limit-tokens"] = str(tpm)
+        out["x-ratelimit-remaining-tokens"] = str(max(tpm - t.key_tpm_used, 0))
+        out["x-ratelimit-reset-tokens"] = reset
+    return out
+
+
+async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
+    try:
+        return await request.body()
+    except RequestEntityTooLarge:
+        raise BodyTooLarge(f"The request body is larger than the {limit} bytes this gateway accepts.") from None
+
+
+async def guarded(gw: Gateway, call: Call, work: Any) -> Response[Any]:
+    """Run one relay; whatever happens, the call is recorded exactly once (a stream records when it ends)."""
+    handed_to_stream = False
+    try:
+        response: Response[Any] = await work
+        handed_to_stream = isinstance(response, Stream)
+        return response
+    except GatewayError as exc:
+        call.fail(exc)
+        return error_response(call.dialect, exc)
+    except Exception:
+        log.exception("request failed unexpectedly")
+        failed = GatewayError("The gateway failed to process the request.")
+        call.fail(failed)
+        return error_response(call.dialect, failed)
+    except BaseException:
+        call.status, call.error_code = 499, "client_disconnected"
+        raise
+    finally:
+        if not handed_to_stream:
+            gw.spawn(relay.record(gw, call))
+
+
+# --- OpenAI: chat completions ------------------------------------------------------------------------------
+
+
+async def _chat(gw: Gateway, call: Call, request: Request[Any, Any, Any]) -> Response[Any]:
+    raw = await read_body(request, gw.settings.max_body_bytes)
+    snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
+    body = relay.parse_json_object(raw)
+    model = relay.resolve_model(gw, call, snap, body.get("model"), "chat")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise BadRequest("'messages' must be a non-empty array.", param="messages")
+    stream = body.get("stream") is True
+    call.stream = stream
+    max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    n = body.get("n") or 1
+    if not isinstance(max_out, int) or max_out < 0:
+        raise BadRequest("'max_tokens' must be a positive integer.", param="max_tokens")
+    if not isinstance(n, int) or not 1 <= n <= 128:
+        raise BadRequest("'n' must be an integer between 1 and 128.", param="n")
+    # A cheap upper estimate of the prompt (JSON bytes / 2), not a tokenization: it only sizes the reservation
+    # and the TPM charge, both corrected to the real count when the request ends.
+    prompt_estimate = len(raw) // 2 + 16
+    amount = relay.worst_case(gw, model, call, prompt_estimate, max_out, n)
+    call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
+    metrics.OVERHEAD.observe(time.perf_counter() - call.started)
+    opened = await relay.open_upstream(gw, call, model, "/chat/completions", body, stream)
+    headers = ratelimit_headers(call, snap.rpm_limit, snap.tpm_limit)
+    if stream:
+        opts = body.get("stream_options")
+        wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        headers["cache-control"] = "no-cache"
+        return Stream(relay.stream_body(gw, call, opened, wants_usage, body["messages"]),
+                      media_type="text/event-stream", headers=headers)
+    await relay._close(opened.resp)
+    call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
+    try:
+        usage = oai.response_usage(opened.body)
+    except Exception:
+        raise BadUpstream("The upstream sent a response that is not valid JSON.") from None
+    call.usage = usage or Usage(prompt_tokens=tokenizer.count_chat_prompt(body["messages"]),
+                                completion_tokens=tokenizer.count_text(oai.response_text(opened.body)))
+    return Response(opened.body, media_type="application/json", headers=headers)
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    gw = gateway_of(request)
+    call = new_call(request, "openai", "chat")
+    return await guarded(gw, call, _chat(gw, call, request))
+
+
+# --- OpenAI: embeddings and images (no stream, plain passthrough) -------------------------------------------
+
+
+async def _plain(gw: Gateway, call: Call, request: Request[Any, Any, Any], kind: str, path: str) -> Response[Any]:
+    raw = await read_body(request, gw.settings.max_body_bytes)
+    snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
+    body = relay.parse_json_object(raw)
+    model = relay.resolve_model(gw, call, snap, body.get("model"), kind)
+    prompt_estimate = len(raw) // 2 + 16
+    amount = relay.worst_case(gw, model, call, prompt_estimate, 1)
+    call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
+    metrics.OVERHEAD.observe(time.perf_counter() - call.started)
+    opened = await relay.open_upstream(gw, call, model, path, body, False)
+    await relay._close(opened.resp)
+    try:
+        usage = oai.response_usage(opened.body)
+    except Exception:
+        raise BadUpstream("The upstream sent a response that is not valid JSON.") from None
+    if usage is None and kind == "embedding":
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else [t for t in inputs or () if isinstance(t, str)]
+        usage = Usage(prompt_tokens=sum(tokenizer.count_text(t) for t in texts))
+    call.usage = usage or Usage()
+    return Response(opened.body, media_type="application/json",
+                    headers=ratelimit_headers(call, snap.rpm_limit, snap.tpm_limit))
+
+
+@post("/v1/embeddings", status_code=200)
+async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
+    gw = gateway_of(request)
+    call = new_call(request, "openai", "embeddings")
+    return await guarded(gw, call, _plain(gw, call, request, "embedding", "/embeddings"))
+
+
+@post("/v1/images/generations", status_code=200)
+async def images(request: Request[Any, Any, Any]) -> Response[Any]:
+    gw = gateway_of(request)
+    call = new_call(request, "openai", "images")
+    return await guarded(gw, call, _plain(gw, call, request, "image", "/images/generations"))
+
+
+# --- OpenAI: models ------------------------------------------------------------------------------------------
+
+
+def _model_object(name: str, owner: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
+
+
+async def _authed(request: Request[Any, Any, Any]) -> tuple[Gateway, Any]:
+    gw = gateway_of(request)
+    call = Call(request_id="", dialect="openai", endpoint="models",
+                client_ip=request.client.host if request.client else "")
+    snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
+    return gw, snap
+
+
+@get("/v1/models")
+async def list_models(request: Request[Any, Any, Any]) -> Response[Any]:
+    try:
+        gw, snap = await _authed(request)
+    except GatewayError as exc:
+        return error_response("openai", exc)
+    return Response({"object": "list",
+                     "data": [_model_object(m.name, m.provider) for m in gw.catalog.models_for(snap)]})
+
+
+@get("/v1/models/{model_id:path}")
+async def get_model(request: Request[Any, Any, Any], model_id: str) -> Response[Any]:
+    name = model_id.lstrip("/")
+    try:
+        gw, snap = await _authed(request)
+        model = gw.catalog.models.get(name)
+        if model is None or not gw.catalog.allowed(snap, name):
+            raise ModelNotFound(f"The model `{name}` does not exist or you do not have access to it.")
+    except GatewayError as exc:
+        return error_response("openai", exc)
+    return Response(_model_object(model.name, model.provider))
+
+
+# --- internal ------------------------------------------------------------------------------------------------
+
+
+@get("/internal/channels/health")
+async def channels_health(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    gw = gateway_of(request)
+    if request.headers.get("x-internal-token") != gw.common.internal_token:
+        raise Unauthorized("internal endpoint: missing or wrong X-Internal-Token")
+    channels = gw.catalog.catalog.channels
+    report = await gw.breaker.report(c.id for c in channels)
+    names = {c.id: c.name for c in channels}
+    for row in report:
+        row["name"] = names.get(row["channel_id"], "")
+    return {"channels": report}
+
+
+def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Framework errors (unknown route, wrong method) in the OpenAI shape rather than Litestar's."""
+    status = exc.status_code
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request_error")
+    return Response(error_body("openai", status, code, str(exc.detail)), status_code=status,
+                    media_type="application/json")
+
+
+def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_resources(common, "gateway", use_db=False) as res:
+            http = httpx.AsyncClient(
+                timeout=httpx.Timeout(connect=settings.connect_timeout_s, read=None, write=60,
+                                      pool=settings.connect_timeout_s),
+                limits=httpx.Limits(max_connections=settings.max_upstream_connections,
+                                    max_keepalive_connections=settings.max_upstream_connections),
+            )
+            internal = httpx.AsyncClient(timeout=5)
+            gw = Gateway(settings=settings, common=common, res=res, http=http, internal=internal)
+            await asyncio.to_thread(tokenizer.encoding, f"{common.data_dir}/tiktoken")
+            await gw.load_catalog()
+            await gw.subscribe()
+            res.spawn(gw.breaker.refresh_forever(lambda: list(gw.catalog.channels), res.stop), "breaker-refresh")
+            res.spawn(_reload_catalog_forever(gw), "catalog-reload")
+            app.state.gw = gw
+            app.state.ready_checks.update(res.ready_checks())
+            try:
+                yield
+            finally:
+                await gw.drain()
+                await http.aclose()
+                await internal.aclose()
+
+    ready_checks: dict[str, Any] = {}
+    return Litestar(
+        route_handlers=[*ops_handlers(ready_checks), chat_completions, embeddings, images, list_models, get_model,
+                        channels_health],
+        lifespan=[lifespan],
+        middleware=[request_id_middleware],
+        exception_handlers={HTTPException: http_exception_handler},
+        request_max_body_size=settings.max_body_bytes,
+        state=_state(ready_checks),
+        debug=False,
+    )
+
+
+def _state(ready_checks: dict[str, Any]) -> Any:
+    from litestar.datastructures import State
+
+    return State({"ready_checks": ready_checks})
+
+
+async def _reload_catalog_forever(gw: Gateway) -> None:
+    while not gw.res.stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gw.res.stop.wait(), CATALOG_SAFETY_RELOAD_S)
+        if not gw.res.stop.is_set():
+            with contextlib.suppress(Exception):
+                await gw.load_catalog()
+
+
+def from_env() -> Litestar:
+    settings = config.load(GatewaySettings)
+    common = config.load(CommonSettings)
+    logs.setup("gateway", common.log_level, common.log_format)
+    telemetry.setup("gateway", common.otel_exporter, common.otel_endpoint)
+    return create_app(settings, common)

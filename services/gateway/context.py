@@ -1,0 +1,160 @@
+"""Per-worker state of the gateway: caches, the upstream HTTP client, admission and the breaker, and the
+subscriptions that keep the caches true."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgspec
+from nats.aio.msg import Msg
+
+from services.gateway.admission import Admission
+from services.gateway.auth import KeyCache
+from services.gateway.breaker import Breaker
+from services.gateway.catalog_view import CatalogView
+from services.gateway.config import GatewaySettings
+from shared import catalog as cat
+from shared import events as ev
+from shared.bus import subject
+from shared.config import CommonSettings
+from shared.runtime import Resources
+
+log = logging.getLogger("faregate.gateway")
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    common: CommonSettings
+    res: Resources
+    http: httpx.AsyncClient  # upstreams: one keep-alive pool per worker
+    internal: httpx.AsyncClient  # keys and billing
+    keycache: KeyCache = field(init=False)
+    catalog: CatalogView = field(init=False)
+    admission: Admission = field(init=False)
+    breaker: Breaker = field(init=False)
+    # channel id -> monotonic time before which it is not tried (an upstream's Retry-After)
+    cooling: dict[str, float] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        assert self.res.redis is not None
+        self.keycache = KeyCache(self._key_from_redis, self._key_from_keys, self.settings.negative_cache_s)
+        self.catalog = CatalogView.build(cat.Catalog(), self.common.secret_key)
+        self.admission = Admission(self.res.redis, self.res.keys)
+        self.breaker = Breaker(self.res.redis, self.res.keys, self.settings, self._channel_state_changed)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Background work of a request (settle, publish) that must not be cancelled with the request."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    @property
+    def internal_headers(self) -> dict[str, str]:
+        return {"x-internal-token": self.common.internal_token}
+
+    # --- key snapshots ------------------------------------------------------------------------------------
+
+    async def _key_from_redis(self, key_hash: str) -> bytes | None:
+        assert self.res.redis is not None
+        raw = await self.res.redis.get(self.res.keys.api_key(key_hash))
+        return bytes(raw) if raw is not None else None
+
+    async def _key_from_keys(self, key_hash: str) -> bytes | None:
+        try:
+            r = await self.internal.get(f"{self.common.keys_url}/internal/keys/{key_hash}",
+                                        headers=self.internal_headers)
+        except httpx.HTTPError as exc:
+            log.warning("keys service unreachable for a key lookup", extra={"error": repr(exc)})
+            return None
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            log.warning("keys service answered a key lookup with an error", extra={"status": r.status_code})
+            return None
+        return r.content
+
+    # --- catalog ------------------------------------------------------------------------------------------
+
+    async def load_catalog(self) -> None:
+        """Redis first (keys writes it before publishing catalog.changed), the keys service if Redis has none."""
+        assert self.res.redis is not None
+        raw: bytes | None = None
+        with contextlib.suppress(Exception):
+            raw = await self.res.redis.get(self.res.keys.catalog())
+        if raw is None:
+            try:
+                r = await self.internal.get(f"{self.common.keys_url}/internal/catalog", headers=self.internal_headers)
+                if r.status_code == 200:
+                    raw = r.content
+            except httpx.HTTPError as exc:
+                log.warning("no catalog in redis and keys unreachable", extra={"error": repr(exc)})
+        if raw is None:
+            return
+        catalog = cat.decode(raw)
+        if catalog.version < self.catalog.catalog.version:
+            return
+        self.catalog = CatalogView.build(catalog, self.common.secret_key)
+        log.info("catalog loaded", extra={"version": catalog.version, "channels": len(catalog.channels)})
+
+    # --- billing ------------------------------------------------------------------------------------------
+
+    async def load_wallet(self, account_id: str) -> bool:
+        """Ask billing to put the wallet's balance into Redis (first request of an account since Redis lost it)."""
+        try:
+            r = await self.internal.post(f"{self.common.billing_url}/internal/wallets/{account_id}/load",
+                                         headers=self.internal_headers)
+        except httpx.HTTPError as exc:
+            log.warning("billing unreachable for a wallet load", extra={"error": repr(exc)})
+            return False
+        return r.status_code == 200
+
+    # --- events -------------------------------------------------------------------------------------------
+
+    def _channel_state_changed(self, channel_id: str, state: str, reason: str) -> None:
+        if self.res.publisher is not None:
+            self.res.publisher.publish_nowait(ev.ChannelStateChanged(channel_id=channel_id, state=state,
+                                                                     reason=reason))
+
+    async def subscribe(self) -> None:
+        """Core NATS subscriptions: every worker hears every key/account/catalog change (JetStream publishes are
+        delivered to plain subscribers too)."""
+        nc = self.res.nc
+        assert nc is not None
+        ns = self.common.namespace
+        decode = msgspec.json.Decoder(ev.AnyEvent).decode
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                event = decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.error("malformed event on a cache subscription", extra={"subject": msg.subject})
+                return
+            if isinstance(event, ev.KeyChanged):
+                self.keycache.key_changed(event.key, event.previous_hash)
+            elif isinstance(event, ev.AccountChanged):
+                self.keycache.account_changed(event.account_id)
+            elif isinstance(event, ev.CatalogChanged):
+                if event.version >= self.catalog.catalog.version:
+                    await self.load_catalog()
+
+        for etype in ("key.changed", "account.changed", "catalog.changed"):
+            await nc.subscribe(subject(ns, etype), cb=on_message)
+
+        # After a reconnect we may have missed events: forget everything cached and reload the catalog.
+        async def reconnected() -> None:
+            self.keycache.clear()
+            await self.load_catalog()
+
+        nc._reconnected_cb = reconnected  # nats-py keeps the callback here; there is no setter after connect

@@ -1,0 +1,79 @@
+-- Admission of one request in one round trip: rate limits (per key and per account), concurrency, and the
+-- spend-guard reservation. Nothing is written unless every check passes.
+-- KEYS[1] wallet hash, KEYS[2] quota hash, KEYS[3] reservation marker (same fields as shared/lua/reserve.lua,
+--   so billing's apply_debit and the gateway's settle match),
+-- KEYS[4] key RPM window, KEYS[5] key TPM window, KEYS[6] key in-flight zset,
+-- KEYS[7] account RPM window, KEYS[8] account TPM window, KEYS[9] account in-flight zset
+-- ARGV[1] amount (micro-USD), ARGV[2] quota limit (0 none), ARGV[3] marker TTL s,
+-- ARGV[4] now ms, ARGV[5] request id, ARGV[6] token estimate, ARGV[7] in-flight entry TTL ms,
+-- ARGV[8..10] key rpm/tpm/concurrency limits, ARGV[11..13] account rpm/tpm/concurrency limits (0 = none)
+-- Returns {code, available, key_rpm_used, key_tpm_used, retry_ms}
+--   code 0 ok, 1 wallet short, 2 quota short, 3 wallet not loaded,
+--   10 key rpm, 11 key tpm, 12 key concurrency, 13 account rpm, 14 account tpm, 15 account concurrency
+local amount = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local now = tonumber(ARGV[4])
+local member = ARGV[5]
+local tokens = tonumber(ARGV[6])
+local inflight_ttl = tonumber(ARGV[7])
+local window_left = 60000 - (now % 60000)
+
+local key_rpm = tonumber(redis.call('GET', KEYS[4]) or 0)
+local key_tpm = tonumber(redis.call('GET', KEYS[5]) or 0)
+
+local function limited(rpm_key, tpm_key, zkey, rpm, tpm, conc, base)
+  if rpm > 0 and tonumber(redis.call('GET', rpm_key) or 0) >= rpm then
+    return {base, 0, key_rpm, key_tpm, window_left}
+  end
+  if tpm > 0 and tonumber(redis.call('GET', tpm_key) or 0) >= tpm then
+    return {base + 1, 0, key_rpm, key_tpm, window_left}
+  end
+  if conc > 0 then
+    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now - inflight_ttl)
+    if redis.call('ZCARD', zkey) >= conc then
+      return {base + 2, 0, key_rpm, key_tpm, 1000}
+    end
+  end
+  return nil
+end
+
+local refused = limited(KEYS[4], KEYS[5], KEYS[6], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), 10)
+if refused then return refused end
+refused = limited(KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), 13)
+if refused then return refused end
+
+-- the spend guard (logic of shared/lua/reserve.lua)
+local w = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'pending')
+if not w[1] then
+  return {3, 0, key_rpm, key_tpm, 0}
+end
+local available = tonumber(w[1]) - tonumber(w[2] or 0) - tonumber(w[3] or 0)
+if available < amount or available <= 0 then
+  return {1, available, key_rpm, key_tpm, 0}
+end
+if limit > 0 then
+  local q = redis.call('HMGET', KEYS[2], 'used', 'reserved', 'pending')
+  local qa = limit - tonumber(q[1] or 0) - tonumber(q[2] or 0) - tonumber(q[3] or 0)
+  if qa < amount or qa <= 0 then
+    return {2, qa, key_rpm, key_tpm, 0}
+  end
+  redis.call('HSET', KEYS[2], 'limit', limit)
+  redis.call('HINCRBY', KEYS[2], 'reserved', amount)
+end
+redis.call('HINCRBY', KEYS[1], 'reserved', amount)
+redis.call('SET', KEYS[3], amount .. ':' .. limit, 'EX', tonumber(ARGV[3]))
+
+-- count the request in every window; windows outlive their minute a little so a late finish still lands
+for _, k in ipairs({KEYS[4], KEYS[7]}) do
+  redis.call('INCR', k)
+  redis.call('PEXPIRE', k, 120000)
+end
+for _, k in ipairs({KEYS[5], KEYS[8]}) do
+  redis.call('INCRBY', k, tokens)
+  redis.call('PEXPIRE', k, 120000)
+end
+for _, k in ipairs({KEYS[6], KEYS[9]}) do
+  redis.call('ZADD', k, now, member)
+  redis.call('PEXPIRE', k, inflight_ttl)
+end
+return {0, available - amount, key_rpm + 1, key_tpm + tokens, window_left}

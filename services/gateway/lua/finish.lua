@@ -1,0 +1,31 @@
+-- The end of one admitted request: settle the reservation (logic of shared/lua/settle.lua), leave the in-flight
+-- sets, and correct the token windows from the estimate to the actual count.
+-- KEYS[1] wallet hash, KEYS[2] quota hash, KEYS[3] reservation marker, KEYS[4] key TPM window,
+-- KEYS[5] account TPM window, KEYS[6] key in-flight zset, KEYS[7] account in-flight zset
+-- ARGV[1] actual cost, ARGV[2] request id, ARGV[3] tokens actual - estimate
+redis.call('ZREM', KEYS[6], ARGV[2])
+redis.call('ZREM', KEYS[7], ARGV[2])
+local delta = tonumber(ARGV[3])
+if delta ~= 0 then
+  for _, k in ipairs({KEYS[4], KEYS[5]}) do
+    if redis.call('EXISTS', k) == 1 then
+      redis.call('INCRBY', k, delta)
+    end
+  end
+end
+local marker = redis.call('GET', KEYS[3])
+if not marker then
+  return 0
+end
+local sep = string.find(marker, ':')
+local amount = tonumber(string.sub(marker, 1, sep - 1))
+local limit = tonumber(string.sub(marker, sep + 1))
+local actual = tonumber(ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'reserved', -amount)
+redis.call('HINCRBY', KEYS[1], 'pending', actual)
+if limit > 0 then
+  redis.call('HINCRBY', KEYS[2], 'reserved', -amount)
+  redis.call('HINCRBY', KEYS[2], 'pending', actual)
+end
+redis.call('DEL', KEYS[3])
+return 1

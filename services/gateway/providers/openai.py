@@ -1,0 +1,135 @@
+"""OpenAI-compatible upstreams (OpenAI, DeepSeek, Qwen, ... and the mock): the passthrough provider.
+
+Requests go out as the client sent them with only `model` rewritten (and, for streams, usage asked for); answers
+come back byte for byte. Only the usage is decoded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from services.gateway.usage import Usage
+
+_enc = msgspec.json.Encoder()
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
+    total_tokens: int | None = 0
+    prompt_tokens_details: _Details | None = None
+
+
+class _WithUsage(msgspec.Struct):
+    usage: _Usage | None = None
+    choices: list[Any] | None = None
+
+
+_decode_with_usage = msgspec.json.Decoder(_WithUsage).decode
+
+
+def url(base_url: str, endpoint_path: str) -> str:
+    """`endpoint_path` is the OpenAI path after /v1, e.g. "/chat/completions"; base_url ends in /v1."""
+    return base_url.rstrip("/") + endpoint_path
+
+
+def headers(api_key: str, request_id: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}", "content-type": "application/json", "x-request-id": request_id}
+
+
+def chat_body(body: dict[str, Any], upstream_model: str, stream: bool) -> bytes:
+    out = dict(body)
+    out["model"] = upstream_model
+    if stream:
+        opts = out.get("stream_options")
+        out["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    return _enc.encode(out)
+
+
+def plain_body(body: dict[str, Any], upstream_model: str) -> bytes:
+    out = dict(body)
+    out["model"] = upstream_model
+    return _enc.encode(out)
+
+
+def _usage(u: _Usage) -> Usage:
+    cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
+    prompt = u.prompt_tokens or 0
+    completion = u.completion_tokens or 0
+    if not completion and u.total_tokens and u.total_tokens > prompt:
+        completion = u.total_tokens - prompt
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached or 0)
+
+
+def response_usage(raw: bytes) -> Usage | None:
+    """Usage of a whole (non-stream) answer; raises msgspec.DecodeError when the answer is not JSON."""
+    parsed = _decode_with_usage(raw)
+    return _usage(parsed.usage) if parsed.usage is not None else None
+
+
+def stream_event_usage(data: bytes) -> tuple[Usage | None, bool]:
+    """(usage, is_usage_only_chunk) of one `data:` payload that mentions usage."""
+    try:
+        parsed = _decode_with_usage(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None, False
+    if parsed.usage is None:
+        return None, False
+    return _usage(parsed.usage), not parsed.choices
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    reasoning_content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] | None = None
+
+
+_decode_chunk = msgspec.json.Decoder(_Chunk).decode
+
+
+def stream_text(data_payloads: list[bytes]) -> str:
+    """The generated text of a stream, to count when the upstream reported no usage."""
+    parts: list[str] = []
+    for data in data_payloads:
+        try:
+            chunk = _decode_chunk(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        for c in chunk.choices or ():
+            if c.delta is not None:
+                parts.append(c.delta.content or "")
+                parts.append(c.delta.reasoning_content or "")
+    return "".join(parts)
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _FullChoice(msgspec.Struct):
+    message: _Message | None = None
+
+
+class _Full(msgspec.Struct):
+    choices: list[_FullChoice] | None = None
+
+
+def response_text(raw: bytes) -> str:
+    try:
+        full = msgspec.json.decode(raw, type=_Full)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+    return "".join((c.message.content or "") for c in full.choices or () if c.message)
