@@ -187,14 +187,20 @@ FROM billing.plan_grants g LEFT JOIN billing.plan_debits d USING (grant_id) GROU
 FOLDED_KEY_USAGE = """
 SELECT key_id, sum(price_micros) AS used FROM billing.ledger WHERE kind = 'usage' AND key_id <> '' GROUP BY key_id
 """
+USAGE_SPLIT_MISMATCHES = """
+SELECT l.event_id FROM billing.ledger l
+LEFT JOIN (SELECT event_id, sum(amount_micros) AS plan FROM billing.plan_debits GROUP BY event_id) d USING (event_id)
+WHERE l.kind = 'usage' AND (l.amount_micros <> -(l.price_micros - l.plan_micros) OR l.plan_micros <> coalesce(d.plan, 0))
+"""
 PROJECTED_WALLETS = "SELECT account_id, balance_micros AS balance, seq FROM billing.wallets"
 PROJECTED_GRANTS = "SELECT grant_id, remaining_micros AS remaining FROM billing.plan_grants"
 PROJECTED_KEY_USAGE = "SELECT key_id, used_micros AS used FROM billing.key_usage"
 REBUILD_WALLETS = """
-WITH f AS (SELECT account_id, sum(amount_micros) AS balance, max(seq) AS seq FROM billing.ledger GROUP BY account_id)
-UPDATE billing.wallets w SET balance_micros = coalesce(f.balance, 0), seq = coalesce(f.seq, 0),
-    version = w.version + 1, updated_at = now()
-FROM billing.wallets w2 LEFT JOIN f ON f.account_id = w2.account_id
+UPDATE billing.wallets w
+SET balance_micros = coalesce(f.balance, 0), seq = coalesce(f.seq, 0), version = w.version + 1, updated_at = now()
+FROM billing.wallets w2 LEFT JOIN (
+    SELECT account_id, sum(amount_micros) AS balance, max(seq) AS seq FROM billing.ledger GROUP BY account_id
+) f ON f.account_id = w2.account_id
 WHERE w.account_id = w2.account_id
 """
 REBUILD_MISSING_WALLETS = """
@@ -206,6 +212,7 @@ REBUILD_GRANTS = """
 UPDATE billing.plan_grants g SET remaining_micros = g.credit_micros - coalesce(
     (SELECT sum(d.amount_micros) FROM billing.plan_debits d WHERE d.grant_id = g.grant_id), 0)
 """
+LOCK_PROJECTIONS = "LOCK TABLE billing.wallets, billing.plan_grants, billing.key_usage IN SHARE ROW EXCLUSIVE MODE"
 REBUILD_KEY_USAGE_CLEAR = "DELETE FROM billing.key_usage"
 REBUILD_KEY_USAGE = """
 INSERT INTO billing.key_usage (key_id, used_micros)
