@@ -10,7 +10,6 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from services.keys import accounts
-from services.keys.context import Ctx, Principal
 from services.keys.schemas import (
     LoginIn,
     PasswordChangeIn,
@@ -20,12 +19,20 @@ from services.keys.schemas import (
     ResetRequestIn,
     SessionOut,
 )
-from services.keys.web import SESSION_COOKIE, clear_cookies, client_ip, provide_principal, session_cookies
+from services.keys.web import (
+    SESSION_COOKIE,
+    CtxDep,
+    WhoDep,
+    clear_cookies,
+    client_ip,
+    provide_principal,
+    session_cookies,
+)
 from shared.web import Forbidden
 
 
 @post("/register", status_code=201, summary="Create an account (and its default API key, shown once)")
-async def register(request: Request[Any, Any, Any], ctx: Ctx, data: JSONBody[RegisterIn]
+async def register(request: Request[Any, Any, Any], ctx: CtxDep, data: JSONBody[RegisterIn]
                    ) -> Response[RegisteredOut]:
     if not ctx.settings.allow_registration:
         raise Forbidden("registration is closed; ask an admin for an account", code="registration_closed")
@@ -38,7 +45,7 @@ async def register(request: Request[Any, Any, Any], ctx: Ctx, data: JSONBody[Reg
 
 
 @post("/login", status_code=200, summary="Log in: sets the session cookie (HttpOnly) and the csrf cookie")
-async def login(request: Request[Any, Any, Any], ctx: Ctx, data: JSONBody[LoginIn]) -> Response[SessionOut]:
+async def login(request: Request[Any, Any, Any], ctx: CtxDep, data: JSONBody[LoginIn]) -> Response[SessionOut]:
     account, token = await accounts.login(ctx, data.email, data.password, client_ip(request, ctx))
     body = SessionOut(account=accounts.account_out(account),
                       csrf_token=accounts.csrf_token(ctx, accounts.token_hash(token)))
@@ -46,33 +53,33 @@ async def login(request: Request[Any, Any, Any], ctx: Ctx, data: JSONBody[LoginI
 
 
 @post("/logout", status_code=HTTP_204_NO_CONTENT, dependencies={"who": Provide(provide_principal)})
-async def logout(request: Request[Any, Any, Any], ctx: Ctx, who: Principal) -> Response[None]:
+async def logout(request: Request[Any, Any, Any], ctx: CtxDep, who: WhoDep) -> Response[None]:
     await accounts.logout(ctx, request.cookies.get(SESSION_COOKIE, ""))
     return clear_cookies(Response(None, status_code=HTTP_204_NO_CONTENT))
 
 
 @get("/me", dependencies={"who": Provide(provide_principal)}, summary="The logged-in account")
-async def me(ctx: Ctx, who: Principal) -> SessionOut:
+async def me(ctx: CtxDep, who: WhoDep) -> SessionOut:
     return SessionOut(account=await accounts.get_account(ctx, who.account_id),
                       csrf_token=accounts.csrf_token(ctx, who.session_hash))
 
 
 @post("/password", status_code=HTTP_204_NO_CONTENT, dependencies={"who": Provide(provide_principal)},
       summary="Change the password; ends every other session")
-async def change_password(ctx: Ctx, who: Principal, data: JSONBody[PasswordChangeIn]) -> None:
+async def change_password(ctx: CtxDep, who: WhoDep, data: JSONBody[PasswordChangeIn]) -> None:
     await accounts.change_password(ctx, who, data.current_password, data.new_password)
 
 
 @post("/reset-request", status_code=HTTP_202_ACCEPTED,
       summary="E-mail a password-reset link (the answer is the same whether or not the address has an account)")
-async def reset_request(ctx: Ctx, data: JSONBody[ResetRequestIn]) -> dict[str, str]:
+async def reset_request(ctx: CtxDep, data: JSONBody[ResetRequestIn]) -> dict[str, str]:
     await accounts.request_reset(ctx, data.email)
     return {"status": "if an account uses this address, a reset link is on its way"}
 
 
 @post("/reset-confirm", status_code=HTTP_204_NO_CONTENT,
       summary="Set a new password with the link's token; ends every session of the account")
-async def reset_confirm(ctx: Ctx, data: JSONBody[ResetConfirmIn]) -> None:
+async def reset_confirm(ctx: CtxDep, data: JSONBody[ResetConfirmIn]) -> None:
     await accounts.confirm_reset(ctx, data.token, data.password)
 
 

@@ -6,21 +6,20 @@ from typing import Annotated
 
 from litestar import Request, Router, get
 from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.params import PathParameter
 
 from services.keys import accounts, apikeys, catalog_admin, snapshots
-from services.keys.context import Ctx
 from services.keys.schemas import PublicModels, WhoAmI
-from services.keys.web import require_internal
+from services.keys.web import CtxDep, require_internal
 from shared import catalog as cat
 from shared.events import KeySnapshot
 from shared.web import NotFound
 
-KeyHash = Annotated[str, Parameter(pattern="^[0-9a-f]{64}$")]
+KeyHash = Annotated[str, PathParameter(pattern="^[0-9a-f]{64}$")]
 
 
 @get("/keys/{key_hash:str}", summary="A key's snapshot by the sha256 of its secret (refills Redis); 404 if none")
-async def key_by_hash(internal: Ctx, key_hash: KeyHash) -> KeySnapshot:
+async def key_by_hash(internal: CtxDep, key_hash: KeyHash) -> KeySnapshot:
     snap = await apikeys.snapshot_by_hash(internal, key_hash)
     if snap is None:
         raise NotFound("no such key", code="invalid_api_key")
@@ -28,14 +27,14 @@ async def key_by_hash(internal: Ctx, key_hash: KeyHash) -> KeySnapshot:
 
 
 @get("/catalog", summary="The catalog snapshot (refills Redis)")
-async def catalog(internal: Ctx) -> cat.Catalog:
+async def catalog(internal: CtxDep) -> cat.Catalog:
     current = await catalog_admin.current(internal)
     await snapshots.put_catalog(internal, current)
     return current
 
 
 @get("/whoami", summary="The console user behind a session cookie value, sent as the X-Session header")
-async def whoami(request: Request, internal: Ctx) -> WhoAmI:  # type: ignore[type-arg]
+async def whoami(request: Request, internal: CtxDep) -> WhoAmI:  # type: ignore[type-arg]
     who = await accounts.resolve_session(internal, request.headers.get("x-session", ""))
     return WhoAmI(account_id=who.account_id, user_id=who.account_id, role=who.role, email=who.email)
 
@@ -45,5 +44,5 @@ router = Router("/internal", route_handlers=[key_by_hash, catalog, whoami],
 
 
 @get("/api/models", tags=["public"], summary="Models and prices for the pricing page (no login needed)")
-async def public_models(ctx: Ctx) -> PublicModels:
+async def public_models(ctx: CtxDep) -> PublicModels:
     return catalog_admin.public_models(await catalog_admin.current(ctx))

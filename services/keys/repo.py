@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# --- accounts -------------------------------------------------------------------------------------------------
+# --- accounts -----------------------------------------------------------------------------------------------
 
 ACCOUNT_COLUMNS = 'id, email, email_norm, password_hash, role, status, "group", created_at, updated_at'
 
@@ -33,7 +33,7 @@ RETURNING {ACCOUNT_COLUMNS}
 
 SET_PASSWORD = "UPDATE keys.accounts SET password_hash = $2, updated_at = now() WHERE id = $1"
 
-# --- sessions ---------------------------------------------------------------------------------------------------
+# --- sessions -----------------------------------------------------------------------------------------------
 
 INSERT_SESSION = "INSERT INTO keys.sessions (token_hash, account_id, client_ip) VALUES ($1, $2, $3)"
 
@@ -61,7 +61,7 @@ DELETE FROM keys.sessions
 WHERE last_seen_at < now() - make_interval(secs => $1) OR created_at < now() - make_interval(secs => $2)
 """
 
-# --- password resets --------------------------------------------------------------------------------------------
+# --- password resets ----------------------------------------------------------------------------------------
 
 INSERT_RESET = "INSERT INTO keys.password_resets (token_hash, account_id, expires_at) VALUES ($1, $2, $3)"
 
@@ -72,7 +72,7 @@ WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
 RETURNING account_id
 """
 
-# --- API keys ---------------------------------------------------------------------------------------------------
+# --- API keys -----------------------------------------------------------------------------------------------
 
 KEY_COLUMNS = (
     'k.id, k.account_id, k.user_id, k.key_hash, k.prefix, k.label, k."group", k.status, k.quota_micros, k.models,'
@@ -177,7 +177,7 @@ WHERE k.id = u.key_id
 
 ALL_LIVE_KEY_IDS = "SELECT id FROM keys.api_keys WHERE status <> 'deleted' ORDER BY id"
 
-# --- catalog ----------------------------------------------------------------------------------------------------
+# --- catalog ------------------------------------------------------------------------------------------------
 
 CATALOG_STATE = "SELECT version, discount_ppm FROM keys.catalog_state WHERE id = 1"
 CATALOG_STATE_FOR_UPDATE = CATALOG_STATE + " FOR UPDATE"
@@ -236,7 +236,7 @@ SELECT EXISTS (SELECT 1 FROM keys.accounts WHERE "group" = $1)
     OR EXISTS (SELECT 1 FROM keys.api_keys WHERE "group" = $1 AND status <> 'deleted')
 """
 
-# --- housekeeping -----------------------------------------------------------------------------------------------
+# --- housekeeping -------------------------------------------------------------------------------------------
 
 # Redeliveries stop when the stream forgets a message (7 days), so older claims can go.
 PRUNE_PROCESSED = "DELETE FROM keys.processed_events WHERE processed_at < now() - make_interval(secs => $1)"

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.datastructures import Cookie, State
+from litestar.di import NamedDependency
 
 from services.keys import accounts
 from services.keys.context import Ctx, Principal
@@ -18,9 +19,13 @@ CSRF_COOKIE = "csrf"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+# Handler parameters filled by name from the dependencies declared on the app and routers.
+CtxDep = NamedDependency[Ctx]
+WhoDep = NamedDependency[Principal]
+
 
 def ctx_of(state: State) -> Ctx:
-    ctx: Ctx = state.ctx
+    ctx: NamedDependency[Ctx] = state.ctx
     return ctx
 
 
@@ -45,10 +50,10 @@ async def provide_principal(request: Request[Any, Any, Any], state: State) -> Pr
     return who
 
 
-async def provide_admin(principal: Principal) -> Principal:
-    if not principal.is_admin:
+async def provide_admin(who: NamedDependency[Principal]) -> Principal:
+    if not who.is_admin:
         raise Forbidden("admins only")
-    return principal
+    return who
 
 
 async def require_internal(request: Request[Any, Any, Any], state: State) -> Ctx:
@@ -60,7 +65,7 @@ async def require_internal(request: Request[Any, Any, Any], state: State) -> Ctx
     return ctx
 
 
-def client_ip(request: Request[Any, Any, Any], ctx: Ctx) -> str:
+def client_ip(request: Request[Any, Any, Any], ctx: NamedDependency[Ctx]) -> str:
     if ctx.settings.trust_forwarded_for:
         forwarded = request.headers.get("x-forwarded-for", "")
         if forwarded:
@@ -68,14 +73,14 @@ def client_ip(request: Request[Any, Any, Any], ctx: Ctx) -> str:
     return request.client.host if request.client else ""
 
 
-def _secure(request: Request[Any, Any, Any], ctx: Ctx) -> bool:
+def _secure(request: Request[Any, Any, Any], ctx: NamedDependency[Ctx]) -> bool:
     mode = ctx.settings.cookie_secure
     if mode != "auto":
         return mode == "always"
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "") == "https"
 
 
-def session_cookies(request: Request[Any, Any, Any], ctx: Ctx, token: str) -> list[Cookie]:
+def session_cookies(request: Request[Any, Any, Any], ctx: NamedDependency[Ctx], token: str) -> list[Cookie]:
     secure = _secure(request, ctx)
     csrf = accounts.csrf_token(ctx, accounts.token_hash(token))
     max_age = ctx.settings.session_max_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,9 +15,12 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from services.keys.app import create_app
+from services.keys.catalog_admin import DEFAULT_FILE as DEFAULT_CATALOG
 from services.keys.config import KeysSettings
+from services.keys.context import Ctx
 from shared import events as ev
 from shared.config import CommonSettings
+from shared.runtime import Resources
 
 PASSWORD = "correct horse battery"
 
@@ -49,8 +53,8 @@ class Tap:
     def of(self, kind: type[ev.Event]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
 
-    async def wait_for(self, pred: Callable[[ev.AnyEvent], bool], timeout: float = 5.0) -> ev.AnyEvent:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_for(self, pred: Callable[[ev.AnyEvent], bool], within_s: float = 5.0) -> ev.AnyEvent:
+        deadline = asyncio.get_running_loop().time() + within_s
         while True:
             for e in self.events:
                 if pred(e):
@@ -75,3 +79,89 @@ async def tap(common: CommonSettings) -> AsyncIterator[Tap]:
         yield t
     finally:
         await nc.close()
+
+
+@dataclass
+class User:
+    """One logged-in person. Cookies are sent explicitly per request (not from the shared client's jar), so one
+    test client can act as several people at once."""
+
+    client: AsyncTestClient[Litestar]
+    email: str
+    session: str
+    csrf: str
+    account_id: str
+    api_key: str = ""  # the default key's secret, for accounts made by registering
+    key_id: str = ""
+
+    def headers(self, csrf: bool = True) -> dict[str, str]:
+        h = {"Cookie": f"fg_session={self.session}; csrf={self.csrf}"}
+        if csrf:
+            h["X-CSRF-Token"] = self.csrf
+        return h
+
+    async def request(self, method: str, url: str, **kw: Any) -> Any:
+        headers = {**self.headers(), **kw.pop("headers", {})}
+        return await self.client.request(method, url, headers=headers, **kw)
+
+    async def get(self, url: str, **kw: Any) -> Any:
+        return await self.request("GET", url, **kw)
+
+    async def post(self, url: str, **kw: Any) -> Any:
+        return await self.request("POST", url, **kw)
+
+    async def patch(self, url: str, **kw: Any) -> Any:
+        return await self.request("PATCH", url, **kw)
+
+    async def put(self, url: str, **kw: Any) -> Any:
+        return await self.request("PUT", url, **kw)
+
+    async def delete(self, url: str, **kw: Any) -> Any:
+        return await self.request("DELETE", url, **kw)
+
+
+def unique_email(stem: str = "user") -> str:
+    return f"{stem}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+async def register(client: AsyncTestClient[Litestar], email: str | None = None,
+                   password: str = PASSWORD) -> User:
+    email = email or unique_email()
+    r = await client.post("/api/auth/register", json={"email": email, "password": password})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    user = User(client=client, email=email, session=r.cookies["fg_session"], csrf=body["csrf_token"],
+                account_id=body["account"]["id"], api_key=body["api_key"], key_id=body["key_id"])
+    client.cookies.clear()
+    return user
+
+
+async def login(client: AsyncTestClient[Litestar], email: str, password: str = PASSWORD) -> User:
+    r = await client.post("/api/auth/login", json={"email": email, "password": password})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    user = User(client=client, email=email, session=r.cookies["fg_session"], csrf=body["csrf_token"],
+                account_id=body["account"]["id"])
+    client.cookies.clear()
+    return user
+
+
+@pytest.fixture
+async def admin(client: AsyncTestClient[Litestar], keys_settings: KeysSettings) -> User:
+    """The first admin, created at start-up from the configuration."""
+    return await login(client, keys_settings.admin_email, keys_settings.admin_password)
+
+
+@pytest.fixture
+async def catalog_loaded(admin: User) -> dict[str, Any]:
+    """The default catalog, imported through the admin API."""
+    raw = DEFAULT_CATALOG.read_bytes()
+    r = await admin.post("/api/admin/catalog/import", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+@pytest.fixture
+def ctx(keys_settings: KeysSettings, resources: Resources) -> Ctx:
+    """The keys domain on the test's own event loop (the app under AsyncTestClient runs on another one)."""
+    return Ctx.from_resources(keys_settings, resources)
