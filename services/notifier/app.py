@@ -138,8 +138,7 @@ def create_app(settings: NotifierSettings, common: CommonSettings) -> Litestar:
                           console_url=settings.console_url, product_name=settings.product_name)
             for spec in consumer.SPECS:
                 handle = consumer.make_handler(res.pool, ctx, common.secret_key, spec.durable, sender.wake)
-                res.spawn(bus.run_consumer(res.js, common.namespace, spec, handle, res.stop),  # type: ignore[arg-type]
-                          spec.durable)
+                res.spawn(bus.run_consumer(res.js, common.namespace, spec, handle, res.stop), spec.durable)
             for channel in CHANNELS:
                 res.spawn(sender.run(channel, res.stop), f"notifier-send-{channel}")
             yield

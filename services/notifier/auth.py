@@ -1,8 +1,8 @@
 """Who is calling the notifier's API: a console user (session checked by keys) or another service.
 
-Console users send their session (header `X-Session`, or the session cookie); keys answers
-`GET /internal/whoami` with `{account_id, user_id, role, email}`. Services send `X-Internal-Token` and
-`X-Account-Id` to act for an account.
+Console users send their session (header `X-Session`, or keys' session cookie when the console and this API
+share an origin behind a proxy); keys answers `GET /internal/whoami` with `{account_id, user_id, role,
+email}`. Services send `X-Internal-Token` and `X-Account-Id` to act for an account.
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ import msgspec
 from litestar import Request
 
 from shared.config import CommonSettings
-from shared.web import ServiceError, Unauthorized
+from shared.web import Forbidden, ServiceError, Unauthorized
 
-SESSION_COOKIE = "faregate_session"
+# The names keys gives its cookies (services/keys/web.py); the CSRF cookie is readable by the console's
+# scripts.
+SESSION_COOKIE = "fg_session"
+CSRF_COOKIE = "csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +63,16 @@ async def caller_of(request: Request[Any, Any, Any], http: httpx.AsyncClient,
         if not account_id:
             raise ServiceError("X-Account-Id is required with X-Internal-Token", code="missing_account")
         return Caller(account_id=account_id, role="service")
-    session = request.headers.get("x-session") or request.cookies.get(SESSION_COOKIE)
+    session = request.headers.get("x-session")
+    if not session:
+        session = request.cookies.get(SESSION_COOKIE)
+        # A page on another site can make the browser send the cookie but cannot read the csrf cookie to echo
+        # it (double submit); a header such as X-Session cannot be sent cross-site at all.
+        if session and request.method not in SAFE_METHODS:
+            sent, expected = request.headers.get(CSRF_HEADER, ""), request.cookies.get(CSRF_COOKIE, "")
+            if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+                raise Forbidden("missing or wrong X-CSRF-Token header (copy it from the csrf cookie)",
+                                code="csrf_failed")
     if not session:
         raise Unauthorized("not logged in or login expired")
     return await whoami(http, common, session)

@@ -81,7 +81,7 @@ async def apply(conn: asyncpg.Connection, event: ev.AnyEvent, ctx: Context, secr
 
 def make_handler(
     pool: asyncpg.Pool, ctx: Context, secret_key: str, consumer: str, wake: Callable[[], None],
-) -> Callable[[Sequence[tuple[Msg, ev.AnyEvent]]], object]:
+) -> bus.Handler:
     async def handle(batch: Sequence[tuple[Msg, ev.AnyEvent]]) -> None:
         created = 0
         async with pool.acquire() as conn, conn.transaction():

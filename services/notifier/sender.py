@@ -114,6 +114,13 @@ class Sender:
         except SendError as exc:
             await self._failed_attempt(row, token, exc, exc.destination)
             return
+        except Exception as exc:
+            # A bug or an unexpected answer while preparing or sending this one row (say, a secret sealed
+            # under an old key): count it as a failed attempt of this row, so it backs off and ends up visibly
+            # failed, and keep the sender running for every other row.
+            log.exception("unexpected error delivering a notification", extra={"outbox_id": row["id"]})
+            await self._failed_attempt(row, token, SendError(f"internal error: {type(exc).__name__}"), None)
+            return
         await self._record(repo.MARK_SENT, row, token, destination)
         DELIVERIES.labels(row["channel"], "sent").inc()
         log.info("notification sent", extra={"outbox_id": row["id"], "kind": row["kind"],

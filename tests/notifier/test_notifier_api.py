@@ -75,10 +75,24 @@ async def test_console_session_is_checked_with_keys(
         )
         assert put.status_code == 200, put.text
         assert put.json()["account_id"] == "acct-api"
-        client.cookies.set("faregate_session", "good-session")
+        client.cookies.set("fg_session", "good-session")
+        client.cookies.set("csrf", "token-from-keys")
         got = await client.get("/api/notifications/preferences")
         assert got.json()["email"] == "billing@example.com" and got.json()["email_alerts"] == ["receipt"]
         assert got.json()["webhook_url"] is None and got.json()["webhook_secret_set"] is False
+        # Writes with the cookie must echo the csrf cookie, as with keys' own API.
+        forged = await client.put("/api/notifications/preferences", json={"email_alerts": []})
+        assert forged.status_code == 403 and forged.json()["error"]["code"] == "csrf_failed"
+        wrong = await client.put(
+            "/api/notifications/preferences", json={"email_alerts": []}, headers={"X-CSRF-Token": "guess"}
+        )
+        assert wrong.status_code == 403
+        ok = await client.put(
+            "/api/notifications/preferences",
+            json={"email_alerts": []},
+            headers={"X-CSRF-Token": "token-from-keys"},
+        )
+        assert ok.status_code == 200 and ok.json()["email_alerts"] == []
 
 
 async def test_internal_token_must_match(common: CommonSettings, smtp: SmtpServer, keys_whoami: str) -> None:
