@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.response import Stream
 
@@ -222,7 +223,7 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @get("/v1/models/{model_id:path}")
-async def get_model(request: Request[Any, Any, Any], model_id: str) -> Response[Any]:
+async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> Response[Any]:
     name = model_id.lstrip("/")
     try:
         gw, snap = await _authed(request)

@@ -1,0 +1,173 @@
+"""Gateway fixtures: the real mock upstream process, a catalog and keys written to Redis the way the keys service
+writes them, a funded wallet, and the gateway app in the test's loop (or as real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+import openai
+import pytest
+from litestar.testing import AsyncTestClient
+
+from services.gateway.app import create_app
+from services.gateway.config import GatewaySettings
+from shared import catalog as cat
+from shared import crypto
+from shared import events as ev
+from shared.config import CommonSettings
+from shared.runtime import Resources
+from shared.wallet import SpendGuard
+from tests import procs
+
+PRICE = ev.ModelPrice(input=150_000, output=600_000, cached_input=75_000)  # gpt-4o-mini list, micro-USD / 1M
+MOCK_KEY = "sk-upstream-secret-0123456789"
+
+
+@pytest.fixture(scope="session")
+def mock_upstream(common: CommonSettings) -> Iterator[procs.ServiceProcess]:
+    with procs.running("mock-upstream", {"FAREGATE_MOCK_UPSTREAM_API_KEY": MOCK_KEY}) as sp:
+        yield sp
+
+
+def channel(mock: procs.ServiceProcess, cid: str, *, models: tuple[str, ...] = ("gpt-4o-mini",),
+            fault: str = "", priority: int = 0, weight: int = 1, base_url: str | None = None,
+            secret: str = "", key: str = MOCK_KEY) -> cat.Channel:
+    """A channel on the mock; `fault` (e.g. "fail500", "delay_first_ms=3000") is appended to the upstream model
+    name, which is how the mock is told to misbehave without the gateway forwarding any test header."""
+    model_map = {m: f"{m}@{fault}" for m in models} if fault else {}
+    return cat.Channel(id=cid, name=cid, provider="openai", base_url=base_url or f"{mock.url}/v1",
+                       api_keys_enc=(crypto.seal(key, secret),), models=models, model_map=model_map,
+                       priority=priority, weight=weight)
+
+
+def model(name: str = "gpt-4o-mini", *, kind: str = "chat", fallbacks: tuple[str, ...] = (),
+          price: ev.ModelPrice = PRICE, max_output: int = 4096) -> cat.Model:
+    return cat.Model(name=name, provider="openai", kind=kind, price=price, list_price=price, fallbacks=fallbacks,
+                     max_output=max_output)
+
+
+@dataclass
+class World:
+    """What the keys and billing services would have put into Redis, written directly."""
+
+    res: Resources
+    common: CommonSettings
+    mock: procs.ServiceProcess
+
+    @property
+    def redis(self) -> Any:
+        return self.res.redis
+
+    async def set_catalog(self, channels: list[cat.Channel], models: list[cat.Model] | None = None,
+                          groups: tuple[cat.Group, ...] = (), discount_ppm: int = 0, publish: bool = True) -> int:
+        version = time.time_ns()
+        catalog = cat.Catalog(version=version, channels=tuple(channels), models=tuple(models or [model()]),
+                              groups=groups, discount_ppm=discount_ppm)
+        await self.redis.set(self.res.keys.catalog(), cat.encode(catalog))
+        if publish:
+            assert self.res.publisher
+            await self.res.publisher.publish(ev.CatalogChanged(version=version))
+        return version
+
+    async def add_key(self, *, balance: int | None = 10_000_000, publish: bool = False,
+                      **overrides: Any) -> tuple[str, ev.KeySnapshot]:
+        secret = "fg-" + secrets.token_urlsafe(32)
+        fields: dict[str, Any] = {"key_id": "k_" + secrets.token_hex(6), "key_hash": crypto.hash_api_key(secret),
+                                  "account_id": "a_" + secrets.token_hex(6), "user_id": "u_1",
+                                  "status": "active"}
+        fields.update(overrides)
+        snap = ev.KeySnapshot(**fields)
+        await self.put_key(snap, publish=publish)
+        if balance is not None:
+            await SpendGuard(self.redis, self.res.keys).set_balance(snap.account_id, balance)
+        return secret, snap
+
+    async def put_key(self, snap: ev.KeySnapshot, *, publish: bool = True) -> None:
+        await self.redis.set(self.res.keys.api_key(snap.key_hash), msgspec.json.encode(snap))
+        if publish:
+            assert self.res.publisher
+            await self.res.publisher.publish(ev.KeyChanged(key=snap))
+
+    async def wallet(self, account_id: str) -> dict[str, int]:
+        return await SpendGuard(self.redis, self.res.keys).snapshot(account_id)
+
+    def mock_stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.mock.url}/_mock/stats", timeout=5).json()
+
+
+@pytest.fixture
+async def world(resources: Resources, common: CommonSettings, mock_upstream: procs.ServiceProcess,
+                ) -> AsyncIterator[World]:
+    w = World(resources, common, mock_upstream)
+    await w.set_catalog([channel(mock_upstream, "main", secret=common.secret_key)])
+    yield w
+
+
+def settings(**overrides: Any) -> GatewaySettings:
+    return GatewaySettings(**{"first_byte_timeout_s": 5.0, "idle_timeout_s": 5.0, "retry_budget_s": 10.0,
+                              **overrides})
+
+
+@pytest.fixture
+def gateway_settings() -> GatewaySettings:
+    return settings()
+
+
+@pytest.fixture
+async def gateway(world: World, common: CommonSettings, gateway_settings: GatewaySettings,
+                  ) -> AsyncIterator[AsyncTestClient[Any]]:
+    app = create_app(gateway_settings, common)
+    async with AsyncTestClient(app=app, base_url="http://gateway.test", timeout=30) as client:
+        yield client
+
+
+def sdk(client: httpx.AsyncClient, key: str, **kw: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key=key, base_url=str(client.base_url).rstrip("/") + "/v1", http_client=client, max_retries=0,
+                              **kw)
+
+
+async def usage_events(res: Resources, request_ids: set[str], *, timeout: float = 10.0,
+                       settle_s: float = 0.5) -> list[ev.UsageRecorded]:
+    """Every usage.recorded for `request_ids` in the session's USAGE stream, duplicates included (so a test can
+    tell "exactly one"). Waits until each id has appeared, then a little longer for stray duplicates."""
+    assert res.js and res.publisher
+    await res.publisher.flush()
+    deadline = time.monotonic() + timeout
+    while True:
+        found: list[ev.UsageRecorded] = []
+        sub = await res.js.subscribe(f"{res.common.namespace}.usage.recorded", ordered_consumer=True)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=0.3)
+                except Exception:
+                    break
+                event = ev.decode(msg.data)
+                if isinstance(event, ev.UsageRecorded) and event.request_id in request_ids:
+                    found.append(event)
+        finally:
+            await sub.unsubscribe()
+        if {e.request_id for e in found} >= request_ids or time.monotonic() > deadline:
+            if settle_s:
+                await asyncio.sleep(settle_s)
+                settle_s = 0
+                continue
+            return found
+        await asyncio.sleep(0.2)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
