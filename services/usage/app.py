@@ -18,15 +18,15 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import httpx
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ValidationException
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 from prometheus_client import Gauge
 
@@ -64,20 +64,24 @@ def _pool(state: State) -> asyncpg.Pool:
 
 # --- handlers -------------------------------------------------------------------------------------------
 
-_FROM = Parameter(query="from", default=None, description="ISO 8601; without an offset it is read in `tz`")
-_TO = Parameter(query="to", default=None, description="ISO 8601, exclusive; default now")
+Who = NamedDependency[Principal]
+Tz = Annotated[str, QueryParameter(description="IANA time zone for day boundaries")]
+Account = Annotated[str | None, QueryParameter(description="admins: one account (default all); users: own")]
+Since = Annotated[str | None, QueryParameter(name="from", description="ISO 8601; no offset: read in `tz`")]
+Until = Annotated[str | None, QueryParameter(name="to", description="ISO 8601, exclusive; default now")]
+Text = FromQuery[str | None]
 
 
 @get("/api/usage/summary")
-async def get_summary(state: State, who: Principal, tz: str = "UTC",
-                      account_id: str | None = None) -> reports.Summary:
+async def get_summary(state: State, who: Who, tz: Tz = "UTC",
+                      account_id: Account = None) -> reports.Summary:
     return await reports.summary(_pool(state), scope(who, account_id), periods.zone(tz), datetime.now(UTC))
 
 
 @get("/api/usage/series")
-async def get_series(state: State, who: Principal, granularity: str = "day", group_by: str = "none",
-                     tz: str = "UTC", account_id: str | None = None, from_: str | None = _FROM,
-                     to: str | None = _TO) -> reports.Series:
+async def get_series(state: State, who: Who, granularity: FromQuery[str] = "day",
+                     group_by: FromQuery[str] = "none", tz: Tz = "UTC", account_id: Account = None,
+                     from_: Since = None, to: Until = None) -> reports.Series:
     zone = periods.zone(tz)
     span = timedelta(days=2) if granularity == "hour" else timedelta(days=30)
     rng = periods.time_range(from_, to, zone, datetime.now(UTC), span)
@@ -86,8 +90,8 @@ async def get_series(state: State, who: Principal, granularity: str = "day", gro
 
 
 @get("/api/usage/keys")
-async def get_keys(state: State, who: Principal, tz: str = "UTC", account_id: str | None = None,
-                   from_: str | None = _FROM, to: str | None = _TO) -> list[reports.KeyUsage]:
+async def get_keys(state: State, who: Who, tz: Tz = "UTC", account_id: Account = None,
+                   from_: Since = None, to: Until = None) -> list[reports.KeyUsage]:
     rng = periods.time_range(from_, to, periods.zone(tz), datetime.now(UTC), timedelta(days=30))
     return await reports.keys_usage(_pool(state), scope(who, account_id), rng)
 
@@ -100,10 +104,10 @@ def _log_filter(who: Principal, account_id: str | None, tz: str, from_: str | No
 
 
 @get("/api/usage/logs")
-async def get_logs(state: State, who: Principal, tz: str = "UTC", account_id: str | None = None,
-                   from_: str | None = _FROM, to: str | None = _TO, key_id: str | None = None,
-                   model: str | None = None, status: str | None = None, limit: int = 50,
-                   cursor: str | None = None) -> reports.LogPage:
+async def get_logs(state: State, who: Who, tz: Tz = "UTC", account_id: Account = None,
+                   from_: Since = None, to: Until = None, key_id: Text = None,
+                   model: Text = None, status: Text = None, limit: FromQuery[int] = 50,
+                   cursor: Text = None) -> reports.LogPage:
     if not 1 <= limit <= state.settings.max_page_size:
         raise ServiceError(f"limit must be between 1 and {state.settings.max_page_size}",
                            code="invalid_limit", field="limit")
@@ -112,9 +116,9 @@ async def get_logs(state: State, who: Principal, tz: str = "UTC", account_id: st
 
 
 @get("/api/usage/logs.csv")
-async def get_logs_csv(state: State, who: Principal, tz: str = "UTC", account_id: str | None = None,
-                       from_: str | None = _FROM, to: str | None = _TO, key_id: str | None = None,
-                       model: str | None = None, status: str | None = None) -> Stream:
+async def get_logs_csv(state: State, who: Who, tz: Tz = "UTC", account_id: Account = None,
+                       from_: Since = None, to: Until = None, key_id: Text = None,
+                       model: Text = None, status: Text = None) -> Stream:
     f = _log_filter(who, account_id, tz, from_, to, key_id, model, status)
     name = f"usage-{f.rng.start:%Y%m%d}-{f.rng.end:%Y%m%d}.csv"
     return Stream(reports.export_csv(_pool(state), f, admin=who.is_admin),

@@ -8,8 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
 
 from services.usage import consumer
+from services.usage.app import create_app
+from services.usage.config import UsageSettings
+from shared.config import CommonSettings
 from shared.events import ModelPrice, UsageCharged, UsageRecorded, new_id
 from shared.runtime import Resources
 
@@ -73,3 +78,19 @@ def charged(rec: UsageRecorded, amount: int, balance: int, *, at: datetime | Non
         model=rec.model, channel_id=rec.channel_id, amount_micros=amount, cost_micros=amount // 2,
         balance_micros=balance, occurred_at=at or datetime.now(UTC),
     )
+
+
+@pytest.fixture
+async def usage_client(clean_usage: Resources) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """The usage API in this test's loop (consumers off: tests put their events in directly)."""
+    app = create_app(UsageSettings(retention_interval_s=0), clean_usage.common, consumers=False)
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+def as_user(common: CommonSettings, account_id: str) -> dict[str, str]:
+    return {"X-Internal-Token": common.internal_token, "X-Account-Id": account_id, "X-Role": "user"}
+
+
+def as_admin(common: CommonSettings) -> dict[str, str]:
+    return {"X-Internal-Token": common.internal_token, "X-Role": "admin", "X-User-Id": "ops"}
