@@ -1,0 +1,70 @@
+"""Kill the billing process (SIGKILL, no goodbye) in the middle of a stream of usage events and start it again:
+every event is charged exactly once, and Redis ends where the ledger is."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.billing import audit
+from services.billing.funding import Funding
+from shared.events import ModelPrice, new_id
+from shared.runtime import Resources
+from shared.wallet import SpendGuard
+from tests import procs
+from tests.billing.conftest import balance, charged_count, credit, usage, wait_for
+
+PRICE = ModelPrice(input=1_000_000, output=3_000_000)
+
+
+async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(resources: Resources, funding: Funding,
+                                                                    spend_guard: SpendGuard) -> None:
+    assert resources.publisher and resources.pool
+    accounts = [new_id() for _ in range(5)]
+    for a in accounts:
+        await credit(funding, a, 1_000_000_000)
+    evs = [usage(accounts[i % 5], price=PRICE, prompt_tokens=100 + i, completion_tokens=i % 97)
+           for i in range(4_000)]
+    expected = {a: 0 for a in accounts}
+    for e in evs:
+        expected[e.account_id] += e.prompt_tokens * 1 + e.completion_tokens * 3
+        # As the gateway does: the actual cost is pending in Redis until billing debits it.
+        await spend_guard.redis.hincrby(spend_guard.keys.wallet(e.account_id), "pending",
+                                        e.prompt_tokens + 3 * e.completion_tokens)
+
+    env = {"FAREGATE_BILLING_USAGE_BATCH": "100"}
+    billing = procs.start("billing", env)
+    try:
+        async def feed() -> None:
+            for i in range(0, len(evs), 200):
+                for e in evs[i:i + 200]:
+                    resources.publisher.publish_nowait(e)  # type: ignore[union-attr]
+                await resources.publisher.flush()  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)
+
+        feeder = asyncio.create_task(feed())
+
+        async def partly_applied() -> bool:
+            n = sum([await charged_count(resources, a) for a in accounts])
+            return n >= 300
+
+        await wait_for(partly_applied, timeout=60)
+        billing.kill()  # SIGKILL: mid-batch, mid-publish, before acks — wherever it was
+        killed_at = sum([await charged_count(resources, a) for a in accounts])
+        assert killed_at < len(evs), "the stream was already fully applied; the kill proved nothing"
+        await feeder
+        billing = procs.start("billing", env)
+
+        async def all_applied() -> bool:
+            return sum([await charged_count(resources, a) for a in accounts]) >= len(evs)
+
+        await wait_for(all_applied, timeout=120)
+        await asyncio.sleep(1.0)  # anything doubled would land now
+    finally:
+        billing.stop()
+
+    assert sum([await charged_count(resources, a) for a in accounts]) == len(evs)
+    for a in accounts:
+        assert await balance(resources, a) == 1_000_000_000 - expected[a]
+        snap = await spend_guard.snapshot(a)
+        assert (snap["balance"], snap["pending"]) == (1_000_000_000 - expected[a], 0)
+    assert await audit.verify(resources.pool) == []
