@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from services.notifier import consumer, repo
+from services.notifier import consumer, housekeeping, repo
 from services.notifier.auth import Caller, caller_of
 from services.notifier.config import NotifierSettings
 from services.notifier.notifications import Context
@@ -129,7 +129,8 @@ def create_app(settings: NotifierSettings, common: CommonSettings) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_resources(common, "notifier", use_redis=False) as res, httpx.AsyncClient() as http:
+        # The HTTP client outlives the resources: their exit stops the senders that use it.
+        async with httpx.AsyncClient() as http, open_resources(common, "notifier", use_redis=False) as res:
             assert res.pool is not None and res.js is not None
             sender = Sender(res.pool, settings, common.secret_key, http)
             app.state.update(res=res, http=http, sender=sender, settings=settings, common=common)
@@ -141,6 +142,7 @@ def create_app(settings: NotifierSettings, common: CommonSettings) -> Litestar:
                 res.spawn(bus.run_consumer(res.js, common.namespace, spec, handle, res.stop), spec.durable)
             for channel in CHANNELS:
                 res.spawn(sender.run(channel, res.stop), f"notifier-send-{channel}")
+            res.spawn(housekeeping.run(res.pool, settings, res.stop), "notifier-housekeeping")
             yield
 
     return Litestar(

@@ -44,6 +44,9 @@ class NotifierSettings(ServerSettings, frozen=True, kw_only=True):
     email_workers: int = 4
     webhook_workers: int = 8
     poll_interval_s: float = 1.0  # how often idle senders look for due rows (new rows also wake them at once)
+    # Sent, cancelled and failed outbox rows (the owners' delivery history) are deleted after this many days.
+    # Processed-event ids are kept as long, and at least 8 days (longer than JetStream keeps events).
+    retention_days: int = 30
     # An e-mail whose account has no known address yet waits this long for account.registered, then fails.
     address_wait_s: float = 3600.0
 

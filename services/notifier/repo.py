@@ -93,6 +93,17 @@ SET status = 'cancelled', claimed_until = NULL, sealed = NULL, last_error = $3
 WHERE id = $1 AND claim_token = $2 AND status = 'pending'
 """
 
+# Housekeeping. Finished rows go after the retention; processed-event ids are kept longer than JetStream keeps
+# events (7 days), so a redelivery can never outlive its de-duplication.
+PRUNE_OUTBOX = """
+DELETE FROM notifier.outbox
+WHERE status IN ('sent', 'cancelled', 'failed') AND created_at < now() - make_interval(days => $1)
+"""
+
+PRUNE_PROCESSED = """
+DELETE FROM notifier.processed_events WHERE processed_at < now() - make_interval(days => $1)
+"""
+
 LIST_DELIVERIES = """
 SELECT id, channel, kind, event_type, status, attempts, last_error, destination, created_at, sent_at,
        next_attempt_at

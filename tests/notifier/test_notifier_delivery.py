@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from services.notifier import consumer
+from services.notifier import consumer, housekeeping
 from services.notifier.notifications import Context
 from services.notifier.webhooks import verify
 from shared import bus, config, events
@@ -423,3 +423,45 @@ async def test_mail_waits_for_an_address_that_arrives_later(
         assert smtp.to(address) == []
         await register(resources, account, address)
         await until(lambda: len(smtp.to(address)) == 2, what="welcome and the waiting alert")
+
+
+async def test_the_address_in_the_preferences_wins_over_the_registered_one(
+    resources: Resources, smtp: SmtpServer, notifier_app: Any
+) -> None:
+    assert resources.publisher
+    account, registered, billing = uid("acct"), f"{uid('u')}@example.com", f"{uid('billing')}@example.com"
+    async with notifier_app() as client:
+        await register(resources, account, registered)
+        resp = await internal(
+            client, "PUT", "/api/notifications/preferences", account, json={"email": billing}
+        )
+        assert resp.status_code == 200
+        await resources.publisher.publish(
+            events.BalanceLow(account_id=account, balance_micros=1, threshold_micros=2)
+        )
+        await until(lambda: len(smtp.to(billing)) == 1, what="alert at the preferred address")
+        await until(lambda: len(smtp.to(registered)) == 1, what="welcome at the registered address")
+    assert "balance is low" in smtp.to(billing)[0].subject
+    assert smtp.to(registered)[0].subject == "Welcome to Faregate"
+
+
+async def test_housekeeping_prunes_old_finished_rows_and_never_pending_ones(resources: Resources) -> None:
+    assert resources.pool
+    account = uid("acct")
+    insert = (
+        "INSERT INTO notifier.outbox (dedupe_key, channel, recipient, account_id, kind, event_type, payload,"
+        " status, created_at) VALUES ($1, 'email', 'account:x', $2, 'balance_low', 'balance.low', '{}', $3,"
+        " now() - make_interval(days => $4))"
+    )
+    for key, status, age in [
+        ("old-sent", "sent", 40),
+        ("old-failed", "failed", 40),
+        ("old-pending", "pending", 40),
+        ("new-sent", "sent", 1),
+    ]:
+        await resources.pool.execute(insert, f"{account}-{key}", account, status, age)
+    await housekeeping.prune(resources.pool, 30)
+    left = await resources.pool.fetch(
+        "SELECT dedupe_key FROM notifier.outbox WHERE account_id = $1 ORDER BY dedupe_key", account
+    )
+    assert [r["dedupe_key"] for r in left] == [f"{account}-new-sent", f"{account}-old-pending"]
