@@ -11,6 +11,7 @@ from typing import Any
 
 import nats
 import pytest
+import redis.asyncio as aioredis
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -165,3 +166,15 @@ async def catalog_loaded(admin: User) -> dict[str, Any]:
 def ctx(keys_settings: KeysSettings, resources: Resources) -> Ctx:
     """The keys domain on the test's own event loop (the app under AsyncTestClient runs on another one)."""
     return Ctx.from_resources(keys_settings, resources)
+
+
+@pytest.fixture(autouse=True)
+async def fresh_login_counters(common: CommonSettings) -> AsyncIterator[None]:
+    """Every test client shares one address, so failed-login counters would leak from test to test."""
+    r = aioredis.Redis.from_url(common.redis_url)
+    try:
+        async for key in r.scan_iter(f"{common.namespace}:login:fail:*"):
+            await r.delete(key)
+        yield
+    finally:
+        await r.aclose()
