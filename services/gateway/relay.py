@@ -316,7 +316,7 @@ async def open_upstream(gw: Gateway, call: Call, model: Model, endpoint_path: st
                 opened = await _attempt(gw, call, served, channel, endpoint_path, body, stream, deadline)
         except AttemptFailed as failure:
             metrics.UPSTREAM_ERRORS.labels(channel.id, failure.reason.split(":")[0]).inc()
-            log.warning("upstream attempt failed", extra={"channel_id": channel.id, "reason": failure.reason})
+            log.warning("upstream attempt failed: %s", failure.reason, extra={"channel_id": channel.id})
             if failure.breaker:
                 gw.breaker.failure(channel.id, failure.reason)
             if failure.retry_after is not None or failure.reason == "upstream_429":
