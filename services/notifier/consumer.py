@@ -29,7 +29,7 @@ PLAN_ERRORS = Counter("faregate_notifier_plan_errors_total", "Events whose notif
 def _spec(durable: str, stream: str, subjects: tuple[str, ...]) -> bus.ConsumerSpec:
     # Ack settings. max_deliver=-1: a batch that fails (Postgres away) is retried until it succeeds, never
     # dropped; the backoff spaces the retries out. ack_wait covers one batch's transaction with a wide margin.
-    return bus.ConsumerSpec(durable=durable, stream=stream, filter_subjects=subjects, ack_wait_s=30.0,
+    return bus.ConsumerSpec(durable=durable, stream=stream, filter_subjects=subjects, ack_wait_s=10.0,
                             max_deliver=-1, max_ack_pending=1000, batch=100,
                             backoff_s=(1.0, 2.0, 5.0, 10.0, 30.0, 60.0))
 

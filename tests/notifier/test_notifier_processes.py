@@ -72,6 +72,43 @@ async def test_notifier_killed_mid_batch_sends_each_notification_once(
     assert len({m.message_id for m in mails}) == 9
 
 
+async def test_notifier_killed_while_consuming_sends_each_notification_once(
+    resources: Resources, smtp: SmtpServer
+) -> None:
+    """SIGKILL while the consumer works through a backlog: batches committed and acked, maybe one committed
+    but not acked, maybe one fetched and not committed. The restarted notifier (after JetStream's ack_wait)
+    finishes the backlog and every notification goes out once."""
+    assert resources.publisher and resources.pool
+    account, address = f"acct-{secrets.token_hex(4)}", f"backlog-{secrets.token_hex(4)}@example.com"
+    await resources.publisher.publish(events.AccountRegistered(account_id=account, email=address))
+    await publish_topups(resources, account, 250, "backlog")
+    smtp.hold_after(0)  # nothing is accepted while the first process runs: this kill is about consuming
+    env = env_for(smtp, email_workers=4, lease_s=4.0)
+    count = "SELECT count(*) FROM notifier.outbox WHERE account_id = $1"
+    first = await asyncio.to_thread(procs.start, "notifier", env)
+    try:
+        for _ in range(600):
+            if await resources.pool.fetchval(count, account):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        first.kill()
+    queued_at_kill = await resources.pool.fetchval(count, account)
+    smtp.release()
+    assert smtp.to(address) == []
+
+    second = await asyncio.to_thread(procs.start, "notifier", env)
+    try:
+        await until(lambda: len(smtp.to(address)) >= 251, timeout=60, what="the whole backlog")
+        await asyncio.sleep(2.0)
+    finally:
+        second.stop()
+    mails = smtp.to(address)
+    assert len(mails) == 251, f"{len(mails)} mails; {queued_at_kill} of 251 were queued at the kill"
+    assert references(mails) == {f"backlog-{i}": 1 for i in range(250)}
+    assert len({m.message_id for m in mails}) == 251
+
+
 async def test_two_notifiers_at_once_never_double_send(
     resources: Resources, smtp: SmtpServer, receiver: Receiver
 ) -> None:
