@@ -1,0 +1,170 @@
+"""The Dockerfile, read without a Docker engine: its entry point is the CLI and reaches every service, it
+ships the packages the CLI imports, and its runtime stage is the small non-root one the manifests expect."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from faregate.cli import SERVICES, load_all_configs, settings_class
+from shared import config
+from tests.deploy.conftest import ROOT, Rendered
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str = ""
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, op: str) -> list[str]:
+        return [arg for o, arg in self.instructions if o == op]
+
+
+def parse(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages with their instructions (continuations joined, comments dropped)."""
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        op, _, rest = line.partition(" ")
+        op = op.upper()
+        if op == "FROM":
+            words = rest.split()
+            stages.append(Stage(base=words[0], name=words[2] if len(words) > 2 else ""))
+        elif stages:
+            stages[-1].instructions.append((op, rest.strip()))
+        elif op == "ARG":
+            key, _, value = rest.partition("=")
+            args[key.strip()] = value.strip()
+    return args, stages
+
+
+Parsed = tuple[dict[str, str], list[Stage]]
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> Parsed:
+    return parse(DOCKERFILE.read_text())
+
+
+def _runtime(dockerfile: Parsed) -> Stage:
+    return dockerfile[1][-1]
+
+
+def _exec_form(value: str) -> list[str]:
+    import json
+
+    parsed = json.loads(value)
+    assert isinstance(parsed, list), f"use the exec form: {value}"
+    return parsed
+
+
+def test_multi_stage_build_on_python_3_11_slim(dockerfile: Parsed) -> None:
+    args, stages = dockerfile
+    assert len(stages) >= 2
+    runtime = stages[-1]
+    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], runtime.base)
+    assert base.startswith("python:3.11-slim"), base
+    # Nothing is compiled or fetched in the runtime stage: it copies the virtualenv and the source.
+    assert not any("pip install" in r or "apt-get install" in r for r in runtime.all("RUN"))
+    copied_from = {c.split()[0] for c in runtime.all("COPY") if c.startswith("--from=")}
+    assert copied_from == {f"--from={stages[0].name}"}
+
+
+def test_runtime_runs_as_the_non_root_user_the_manifests_expect(dockerfile: Parsed,
+                                                                rendered: dict[str, Rendered]) -> None:
+    (user,) = _runtime(dockerfile).all("USER")
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) > 0, "a numeric uid, so runAsNonRoot can verify it"
+    for overlay in rendered.values():
+        for workload, _ in overlay.faregate_containers():
+            pod_security = workload["spec"]["template"]["spec"]["securityContext"]
+            assert pod_security["runAsUser"] == int(uid)
+            assert pod_security["runAsGroup"] == int(gid or uid)
+
+
+def test_image_ships_every_package_the_cli_imports(dockerfile: Parsed) -> None:
+    build = dockerfile[1][0]
+    copied = {shlex.split(c)[0] for c in build.all("COPY")}
+    packages = {"faregate", "shared"} | {package.split(".")[0] for package in SERVICES.values()}
+    assert packages <= copied, f"missing {packages - copied}"
+    assert "pyproject.toml" in copied
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert not ignored & (packages | {"pyproject.toml"}), "the build context must include them"
+    # The dependency list the build installs is pyproject's.
+    (install,) = [r for r in build.all("RUN") if "tomllib" in r]
+    assert "['project']['dependencies']" in install
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def test_image_settings_are_known_and_match_the_manifests(dockerfile: Parsed,
+                                                          rendered: dict[str, Rendered]) -> None:
+    load_all_configs()
+    env: dict[str, str] = {}
+    for value in _runtime(dockerfile).all("ENV"):
+        for item in shlex.split(value):
+            key, _, val = item.partition("=")
+            env[key] = val
+    faregate_env = {k: v for k, v in env.items() if k.startswith("FAREGATE_")}
+    common = {name for name, (svc, _) in config.known_variables().items() if svc == ""}
+    # The image's environment reaches every process, so only common settings belong there.
+    assert set(faregate_env) <= common
+    data_dir = faregate_env["FAREGATE_DATA_DIR"]
+    assert any(data_dir in v for v in _runtime(dockerfile).all("VOLUME"))
+    for overlay in rendered.values():
+        for _, container in overlay.faregate_containers():
+            assert overlay.container_env(container)["FAREGATE_DATA_DIR"] == data_dir
+    exposed = {int(p) for value in _runtime(dockerfile).all("EXPOSE") for p in value.split()}
+    for service in ("gateway", "keys", "billing", "usage", "notifier"):
+        assert settings_class(SERVICES[service])().port in exposed
+
+
+def test_entry_point_is_the_cli_and_reaches_every_service(dockerfile: Parsed,
+                                                          tmp_path: Path) -> None:
+    """Run the image's own `faregate` launcher (as the build writes it) against this checkout."""
+    runtime = _runtime(dockerfile)
+    (entrypoint,) = runtime.all("ENTRYPOINT")
+    assert _exec_form(entrypoint) == ["faregate"]
+    build = dockerfile[1][0]
+    (writes_launcher,) = [r for r in build.all("RUN") if "/opt/venv/bin/faregate" in r]
+    printf = re.search(r"printf '([^']*)' > /opt/venv/bin/faregate", writes_launcher)
+    assert printf, writes_launcher
+    launcher = tmp_path / "faregate"
+    launcher.write_text(printf.group(1).encode().decode("unicode_escape"))
+    launcher.chmod(0o755)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT)}
+    for service in SERVICES:
+        out = subprocess.run([str(launcher), service, "--help"], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=60)
+        assert out.returncode == 0, f"faregate {service}: {out.stderr}"
+    out = subprocess.run([str(launcher), "migrate", "--help"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    bad = subprocess.run([str(launcher), "no-such-service"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=60)
+    assert bad.returncode != 0 and "invalid choice" in bad.stderr
