@@ -3,6 +3,9 @@ backoff, preference validation."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -19,6 +22,7 @@ from services.notifier.webhooks import sign, verify
 from shared import crypto, events
 from shared.config import ConfigError, load
 from shared.web import ServiceError
+from tests.notifier.receivers import SmtpServer
 
 T = datetime(2030, 1, 2, 3, 4, tzinfo=UTC)
 CTX = Context(
@@ -232,3 +236,26 @@ def test_settings_refuse_a_lease_shorter_than_a_send() -> None:
         load(NotifierSettings, {"FAREGATE_NOTIFIER_LEASE_S": "5"})
     with pytest.raises(ConfigError, match="SMTP_SECURITY"):
         load(NotifierSettings, {"FAREGATE_NOTIFIER_SMTP_SECURITY": "ssl"})
+
+
+def test_the_test_email_command_sends_through_the_configured_server(smtp: SmtpServer) -> None:
+    env = {**os.environ, "FAREGATE_NOTIFIER_SMTP_PORT": str(smtp.port)}
+    ok = subprocess.run(
+        [sys.executable, "-m", "faregate.cli", "notifier", "test-email", "--to", "ops-test@example.com"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    [mail] = smtp.to("ops-test@example.com")
+    assert mail.subject == "Faregate SMTP test" and f"127.0.0.1:{smtp.port}" in mail.text
+    smtp.down()
+    down = subprocess.run(
+        [sys.executable, "-m", "faregate.cli", "notifier", "test-email", "--to", "ops-test@example.com"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert down.returncode != 0 and "test e-mail not sent" in down.stderr
