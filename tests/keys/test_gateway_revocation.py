@@ -1,0 +1,96 @@
+"""A disabled key is refused by every worker of a running gateway within 100 ms of the disable call returning.
+
+Real processes: the keys service, the gateway with two workers, the mock upstream; real Postgres, Redis, NATS.
+The key is created and disabled through the keys HTTP API exactly as the console would do it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from services.keys.context import Ctx
+from services.keys.seed import seed_catalog
+from shared.config import CommonSettings
+from shared.wallet import SpendGuard
+from tests import procs
+from tests.keys.conftest import PASSWORD, unique_email
+
+TARGET_S = 0.100
+
+
+@pytest.fixture(scope="module")
+def stack(common: CommonSettings) -> Iterator[dict[str, procs.ServiceProcess]]:
+    ports = {name: procs.free_port() for name in ("keys", "gateway", "mock-upstream")}
+    env = {"FAREGATE_KEYS_URL": f"http://127.0.0.1:{ports['keys']}"}
+    saved = os.environ.get("FAREGATE_KEYS_URL")
+    os.environ.update(env)
+    started: dict[str, procs.ServiceProcess] = {}
+    try:
+        started["mock-upstream"] = procs.start("mock-upstream", env, port=ports["mock-upstream"])
+        started["keys"] = procs.start("keys", env, port=ports["keys"], ready_path="/readyz")
+        started["gateway"] = procs.start("gateway", {**env, "FAREGATE_GATEWAY_WORKERS": "2"},
+                                         port=ports["gateway"], ready_path="/readyz")
+        yield started
+    finally:
+        for sp in reversed(list(started.values())):
+            sp.stop()
+        if saved is None:
+            os.environ.pop("FAREGATE_KEYS_URL", None)
+        else:
+            os.environ["FAREGATE_KEYS_URL"] = saved
+
+
+def chat(gateway: procs.ServiceProcess, secret: str) -> httpx.Response:
+    # A new connection per request, so the kernel spreads them over both workers.
+    return httpx.post(f"{gateway.url}/v1/chat/completions", timeout=10,
+                      headers={"Authorization": f"Bearer {secret}", "Connection": "close"},
+                      json={"model": "gpt-4o-mini", "max_tokens": 8,
+                            "messages": [{"role": "user", "content": "hi"}]})
+
+
+async def test_a_disabled_key_is_refused_by_every_gateway_worker_within_100ms(
+        stack: dict[str, procs.ServiceProcess], ctx: Ctx) -> None:
+    await seed_catalog(ctx, stack["mock-upstream"].url)
+    keys = httpx.Client(base_url=stack["keys"].url, timeout=10)
+    r = keys.post("/api/auth/register", json={"email": unique_email("revoke"), "password": PASSWORD})
+    assert r.status_code == 201, r.text
+    account_id, csrf = r.json()["account"]["id"], r.json()["csrf_token"]
+    await SpendGuard(ctx.redis, ctx.keys).set_balance(account_id, 50_000_000)
+
+    first_refusals: list[float] = []
+    for trial in range(5):
+        made = keys.post("/api/keys", json={"label": f"trial {trial}"}, headers={"X-CSRF-Token": csrf})
+        assert made.status_code == 201, made.text
+        key_id, secret = made.json()["key"]["id"], made.json()["secret"]
+        for _ in range(6):  # warm both workers' in-process caches with the active key
+            ok = chat(stack["gateway"], secret)
+            assert ok.status_code == 200, ok.text
+
+        sent = time.monotonic()
+        off = keys.post(f"/api/keys/{key_id}/disable", headers={"X-CSRF-Token": csrf})
+        returned = time.monotonic()
+        assert off.status_code == 200 and off.json()["status"] == "disabled"
+        refused_at = None
+        while time.monotonic() - returned < 2:
+            resp = chat(stack["gateway"], secret)
+            if resp.status_code == 401:
+                refused_at = refused_at or time.monotonic()
+                assert resp.json()["error"]["code"] == "invalid_api_key"
+                assert "disabled" in resp.json()["error"]["message"]
+            if time.monotonic() - returned >= TARGET_S and refused_at is not None:
+                break
+        assert refused_at is not None, "the gateway kept accepting a disabled key"
+        first_refusals.append(refused_at - sent)
+
+        # From 100 ms after the call returned, every worker refuses, every time.
+        time.sleep(max(0.0, TARGET_S - (time.monotonic() - returned)))
+        statuses = [chat(stack["gateway"], secret).status_code for _ in range(20)]
+        assert statuses == [401] * 20
+
+    print(f"disable -> first refusal: max {max(first_refusals) * 1000:.1f} ms over {len(first_refusals)} trials")
+    assert max(first_refusals) < TARGET_S + 0.2  # includes the disable call itself and one gateway round trip
