@@ -272,14 +272,16 @@ def markdown(res: dict[str, Any]) -> str:
                 f(added(res, scenario, name, "p50_ms"), 3) if name != "direct" else "",
                 str(errors(res, scenario, name)),
                 f(100 * v, 0, "%") if (v := med(res, scenario, name, "sut_cpu")) is not None else "",
+                f(med(res, scenario, name, "cpu_us_per_req"), 0),
                 f(med(res, scenario, name, "rps_per_core"), 0),
             ])
         lines += [f"### concurrency {c}", ""]
         lines += table(["target", "req/s", "p50 ms", "p90 ms", "p99 ms", "added p50 ms", "errors", "SUT CPU",
-                        "req/s per busy core"], rows)
+                        "CPU µs/req", "req/s per busy core"], rows)
     lines += ["'SUT CPU' is the system under test's CPU time over the run's wall time (100% = one core busy); "
-              "'req/s per busy core' = req/s ÷ that, i.e. what one saturated core would carry at this cost per "
-              "request. Where the SUT CPU is well under 100%, the load side (one wrk thread sharing its core with "
+              "'CPU µs/req' is that CPU time per request; 'req/s per busy core' = req/s ÷ SUT CPU, what "
+              "one saturated core would carry at this cost per request. These two hold even when other processes "
+              "on the shared machine took part of the core. Where the SUT CPU is well under 100%, the load side (one wrk thread sharing its core with "
               "the upstream) was the limit, not the system under test.", ""]
 
     lines += ["## Streaming chat", ""]
@@ -303,7 +305,7 @@ def markdown(res: dict[str, Any]) -> str:
             str(errors(res, sc, name) + errors(res, "stream_timing_c1", name) + errors(res, "paced", name)),
         ])
     c = sc[8:] if sc else "?"
-    lines += table([f"target", f"streams/s (c{c})", f"full stream p50 ms (c{c})", f"p99 ms (c{c})",
+    lines += table(["target", f"streams/s (c{c})", f"full stream p50 ms (c{c})", f"p99 ms (c{c})",
                     "TTFB p50 ms (c1)", "TTFB p99 ms (c1)", "TTFB added p50 ms", "full p50 ms (c1)",
                     "full p99 ms (c1)", "worst per-chunk delay vs direct, ms (paced)", "chunks held back",
                     "errors"], rows)

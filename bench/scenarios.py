@@ -74,6 +74,9 @@ def load(target: Target, which: str, connections: int, seconds: float, cores: Co
         # What one fully busy core would carry at this cost per request (useful when the load side, not the
         # system under test, was the limit).
         out["rps_per_core"] = round(res.rps / out["sut_cpu"], 1) if out["sut_cpu"] > 0.05 else None
+        # CPU the system under test spent per answered request: unlike req/s, unaffected by how much of its
+        # core other processes on a shared machine took.
+        out["cpu_us_per_req"] = round(1e6 * used / res.requests, 1) if res.requests else None
         out["rss_peak"] = mem.peak
     return out
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "bench" / ".work"
+# Scratch space for configs, logs and data of one run (a second run at once needs its own: BENCH_WORK_DIR).
+WORK = Path(os.environ.get("BENCH_WORK_DIR") or ROOT / "bench" / ".work")
 
 
 class BenchError(RuntimeError):
