@@ -1,8 +1,8 @@
 """Anthropic Messages <-> the internal OpenAI chat form: requests, responses, streams, usage and errors.
 
-Usage differs in one way that matters for money: Anthropic's `input_tokens` excludes tokens read from (or written
-to) its prompt cache, while OpenAI's `prompt_tokens` includes cached ones. Prompt = input + cache read + cache
-write; cached = cache read.
+Usage differs in one way that matters for money: Anthropic's `input_tokens` excludes tokens read from (or
+written to) its prompt cache, while OpenAI's `prompt_tokens` includes cached ones. Prompt = input + cache
+read + cache write; cached = cache read.
 """
 
 from __future__ import annotations
@@ -23,10 +23,22 @@ DEFAULT_MAX_TOKENS = 4096
 # reasoning_effort <-> thinking budget (Anthropic's minimum budget is 1024).
 EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 
-STOP_TO_OPENAI = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-                  "pause_turn": "stop", "refusal": "content_filter", "model_context_window_exceeded": "length"}
-STOP_FROM_OPENAI = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
-                    "function_call": "tool_use", "content_filter": "refusal"}
+STOP_TO_OPENAI = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+    "model_context_window_exceeded": "length",
+}
+STOP_FROM_OPENAI = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
 
 _enc = msgspec.json.Encoder()
 
@@ -42,19 +54,40 @@ def usage_to_openai_usage(usage: Any) -> TokenUsage:
         return v if isinstance(v, int) and v > 0 else 0
 
     cache_read = n("cache_read_input_tokens")
-    return TokenUsage(prompt_tokens=n("input_tokens") + cache_read + n("cache_creation_input_tokens"),
-                      completion_tokens=n("output_tokens"), cached_tokens=cache_read)
+    return TokenUsage(
+        prompt_tokens=n("input_tokens") + cache_read + n("cache_creation_input_tokens"),
+        completion_tokens=n("output_tokens"),
+        cached_tokens=cache_read,
+    )
 
 
 def usage_from_openai_usage(u: TokenUsage) -> dict[str, Any]:
-    return {"input_tokens": max(u.prompt_tokens - u.cached_tokens, 0), "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": u.cached_tokens, "output_tokens": u.completion_tokens}
+    return {
+        "input_tokens": max(u.prompt_tokens - u.cached_tokens, 0),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": u.cached_tokens,
+        "output_tokens": u.completion_tokens,
+    }
 
 
 # --- client request (Anthropic) -> internal (OpenAI) ---
 
-_CLIENT_FIELDS = {"model", "messages", "system", "max_tokens", "stop_sequences", "temperature", "top_p", "top_k",
-                  "tools", "tool_choice", "stream", "metadata", "thinking", "service_tier"}
+_CLIENT_FIELDS = {
+    "model",
+    "messages",
+    "system",
+    "max_tokens",
+    "stop_sequences",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "stream",
+    "metadata",
+    "thinking",
+    "service_tier",
+}
 
 
 def _text_of_system(system: Any) -> str:
@@ -73,8 +106,10 @@ def _text_of_system(system: Any) -> str:
 def _image_part(block: dict[str, Any], field: str) -> dict[str, Any]:
     source = block.get("source") or {}
     if source.get("type") == "base64":
-        return {"type": "image_url", "image_url": {"url": media.data_url(str(source.get("media_type")),
-                                                                         str(source.get("data")))}}
+        return {
+            "type": "image_url",
+            "image_url": {"url": media.data_url(str(source.get("media_type")), str(source.get("data")))},
+        }
     if source.get("type") == "url":
         return {"type": "image_url", "image_url": {"url": str(source.get("url"))}}
     raise UnsupportedField(f"{field}.source", "openai", "only base64 and url image sources")
@@ -83,9 +118,13 @@ def _image_part(block: dict[str, Any], field: str) -> dict[str, Any]:
 def _document_part(block: dict[str, Any], field: str) -> dict[str, Any]:
     source = block.get("source") or {}
     if source.get("type") == "base64":
-        return {"type": "file", "file": {"filename": str(block.get("title") or "document.pdf"),
-                                         "file_data": media.data_url(str(source.get("media_type")),
-                                                                     str(source.get("data")))}}
+        return {
+            "type": "file",
+            "file": {
+                "filename": str(block.get("title") or "document.pdf"),
+                "file_data": media.data_url(str(source.get("media_type")), str(source.get("data"))),
+            },
+        }
     raise UnsupportedField(f"{field}.source", "openai", "only base64 documents")
 
 
@@ -123,8 +162,9 @@ def _user_messages(blocks: list[Any], i: int) -> list[dict[str, Any]]:
             content = _tool_result_text(block, field)
             if block.get("is_error"):
                 content = f"Error: {content}"
-            tool_msgs.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")),
-                              "content": content})
+            tool_msgs.append(
+                {"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")), "content": content}
+            )
         else:
             raise UnsupportedField(f"{field}.type", "openai", f"content block {kind!r}")
     out = list(tool_msgs)
@@ -143,9 +183,16 @@ def _assistant_message(blocks: list[Any], i: int) -> dict[str, Any]:
         if kind == "text":
             texts.append(str(block.get("text", "")))
         elif kind == "tool_use":
-            calls.append({"id": str(block.get("id", "")), "type": "function",
-                          "function": {"name": str(block.get("name", "")),
-                                       "arguments": json.dumps(block.get("input") or {})}})
+            calls.append(
+                {
+                    "id": str(block.get("id", "")),
+                    "type": "function",
+                    "function": {
+                        "name": str(block.get("name", "")),
+                        "arguments": json.dumps(block.get("input") or {}),
+                    },
+                }
+            )
         elif kind in ("thinking", "redacted_thinking"):
             # Earlier reasoning is not fed back to an OpenAI-style model (DeepSeek refuses it).
             continue
@@ -166,7 +213,10 @@ def _tools_to_openai(tools: Any) -> list[dict[str, Any]]:
             raise InvalidField(f"tools.{i}", "each tool needs a name")
         if tool.get("type") not in (None, "custom"):
             raise UnsupportedField(f"tools.{i}.type", "openai", f"server tool {tool.get('type')!r}")
-        fn: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
+        fn: dict[str, Any] = {
+            "name": tool["name"],
+            "parameters": tool.get("input_schema") or {"type": "object"},
+        }
         if tool.get("description"):
             fn["description"] = tool["description"]
         out.append({"type": "function", "function": fn})
@@ -240,12 +290,40 @@ def request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 # --- internal (OpenAI) -> upstream request (Anthropic) ---
 
 # Fields with no Anthropic equivalent, refused unless left at their neutral value.
-_NEUTRAL = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "seed": None,
-            "logit_bias": None, "top_logprobs": None, "audio": None, "prediction": None,
-            "modalities": None, "web_search_options": None}
-_IGNORED = {"model", "stream_options", "user", "metadata", "store", "service_tier", "parallel_tool_calls",
-            "messages", "max_tokens", "max_completion_tokens", "stop", "temperature", "top_p", "top_k", "tools",
-            "tool_choice", "response_format", "reasoning_effort", "stream"}
+_NEUTRAL = {
+    "n": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logprobs": False,
+    "seed": None,
+    "logit_bias": None,
+    "top_logprobs": None,
+    "audio": None,
+    "prediction": None,
+    "modalities": None,
+    "web_search_options": None,
+}
+_IGNORED = {
+    "model",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "parallel_tool_calls",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "reasoning_effort",
+    "stream",
+}
 
 
 def _blocks_from_openai_content(content: Any, field: str) -> list[dict[str, Any]]:
@@ -264,16 +342,20 @@ def _blocks_from_openai_content(content: Any, field: str) -> list[dict[str, Any]
         elif kind == "image_url":
             url = media.image_url_of(part, pfield)
             parsed = media.parse_data_url(url)
-            source = ({"type": "base64", "media_type": parsed[0], "data": parsed[1]} if parsed
-                      else {"type": "url", "url": url})
+            source = (
+                {"type": "base64", "media_type": parsed[0], "data": parsed[1]}
+                if parsed
+                else {"type": "url", "url": url}
+            )
             blocks.append({"type": "image", "source": source})
         elif kind == "file":
             file = part.get("file") or {}
             parsed = media.parse_data_url(str(file.get("file_data", "")))
             if not parsed:
                 raise UnsupportedField(f"{pfield}.file", DIALECT, "only inline file_data")
-            blocks.append({"type": "document", "source": {"type": "base64", "media_type": parsed[0],
-                                                          "data": parsed[1]}})
+            blocks.append(
+                {"type": "document", "source": {"type": "base64", "media_type": parsed[0], "data": parsed[1]}}
+            )
         else:
             raise UnsupportedField(f"{pfield}.type", DIALECT, f"content part {kind!r}")
     return blocks
@@ -351,15 +433,28 @@ def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, 
             blocks = _blocks_from_openai_content(msg.get("content"), f"{field}.content")
             for k, call in enumerate(msg.get("tool_calls") or []):
                 fn = call.get("function") or {}
-                blocks.append({"type": "tool_use", "id": str(call.get("id", "")), "name": str(fn.get("name", "")),
-                               "input": _arguments(fn.get("arguments"), f"{field}.tool_calls[{k}].function.arguments")})
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": str(call.get("id", "")),
+                        "name": str(fn.get("name", "")),
+                        "input": _arguments(
+                            fn.get("arguments"), f"{field}.tool_calls[{k}].function.arguments"
+                        ),
+                    }
+                )
             add("assistant", blocks)
         elif role == "tool":
             content = msg.get("content")
-            result: Any = content if isinstance(content, str) else _blocks_from_openai_content(
-                content, f"{field}.content")
-            add("user", [{"type": "tool_result", "tool_use_id": str(msg.get("tool_call_id", "")),
-                          "content": result}])
+            result: Any = (
+                content
+                if isinstance(content, str)
+                else _blocks_from_openai_content(content, f"{field}.content")
+            )
+            add(
+                "user",
+                [{"type": "tool_result", "tool_use_id": str(msg.get("tool_call_id", "")), "content": result}],
+            )
         else:
             raise InvalidField(f"{field}.role", f"unknown role {role!r}")
     for turn in turns:
@@ -387,7 +482,10 @@ def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, 
             fn = tool.get("function") if isinstance(tool, dict) else None
             if tool.get("type") != "function" or not isinstance(fn, dict) or not fn.get("name"):
                 raise UnsupportedField(f"tools[{i}]", DIALECT, "only function tools")
-            t: dict[str, Any] = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object"}}
+            t: dict[str, Any] = {
+                "name": fn["name"],
+                "input_schema": fn.get("parameters") or {"type": "object"},
+            }
             if fn.get("description"):
                 t["description"] = fn["description"]
             tools.append(t)
@@ -424,9 +522,16 @@ def _message_parts(blocks: list[Any]) -> tuple[str | None, str | None, list[dict
         elif kind == "thinking":
             thoughts.append(str(block.get("thinking", "")))
         elif kind == "tool_use":
-            calls.append({"id": str(block.get("id", "")), "type": "function",
-                          "function": {"name": str(block.get("name", "")),
-                                       "arguments": json.dumps(block.get("input") or {})}})
+            calls.append(
+                {
+                    "id": str(block.get("id", "")),
+                    "type": "function",
+                    "function": {
+                        "name": str(block.get("name", "")),
+                        "arguments": json.dumps(block.get("input") or {}),
+                    },
+                }
+            )
     return ("".join(texts) if texts else None), ("".join(thoughts) if thoughts else None), calls
 
 
@@ -441,9 +546,17 @@ def response_to_openai(resp: dict[str, Any]) -> dict[str, Any]:
     usage = usage_to_openai_usage(resp.get("usage"))
     return {
         "id": "chatcmpl-" + str(resp.get("id") or uuid.uuid4().hex).removeprefix("msg_"),
-        "object": "chat.completion", "created": now(), "model": resp.get("model"),
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": STOP_TO_OPENAI.get(str(resp.get("stop_reason")), "stop")}],
+        "object": "chat.completion",
+        "created": now(),
+        "model": resp.get("model"),
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": STOP_TO_OPENAI.get(str(resp.get("stop_reason")), "stop"),
+            }
+        ],
         "usage": usage_to_openai(usage),
     }
 
@@ -467,21 +580,40 @@ def response_from_openai(resp: dict[str, Any], model: str) -> dict[str, Any]:
             args = _arguments(fn.get("arguments"), "arguments")
         except InvalidField:
             args = {}
-        blocks.append({"type": "tool_use", "id": str(call.get("id", "")), "name": str(fn.get("name", "")),
-                       "input": args})
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": str(call.get("id", "")),
+                "name": str(fn.get("name", "")),
+                "input": args,
+            }
+        )
     usage = usage_from_openai(resp.get("usage")) or TokenUsage()
     return {
         "id": "msg_" + str(resp.get("id") or uuid.uuid4().hex).removeprefix("chatcmpl-"),
-        "type": "message", "role": "assistant", "model": model, "content": blocks,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": blocks,
         "stop_reason": STOP_FROM_OPENAI.get(str(choice.get("finish_reason")), "end_turn"),
-        "stop_sequence": None, "usage": usage_from_openai_usage(usage),
+        "stop_sequence": None,
+        "usage": usage_from_openai_usage(usage),
     }
 
 
 def error_body(status: int, code: str, message: str) -> dict[str, Any]:
-    kinds = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-             403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-             503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        402: "billing_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        503: "overloaded_error",
+        504: "timeout_error",
+        529: "overloaded_error",
+    }
     return {"type": "error", "error": {"type": kinds.get(status, "api_error"), "message": message}}
 
 
@@ -506,8 +638,13 @@ class StreamToOpenAI:
         self._tool_index = -1
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
 
     def _refresh_usage(self) -> None:
         self.usage = usage_to_openai_usage({**self._input, "output_tokens": self._output_tokens})
@@ -527,9 +664,20 @@ class StreamToOpenAI:
             block = data.get("content_block") or {}
             if block.get("type") == "tool_use":
                 self._tool_index += 1
-                return [self._chunk({"tool_calls": [{"index": self._tool_index, "id": block.get("id"),
-                                                     "type": "function",
-                                                     "function": {"name": block.get("name"), "arguments": ""}}]})]
+                return [
+                    self._chunk(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": self._tool_index,
+                                    "id": block.get("id"),
+                                    "type": "function",
+                                    "function": {"name": block.get("name"), "arguments": ""},
+                                }
+                            ]
+                        }
+                    )
+                ]
             if block.get("type") == "text" and block.get("text"):
                 return [self._chunk({"content": block["text"]})]
             return []
@@ -541,8 +689,11 @@ class StreamToOpenAI:
                 piece = delta.get("partial_json", "")
                 if not piece:
                     return []
-                return [self._chunk({"tool_calls": [{"index": self._tool_index,
-                                                     "function": {"arguments": piece}}]})]
+                return [
+                    self._chunk(
+                        {"tool_calls": [{"index": self._tool_index, "function": {"arguments": piece}}]}
+                    )
+                ]
             if delta.get("type") == "thinking_delta":
                 return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
             return []
@@ -559,17 +710,28 @@ class StreamToOpenAI:
                 return [self._chunk({}, STOP_TO_OPENAI.get(str(reason), "stop"))]
             return []
         if kind == "message_stop":
-            return [{"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                     "model": self.model, "choices": [], "usage": usage_to_openai(self.usage)}]
+            return [
+                {
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": usage_to_openai(self.usage),
+                }
+            ]
         if kind == "error":
             err = data.get("error") or {}
-            raise UpstreamStreamError(str(err.get("type", "api_error")), str(err.get("message", "upstream error")))
+            raise UpstreamStreamError(
+                str(err.get("type", "api_error")), str(err.get("message", "upstream error"))
+            )
         return []  # ping, content_block_stop, and event types added later
 
 
 class StreamFromOpenAI:
     """OpenAI chat chunks -> the Anthropic SSE events a client expects. `feed(chunk)` per chunk, then
-    `finish(usage)` once (usage from the upstream's final chunk, or counted by the gateway), or `error(...)`."""
+    `finish(usage)` once (usage from the upstream's final chunk, or counted by the gateway), or
+    `error(...)`."""
 
     def __init__(self, model: str, message_id: str | None = None) -> None:
         self.model = model
@@ -585,12 +747,25 @@ class StreamFromOpenAI:
         if self._started:
             return []
         self._started = True
-        message = {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-                   "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                             "output_tokens": 0}}
-        return [sse("message_start", {"type": "message_start", "message": message}),
-                sse("ping", {"type": "ping"})]
+        message: dict[str, Any] = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 0,
+            },
+        }
+        return [
+            sse("message_start", {"type": "message_start", "message": message}),
+            sse("ping", {"type": "ping"}),
+        ]
 
     def _close(self) -> list[bytes]:
         if self._open is None:
@@ -602,12 +777,18 @@ class StreamFromOpenAI:
         out = self._close()
         self._index += 1
         self._open = kind
-        out.append(sse("content_block_start", {"type": "content_block_start", "index": self._index,
-                                               "content_block": block}))
+        out.append(
+            sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": self._index, "content_block": block},
+            )
+        )
         return out
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
-        return sse("content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta})
+        return sse(
+            "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}
+        )
 
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
         out = self._start()
@@ -629,8 +810,15 @@ class StreamFromOpenAI:
                 index = int(call.get("index", 0))
                 fn = call.get("function") or {}
                 if index not in self._tool_blocks:
-                    out += self._open_block("tool_use", {"type": "tool_use", "id": call.get("id") or "",
-                                                         "name": fn.get("name") or "", "input": {}})
+                    out += self._open_block(
+                        "tool_use",
+                        {
+                            "type": "tool_use",
+                            "id": call.get("id") or "",
+                            "name": fn.get("name") or "",
+                            "input": {},
+                        },
+                    )
                     self._tool_blocks[index] = self._index
                 if fn.get("arguments"):
                     if self._tool_blocks[index] != self._index:
@@ -643,12 +831,18 @@ class StreamFromOpenAI:
     def finish(self, usage: TokenUsage | None = None) -> list[bytes]:
         final = usage or self.usage or TokenUsage()
         out = self._start() + self._close()
-        out.append(sse("message_delta", {"type": "message_delta",
-                                         "delta": {"stop_reason": self.stop_reason or "end_turn",
-                                                   "stop_sequence": None},
-                                         "usage": usage_from_openai_usage(final)}))
+        out.append(
+            sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": self.stop_reason or "end_turn", "stop_sequence": None},
+                    "usage": usage_from_openai_usage(final),
+                },
+            )
+        )
         out.append(sse("message_stop", {"type": "message_stop"}))
         return out
 
     def error(self, message: str, status: int = 500) -> list[bytes]:
-        return self._start() + [sse("error", error_body(status, "", message))]
+        return [*self._start(), sse("error", error_body(status, "", message))]

@@ -1,4 +1,4 @@
-"""Images and files as each dialect spells them: OpenAI data URLs, Anthropic base64 sources, Gemini inlineData."""
+"""Images and files as each dialect spells them: OpenAI data URLs, Anthropic sources, Gemini inlineData."""
 
 from __future__ import annotations
 

@@ -43,10 +43,12 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
         completion = total - prompt
     details = usage.get("prompt_tokens_details") or {}
     out_details = usage.get("completion_tokens_details") or {}
-    return TokenUsage(prompt_tokens=prompt, completion_tokens=completion,
-                      cached_tokens=_int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
-                      reasoning_tokens=_int(out_details.get("reasoning_tokens"))
-                      if isinstance(out_details, dict) else 0)
+    return TokenUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=_int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+        reasoning_tokens=_int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0,
+    )
 
 
 def usage_to_openai(u: TokenUsage) -> dict[str, Any]:
@@ -101,14 +103,26 @@ def strip_usage_chunk(chunk: dict[str, Any], client_body: dict[str, Any]) -> dic
     return chunk
 
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 402: "insufficient_quota",
-                403: "permission_error", 404: "invalid_request_error", 413: "invalid_request_error",
-                429: "rate_limit_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param,
-                      "code": code}}
+    return {
+        "error": {
+            "message": message,
+            "type": _ERROR_TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
 
 
 def data_frame(payload: Any) -> bytes:
@@ -119,10 +133,16 @@ def new_completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
-def chunk(cid: str, model: str, created: int, choices: list[dict[str, Any]],
-          usage: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                           "choices": choices}
+def chunk(
+    cid: str, model: str, created: int, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
     if usage is not None:
         out["usage"] = usage
     return out
