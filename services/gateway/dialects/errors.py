@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class TranslationError(ValueError):
-    """A request that cannot be translated; `field` is the path of the offending field as the client wrote it."""
+    """A request that cannot be translated; `field` names the offending field as the client wrote it."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
