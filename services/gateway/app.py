@@ -35,7 +35,7 @@ from services.gateway.usage import Usage
 from shared import config, logs, telemetry
 from shared.config import CommonSettings
 from shared.runtime import open_resources
-from shared.web import Unauthorized, ops_handlers, request_id_middleware
+from shared.web import ServiceError, Unauthorized, ops_handlers, request_id_middleware, service_error_handler
 
 log = logging.getLogger("faregate.gateway")
 
@@ -291,7 +291,7 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
                         channels_health],
         lifespan=[lifespan],
         middleware=[request_id_middleware],
-        exception_handlers={HTTPException: http_exception_handler},
+        exception_handlers={HTTPException: http_exception_handler, ServiceError: service_error_handler},
         request_max_body_size=settings.max_body_bytes,
         state=_state(ready_checks),
         debug=False,
