@@ -1,0 +1,149 @@
+"""Real gateway processes (`faregate gateway` on granian) against the mock upstream: a client that hangs up
+cancels the upstream at once, and limits hold across two gateways sharing Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.config import CommonSettings
+from tests import procs
+from tests.gateway.conftest import World, channel, eventually, usage_events
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Count slowly to fifty."}]
+
+
+@pytest.fixture(scope="session")
+def gateways(common: CommonSettings, mock_upstream: procs.ServiceProcess) -> Iterator[list[procs.ServiceProcess]]:
+    dead = f"http://127.0.0.1:{procs.free_port()}"  # no keys/billing here: the test writes Redis itself
+    env = {"FAREGATE_KEYS_URL": dead, "FAREGATE_BILLING_URL": dead, "FAREGATE_LOG_LEVEL": "WARNING"}
+    started = [procs.start("gateway", env, ready_path="/readyz") for _ in range(2)]
+    try:
+        yield started
+    finally:
+        for sp in started:
+            sp.stop()
+
+
+async def use(world: World, gateways: list[procs.ServiceProcess], channels: list[Any]) -> None:
+    await world.set_catalog(channels)
+    ids = {c.id for c in channels}
+    async with httpx.AsyncClient() as client:
+        async def loaded() -> bool:
+            for gw in gateways:
+                r = await client.get(f"{gw.url}/internal/channels/health",
+                                     headers={"x-internal-token": world.common.internal_token})
+                if {c["channel_id"] for c in r.json()["channels"]} != ids:
+                    return False
+            return True
+
+        await eventually(loaded)
+
+
+def auth(secret: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {secret}"}
+
+
+async def test_client_disconnect_cancels_the_upstream_and_records_what_was_generated(
+        world: World, gateways: list[procs.ServiceProcess]) -> None:
+    await use(world, gateways, [channel(world.mock, "slow-stream", fault="delay_chunk_ms=200;chunks=40",
+                                        secret=world.common.secret_key)])
+    secret, snap = await world.add_key()
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", f"{gateways[0].url}/v1/chat/completions", headers=auth(secret),
+                                 json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}) as r:
+            assert r.status_code == 200
+            rid = r.headers["x-request-id"]
+            got = 0
+            async for _ in r.aiter_raw():
+                got += 1
+                if got >= 3:
+                    break
+        hung_up = time.monotonic()
+
+    def upstream_outcome() -> str:
+        return str(next(e["outcome"] for e in world.mock_stats()["requests"] if e["request_id"] == rid))
+
+    async def cancelled() -> bool:
+        return upstream_outcome() == "cancelled"
+
+    await eventually(cancelled, 5)
+    assert time.monotonic() - hung_up < 2.0  # "at once": well before the 8 s the stream would have taken
+    [event] = await usage_events(world.res, {rid})
+    assert event.status == 499 and event.error_code == "client_disconnected"
+    assert 0 < event.completion_tokens < 200 and event.prompt_tokens > 0
+
+    async def settled() -> bool:
+        w = await world.wallet(snap.account_id)
+        return w.get("reserved") == 0 and w.get("pending", 0) > 0
+
+    await eventually(settled)
+
+
+async def test_101st_concurrent_request_on_a_default_key_is_429(world: World,
+                                                                gateways: list[procs.ServiceProcess]) -> None:
+    await use(world, gateways, [channel(world.mock, "slow-start", fault="delay_first_ms=2500",
+                                        secret=world.common.secret_key)])
+    secret, snap = await world.add_key()
+    assert snap.concurrency_limit == 100
+    payload = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 5}
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        first = [asyncio.create_task(client.post(f"{gateways[i % 2].url}/v1/chat/completions", json=payload,
+                                                 headers=auth(secret))) for i in range(100)]
+        inflight = world.res.keys.rate("key", snap.key_id, "inflight")
+
+        async def all_in() -> bool:
+            return bool(await world.redis.zcard(inflight) == 100)
+
+        await eventually(all_in, 10)
+        extra = await client.post(f"{gateways[0].url}/v1/chat/completions", json=payload, headers=auth(secret))
+        assert extra.status_code == 429
+        assert extra.json()["error"]["code"] == "rate_limit_exceeded" and "retry-after" in extra.headers
+        assert "concurrent" in extra.json()["error"]["message"]
+        done = await asyncio.gather(*first)
+    assert [r.status_code for r in done] == [200] * 100
+    assert await world.redis.zcard(inflight) == 0  # every slot given back
+
+
+async def test_rpm_holds_across_two_gateways(world: World, gateways: list[procs.ServiceProcess]) -> None:
+    await use(world, gateways, [channel(world.mock, "main", secret=world.common.secret_key)])
+    secret, _ = await world.add_key(rpm_limit=5)
+    payload = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 5}
+    if time.time() % 60 > 50:  # a fixed one-minute window: do not straddle its edge
+        await asyncio.sleep(61 - time.time() % 60)
+    async with httpx.AsyncClient(timeout=30) as client:
+        results = [await client.post(f"{gateways[i % 2].url}/v1/chat/completions", json=payload,
+                                     headers=auth(secret)) for i in range(8)]
+    codes = [r.status_code for r in results]
+    assert codes == [200] * 5 + [429] * 3
+    assert results[0].headers["x-ratelimit-limit-requests"] == "5"
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in results[:5]] == ["4", "3", "2", "1", "0"]
+    assert int(results[5].headers["retry-after"]) >= 1
+
+
+async def test_tpm_holds_across_two_gateways(world: World, gateways: list[procs.ServiceProcess]) -> None:
+    await use(world, gateways, [channel(world.mock, "main", secret=world.common.secret_key)])
+    secret, snap = await world.add_key(tpm_limit=300)
+    payload = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 30}
+    if time.time() % 60 > 45:
+        await asyncio.sleep(61 - time.time() % 60)
+    served: list[int] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for i in range(20):
+            r = await client.post(f"{gateways[i % 2].url}/v1/chat/completions", json=payload, headers=auth(secret))
+            if r.status_code == 429:
+                assert "tokens per minute" in r.json()["error"]["message"]
+                break
+            assert r.status_code == 200
+            served.append(r.json()["usage"]["total_tokens"])
+            await asyncio.sleep(0.2)  # let the finished request correct the window to its real token count
+        else:
+            raise AssertionError("the TPM limit never refused a request")
+    assert len(served) >= 2  # both gateways served before the shared window filled
+    assert sum(served[:-1]) < 300 <= sum(served)  # refused exactly once the real counts filled the window
