@@ -1,3 +1,4 @@
+# ruff: noqa: E501 -- recorded wire data stays exactly as sent, one event per line
 """Provider answers in the exact shape each API sends them (modelled on captured traffic and the providers'
 documentation), used as inputs to the translators."""
 

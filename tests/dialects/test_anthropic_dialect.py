@@ -1,4 +1,4 @@
-"""Anthropic <-> internal OpenAI chat: requests both ways, responses both ways, streams both ways, usage, errors."""
+"""Anthropic <-> internal OpenAI chat: requests, responses and streams both ways, usage and errors."""
 
 from __future__ import annotations
 
@@ -27,25 +27,43 @@ CLIENT_REQUEST: dict[str, Any] = {
     "max_tokens": 1024,
     "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
     "messages": [
-        {"role": "user", "content": [
-            {"type": "text", "text": "What is in this picture, and the weather in Paris?"},
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}},
-        ]},
-        {"role": "assistant", "content": [
-            {"type": "thinking", "thinking": "hmm", "signature": "sig"},
-            {"type": "text", "text": "Let me check."},
-            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "Paris"}},
-        ]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "21C"}]},
-            {"type": "text", "text": "Thanks. Summarise."},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture, and the weather in Paris?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                {"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "Paris"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": [{"type": "text", "text": "21C"}],
+                },
+                {"type": "text", "text": "Thanks. Summarise."},
+            ],
+        },
     ],
     "stop_sequences": ["END"],
     "temperature": 0.2,
     "top_k": 40,
-    "tools": [{"name": "get_weather", "description": "Weather in a city",
-               "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}],
+    "tools": [
+        {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}},
+        }
+    ],
     "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
     "metadata": {"user_id": "user-42"},
     "stream": True,
@@ -59,22 +77,40 @@ def test_client_request_becomes_openai_chat_with_tool_turns_in_order() -> None:
         "max_tokens": 1024,
         "messages": [
             {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": [
-                {"type": "text", "text": "What is in this picture, and the weather in Paris?"},
-                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
-            ]},
-            {"role": "assistant", "content": "Let me check.", "tool_calls": [
-                {"id": "toolu_1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'}}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this picture, and the weather in Paris?"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": "Let me check.",
+                "tool_calls": [
+                    {
+                        "id": "toolu_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": "toolu_1", "content": "21C"},
             {"role": "user", "content": "Thanks. Summarise."},
         ],
         "stop": ["END"],
         "temperature": 0.2,
         "top_k": 40,
-        "tools": [{"type": "function", "function": {
-            "name": "get_weather", "description": "Weather in a city",
-            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "description": "Weather in a city",
+                    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+                },
+            }
+        ],
         "parallel_tool_calls": False,
         "tool_choice": "required",
         "user": "user-42",
@@ -88,14 +124,16 @@ def test_client_request_errors_name_the_field() -> None:
         anthropic.request_to_openai({**CLIENT_REQUEST, "container": "c1"})
     assert unknown.value.field == "container"
     with pytest.raises(UnsupportedField) as server_tool:
-        anthropic.request_to_openai({**CLIENT_REQUEST, "tools": [{"type": "web_search_20250305",
-                                                                  "name": "web_search"}]})
+        anthropic.request_to_openai(
+            {**CLIENT_REQUEST, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
+        )
     assert server_tool.value.field == "tools.0.type"
     with pytest.raises(InvalidField) as no_max:
         anthropic.request_to_openai({k: v for k, v in CLIENT_REQUEST.items() if k != "max_tokens"})
     assert no_max.value.field == "max_tokens"
-    thinking = anthropic.request_to_openai({**CLIENT_REQUEST, "thinking": {"type": "enabled",
-                                                                           "budget_tokens": 2000}})
+    thinking = anthropic.request_to_openai(
+        {**CLIENT_REQUEST, "thinking": {"type": "enabled", "budget_tokens": 2000}}
+    )
     assert thinking["reasoning_effort"] == "low"
 
 
@@ -104,16 +142,30 @@ OPENAI_REQUEST: dict[str, Any] = {
     "messages": [
         {"role": "system", "content": "Be brief."},
         {"role": "developer", "content": [{"type": "text", "text": "Use metric units."}]},
-        {"role": "user", "content": [
-            {"type": "text", "text": "Weather in Paris and Rome? Also this:"},
-            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
-        ]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_a", "type": "function", "function": {"name": "get_weather",
-                                                              "arguments": '{"location":"Paris"}'}},
-            {"id": "call_b", "type": "function", "function": {"name": "get_weather",
-                                                              "arguments": '{"location":"Rome"}'}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Weather in Paris and Rome? Also this:"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_a",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'},
+                },
+                {
+                    "id": "call_b",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"location":"Rome"}'},
+                },
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_a", "content": "21C"},
         {"role": "tool", "tool_call_id": "call_b", "content": "25C"},
     ],
@@ -135,19 +187,41 @@ def test_openai_request_becomes_anthropic_with_merged_tool_results() -> None:
         "max_tokens": 300,
         "system": "Be brief.\n\nUse metric units.",
         "messages": [
-            {"role": "user", "content": [
-                {"type": "text", "text": "Weather in Paris and Rome? Also this:"},
-                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}},
-                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
-            ]},
-            {"role": "assistant", "content": [
-                {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {"location": "Paris"}},
-                {"type": "tool_use", "id": "call_b", "name": "get_weather", "input": {"location": "Rome"}},
-            ]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "call_a", "content": "21C"},
-                {"type": "tool_result", "tool_use_id": "call_b", "content": "25C"},
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Weather in Paris and Rome? Also this:"},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64},
+                    },
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "call_a",
+                        "name": "get_weather",
+                        "input": {"location": "Paris"},
+                    },
+                    {
+                        "type": "tool_use",
+                        "id": "call_b",
+                        "name": "get_weather",
+                        "input": {"location": "Rome"},
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "call_a", "content": "21C"},
+                    {"type": "tool_result", "tool_use_id": "call_b", "content": "25C"},
+                ],
+            },
         ],
         "stop_sequences": ["STOP"],
         "temperature": 0.5,
@@ -158,33 +232,60 @@ def test_openai_request_becomes_anthropic_with_merged_tool_results() -> None:
     }
 
 
-@pytest.mark.parametrize(("patch", "field"), [
-    ({"n": 2}, "n"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"temperature": 1.7}, "temperature"),
-    ({"logprobs": True}, "logprobs"),
-    ({"seed": 7}, "seed"),
-    ({"audio": {"voice": "alloy"}}, "audio"),
-    ({"functions": [{"name": "f"}]}, "functions"),
-])
-def test_openai_fields_anthropic_cannot_express_are_refused_by_name(patch: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"n": 2}, "n"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"temperature": 1.7}, "temperature"),
+        ({"logprobs": True}, "logprobs"),
+        ({"seed": 7}, "seed"),
+        ({"audio": {"voice": "alloy"}}, "audio"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+    ],
+)
+def test_openai_fields_anthropic_cannot_express_are_refused_by_name(
+    patch: dict[str, Any], field: str
+) -> None:
     with pytest.raises(UnsupportedField) as refused:
         anthropic.request_from_openai({**OPENAI_REQUEST, **patch}, "claude-haiku-4-5")
     assert refused.value.field == field and "anthropic" in refused.value.message
 
 
 def test_defaults_and_reasoning_effort_for_anthropic() -> None:
-    plain = anthropic.request_from_openai({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "c")
-    assert plain == {"model": "c", "max_tokens": anthropic.DEFAULT_MAX_TOKENS,
-                     "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
-    thinking = anthropic.request_from_openai({"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                                              "max_tokens": 100, "reasoning_effort": "medium",
-                                              "temperature": 0.3}, "c")
+    plain = anthropic.request_from_openai(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "c"
+    )
+    assert plain == {
+        "model": "c",
+        "max_tokens": anthropic.DEFAULT_MAX_TOKENS,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    }
+    thinking = anthropic.request_from_openai(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 100,
+            "reasoning_effort": "medium",
+            "temperature": 0.3,
+        },
+        "c",
+    )
     assert thinking["thinking"] == {"type": "enabled", "budget_tokens": 8192}
     assert thinking["max_tokens"] > 8192 and "temperature" not in thinking
     with pytest.raises(InvalidField):
-        anthropic.request_from_openai({"model": "m", "messages": [{"role": "assistant", "tool_calls": [
-            {"id": "x", "function": {"name": "f", "arguments": "{oops"}}]}]}, "c")
+        anthropic.request_from_openai(
+            {
+                "model": "m",
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "x", "function": {"name": "f", "arguments": "{oops"}}],
+                    }
+                ],
+            },
+            "c",
+        )
 
 
 def test_anthropic_response_becomes_openai_with_cache_reads_in_prompt() -> None:
@@ -193,9 +294,13 @@ def test_anthropic_response_becomes_openai_with_cache_reads_in_prompt() -> None:
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["content"] == "I'll check."
     assert choice["message"]["reasoning_content"] == "The user wants weather."
-    assert choice["message"]["tool_calls"] == [{"id": "toolu_01A09q90qw90lq917835lq9", "type": "function",
-                                                "function": {"name": "get_weather",
-                                                             "arguments": '{"location": "Paris", "unit": "c"}'}}]
+    assert choice["message"]["tool_calls"] == [
+        {
+            "id": "toolu_01A09q90qw90lq917835lq9",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"location": "Paris", "unit": "c"}'},
+        }
+    ]
     assert out["usage"]["prompt_tokens"] == 12 + 2048
     assert out["usage"]["prompt_tokens_details"]["cached_tokens"] == 2048
     assert out["usage"]["completion_tokens"] == 60 and out["usage"]["total_tokens"] == 2120
@@ -209,11 +314,17 @@ def test_openai_response_becomes_anthropic_with_cache_reads_out_of_input() -> No
         {"type": "tool_use", "id": "call_62136354", "name": "get_weather", "input": {"location": "Paris"}},
     ]
     assert out["stop_reason"] == "tool_use"
-    assert out["usage"] == {"input_tokens": 1117 - 1024, "cache_creation_input_tokens": 0,
-                            "cache_read_input_tokens": 1024, "output_tokens": 46}
+    assert out["usage"] == {
+        "input_tokens": 1117 - 1024,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 1024,
+        "output_tokens": 46,
+    }
     for finish, stop in [("stop", "end_turn"), ("length", "max_tokens"), ("content_filter", "refusal")]:
-        resp = {**OPENAI_TOOL_RESPONSE, "choices": [{**OPENAI_TOOL_RESPONSE["choices"][0],
-                                                     "finish_reason": finish}]}
+        resp = {
+            **OPENAI_TOOL_RESPONSE,
+            "choices": [{**OPENAI_TOOL_RESPONSE["choices"][0], "finish_reason": finish}],
+        }
         assert anthropic.response_from_openai(resp, "m")["stop_reason"] == stop
 
 
@@ -227,7 +338,9 @@ def test_anthropic_stream_becomes_openai_chunks() -> None:
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == "Okay, let me check."
     calls = [tc for c in chunks if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls") or []]
-    assert calls[0]["id"] == "toolu_01T1x1fJ34qAmk2tNTrN7Up6" and calls[0]["function"]["name"] == "get_weather"
+    assert (
+        calls[0]["id"] == "toolu_01T1x1fJ34qAmk2tNTrN7Up6" and calls[0]["function"]["name"] == "get_weather"
+    )
     args = "".join(tc["function"]["arguments"] for tc in calls)
     assert json.loads(args) == {"location": "San Francisco, CA"}
     assert {tc["index"] for tc in calls} == {0}
@@ -258,19 +371,35 @@ def test_openai_tool_stream_becomes_anthropic_events() -> None:
     frames += conv.finish()
     events = _anthropic_events(frames)
     names = [n for n, _ in events]
-    assert names == ["message_start", "ping", "content_block_start", "content_block_delta",
-                     "content_block_delta", "content_block_delta", "content_block_stop", "message_delta",
-                     "message_stop"]
+    assert names == [
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert all(data["type"] == name for name, data in events)
     start = events[2][1]["content_block"]
-    assert start == {"type": "tool_use", "id": "call_DdmO9pD3xa9XTPNJ32zg2hcA", "name": "get_weather",
-                     "input": {}}
+    assert start == {
+        "type": "tool_use",
+        "id": "call_DdmO9pD3xa9XTPNJ32zg2hcA",
+        "name": "get_weather",
+        "input": {},
+    }
     args = "".join(d["delta"]["partial_json"] for n, d in events if n == "content_block_delta")
     assert json.loads(args) == {"location": "Paris"}
     delta = events[-2][1]
     assert delta["delta"]["stop_reason"] == "tool_use"
-    assert delta["usage"] == {"input_tokens": 1300 - 1152, "cache_creation_input_tokens": 0,
-                              "cache_read_input_tokens": 1152, "output_tokens": 17}
+    assert delta["usage"] == {
+        "input_tokens": 1300 - 1152,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 1152,
+        "output_tokens": 17,
+    }
 
 
 def test_openai_reasoning_stream_becomes_thinking_then_text_and_round_trips() -> None:
@@ -286,9 +415,14 @@ def test_openai_reasoning_stream_becomes_thinking_then_text_and_round_trips() ->
     # Back again: what a client of ours would read equals what the upstream said.
     back = anthropic.StreamToOpenAI()
     chunks = [c for n, d in events for c in back.feed(str(n), d)]
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Hello world"
-    assert "".join(c["choices"][0]["delta"].get("reasoning_content") or ""
-                   for c in chunks if c["choices"]) == "Think first."
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        == "Hello world"
+    )
+    assert (
+        "".join(c["choices"][0]["delta"].get("reasoning_content") or "" for c in chunks if c["choices"])
+        == "Think first."
+    )
     assert chunks[-1]["usage"]["completion_tokens"] == 9
 
 
@@ -296,7 +430,11 @@ def test_stream_error_and_error_body_shapes() -> None:
     conv = anthropic.StreamFromOpenAI("m")
     conv.feed(openai_chunks(OPENAI_TEXT_STREAM)[0])
     events = _anthropic_events(conv.error("upstream went away", 502))
-    assert events[-1] == ("error", {"type": "error", "error": {"type": "api_error",
-                                                               "message": "upstream went away"}})
+    assert events[-1] == (
+        "error",
+        {"type": "error", "error": {"type": "api_error", "message": "upstream went away"}},
+    )
     assert anthropic.error_body(429, "rate_limit_exceeded", "slow down") == {
-        "type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": "slow down"},
+    }
