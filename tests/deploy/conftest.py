@@ -42,6 +42,11 @@ def render(path: Path) -> list[Manifest]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
+def pod_spec(workload: Manifest) -> Manifest:
+    spec = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
+    return dict(spec["template"]["spec"])
+
+
 class Rendered:
     """One overlay's manifests, with the look-ups the tests share."""
 
@@ -68,10 +73,10 @@ class Rendered:
         return {k: base64.b64decode(v).decode() for k, v in found[0].get("data", {}).items()}
 
     def workloads(self) -> Iterator[tuple[Manifest, Manifest]]:
-        """(workload, pod spec) for every Deployment and Job."""
+        """(workload, pod spec) for every Deployment, Job and CronJob."""
         for doc in self.docs:
-            if doc["kind"] in ("Deployment", "Job"):
-                yield doc, doc["spec"]["template"]["spec"]
+            if doc["kind"] in ("Deployment", "Job", "CronJob"):
+                yield doc, pod_spec(doc)
 
     def faregate_containers(self) -> Iterator[tuple[Manifest, Manifest]]:
         """(workload, container) for every container running the Faregate image."""

@@ -16,7 +16,7 @@ import pytest
 
 from faregate.cli import SERVICES, load_all_configs, settings_class
 from shared import config
-from tests.deploy.conftest import ROOT, Rendered
+from tests.deploy.conftest import ROOT, Rendered, pod_spec
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -101,7 +101,7 @@ def test_runtime_runs_as_the_non_root_user_the_manifests_expect(dockerfile: Pars
     assert uid.isdigit() and int(uid) > 0, "a numeric uid, so runAsNonRoot can verify it"
     for overlay in rendered.values():
         for workload, _ in overlay.faregate_containers():
-            pod_security = workload["spec"]["template"]["spec"]["securityContext"]
+            pod_security = pod_spec(workload)["securityContext"]
             assert pod_security["runAsUser"] == int(uid)
             assert pod_security["runAsGroup"] == int(gid or uid)
 
