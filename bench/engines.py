@@ -1,6 +1,6 @@
 """Private Redis and NATS for the run, pinned to the load core, so the system-under-test core holds only the
-system under test and other people's traffic on the shared engines does not leak into the numbers. Postgres (used
-only for the migrations; nothing on the gateway's request path touches it) is the configured one."""
+system under test and other people's traffic on the shared engines does not leak into the numbers. Postgres
+(used only for the migrations; nothing on the gateway's request path touches it) is the configured one."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def start(cores: Cores) -> Engines:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     rport, nport = free_port(), free_port()
-    redis = spawn("redis", pin(cores.load, [redis_bin, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                                            "--appendonly", "no", "--dir", str(folder)]))
+    redis = spawn("redis", pin(cores.load, [redis_bin, "--port", str(rport), "--bind", "127.0.0.1",
+                                            "--save", "", "--appendonly", "no", "--dir", str(folder)]))
     nats = spawn("nats", pin(cores.load, [_nats_binary(), "-a", "127.0.0.1", "-p", str(nport), "-js",
                                           "-sd", str(folder / "js")]))
     engines = Engines(f"redis://127.0.0.1:{rport}/0", f"nats://127.0.0.1:{nport}", [redis, nats])

@@ -1,9 +1,8 @@
 """The fixed upstream answers and the client's request bodies, identical for every target.
 
 The upstream answers what OpenAI's API would for `gpt-4o-mini-2024-07-18`: a valid chat completion with usage,
-and a stream of exactly 20 `data:` chunks (a role chunk, 17 content chunks, a finish chunk and the usage chunk that
-`stream_options.include_usage` asks for) closed by `data: [DONE]`.
-"""
+and a stream of exactly 20 `data:` chunks (a role chunk, 17 content chunks, a finish chunk and the usage chunk
+that `stream_options.include_usage` asks for) closed by `data: [DONE]`."""
 
 from __future__ import annotations
 
@@ -53,7 +52,8 @@ def stream_events() -> list[bytes]:
             "created": _CREATED,
             "model": UPSTREAM_MODEL,
             "system_fingerprint": "fp_bench",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else [],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            if choices else [],
         }
         if usage is not None:
             body["usage"] = usage

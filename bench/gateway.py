@@ -1,10 +1,10 @@
-"""Faregate's gateway as a bench target: its own database, namespace and Redis prefix on the local engines, a key,
-a catalog and a wallet written through the documented contracts, and `faregate gateway` on the pinned core(s).
+"""Faregate's gateway as a bench target: its own database, namespace and Redis prefix on the local engines, a
+key, a catalog and a wallet written through the documented contracts, and `faregate gateway` on the pinned
+core(s).
 
 The key snapshot, the catalog and the wallet balance are written straight into Redis exactly as the keys and
-billing services publish them (shared/cache.py `Keys`, shared/catalog.py, shared/wallet.py), so the bench needs
-only the gateway process: it measures the gateway's hot path, not the admin services.
-"""
+billing services publish them (shared/cache.py `Keys`, shared/catalog.py, shared/wallet.py), so the bench
+needs only the gateway process: it measures the gateway's hot path, not the admin services."""
 
 from __future__ import annotations
 
@@ -106,7 +106,8 @@ def close_stack(stack: Stack) -> None:
     asyncio.run(_drop(stack.common))
 
 
-def bench_catalog(common: CommonSettings, json_port: int, stream_port: int, paced_port: int) -> catalog.Catalog:
+def bench_catalog(common: CommonSettings, json_port: int, stream_port: int,
+                  paced_port: int) -> catalog.Catalog:
     sealed = seal("sk-upstream-bench", common.secret_key)
     channels = tuple(
         catalog.Channel(id=f"ch-{model}", name=model, provider="openai", base_url=f"http://127.0.0.1:{port}/v1",
@@ -159,9 +160,10 @@ def gateway_available() -> str | None:
 def start(stack: Stack, secret: str, *, workers: int, cpus: tuple[int, ...], name: str,
           label: str) -> Target:
     port = free_port()
-    env = {**os.environ, **stack.env, "FAREGATE_GATEWAY_PORT": str(port), "FAREGATE_GATEWAY_WORKERS": str(workers),
-           "PYTHONPATH": str(ROOT)}
-    child = spawn(f"gateway-{name}", pin(cpus, [sys.executable, "-m", "faregate.cli", "gateway"]), env=env, cwd=ROOT)
+    env = {**os.environ, **stack.env, "FAREGATE_GATEWAY_PORT": str(port),
+           "FAREGATE_GATEWAY_WORKERS": str(workers), "PYTHONPATH": str(ROOT)}
+    child = spawn(f"gateway-{name}", pin(cpus, [sys.executable, "-m", "faregate.cli", "gateway"]), env=env,
+                  cwd=ROOT)
     target = Target(
         name=name, label=label,
         json=Endpoint(port, "/v1/chat/completions", "bench-json"),
@@ -200,4 +202,5 @@ def _wait_ready(child: Child, port: int, secret: str, timeout: float = 60) -> No
         except httpx.HTTPError as exc:
             last = repr(exc)
         time.sleep(0.2)
-    raise BenchError(f"gateway not answering a chat request within {timeout:.0f}s ({last}); log: {child.log_tail()}")
+    raise BenchError(f"gateway not answering a chat request within {timeout:.0f}s ({last}); "
+                     f"log: {child.log_tail()}")

@@ -1,9 +1,8 @@
 """A small asyncio HTTP/1.1 client that times what a streaming client feels.
 
 For each response it records when the request went out, when the headers arrived, when each complete SSE event
-(`...\\n\\n`) arrived and when the last byte arrived. Raw sockets rather than an HTTP library, so the client adds
-microseconds, not milliseconds, and every target is timed by the same few lines.
-"""
+(`...\\n\\n`) arrived and when the last byte arrived. Raw sockets rather than an HTTP library, so the client
+adds microseconds, not milliseconds, and every target is timed by the same few lines."""
 
 from __future__ import annotations
 
@@ -96,7 +95,8 @@ class Connection:
         for line in header_lines:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        resp = Response(status=int(parts[1]), headers=headers, body=b"", started=started, headers_at=headers_at)
+        resp = Response(status=int(parts[1]), headers=headers, body=b"", started=started,
+                        headers_at=headers_at)
         sse = _EventClock(resp)
         if headers.get("transfer-encoding", "").lower() == "chunked":
             await self._read_chunked(sse)

@@ -43,7 +43,8 @@ def install() -> float:
 
 def _config(path: Path, json_port: int, stream_port: int, paced_port: int) -> None:
     entries = []
-    for model, port in (("bench-json", json_port), ("bench-stream", stream_port), ("bench-paced", paced_port)):
+    ports = (json_port, stream_port, paced_port)
+    for model, port in zip(("bench-json", "bench-stream", "bench-paced"), ports, strict=True):
         entries.append(
             f"  - model_name: {model}\n"
             f"    litellm_params:\n"
@@ -99,8 +100,9 @@ def _wait_ready(child: Child, port: int, timeout: float = 60) -> None:
         if child.proc.poll() is not None:
             raise BenchError(f"litellm exited with {child.proc.returncode}: {child.log_tail()}")
         try:
+            headers = {"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"}
             resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", content=body, timeout=10,
-                              headers={"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"})
+                              headers=headers)
             if resp.status_code == 200 and "relays" in resp.text:
                 return
             last = f"HTTP {resp.status_code}: {resp.text[:300]}"

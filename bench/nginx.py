@@ -1,10 +1,10 @@
 """nginx from Debian's packages in two roles: the near-free upstream, and the reverse-proxy hop (the floor).
 
-The upstream listens on two ports, one answering every POST with the fixed chat completion and one with the fixed
-20-chunk SSE stream, both from files (a `return` body is capped at 4,096 bytes). nginx refuses POST on static
-files, so each POST is answered `405`, which `error_page 405 =200` turns into an internal GET of the file. The
-paced stream (chunks spaced in time, to show none is held back) comes from `bench.paced_upstream` instead.
-"""
+The upstream listens on two ports, one answering every POST with the fixed chat completion and one with the
+fixed 20-chunk SSE stream, both from files (a `return` body is capped at 4,096 bytes). nginx refuses POST on
+static files, so each POST is answered `405`, which `error_page 405 =200` turns into an internal GET of the
+file. The paced stream (chunks spaced in time, to show none is held back) comes from `bench.paced_upstream`
+instead."""
 
 from __future__ import annotations
 
@@ -95,8 +95,10 @@ def start_upstream(cores: Cores) -> tuple[Child, Ports]:
     (www / "completion.json").write_bytes(fixtures.completion_json())
     (www / "stream.sse").write_bytes(fixtures.stream_body())
     ports = Ports(json=free_port(), stream=free_port(), paced=0)
-    servers = _UPSTREAM_SERVER.format(port=ports.json, file="completion.json", www=www, ctype="application/json")
-    servers += _UPSTREAM_SERVER.format(port=ports.stream, file="stream.sse", www=www, ctype="text/event-stream")
+    servers = _UPSTREAM_SERVER.format(port=ports.json, file="completion.json", www=www,
+                                      ctype="application/json")
+    servers += _UPSTREAM_SERVER.format(port=ports.stream, file="stream.sse", www=www,
+                                       ctype="text/event-stream")
     conf = _write_conf("upstream", servers)
     return _start("nginx-upstream", conf, cores.load, [ports.json, ports.stream]), ports
 

@@ -1,11 +1,10 @@
-"""An upstream that sends the fixed 20-chunk stream with a pause between chunks, to see whether a proxy holds any
-chunk back: through a relay that forwards each chunk as it arrives, the client sees the same spacing.
+"""An upstream that sends the fixed 20-chunk stream with a pause between chunks, to see whether a proxy holds
+any chunk back: through a relay that forwards each chunk as it arrives, the client sees the same spacing.
 
     python -m bench.paced_upstream PORT INTERVAL_MS
 
 HTTP/1.1 with keep-alive and chunked transfer encoding, one HTTP chunk per SSE event; it ignores the request's
-content (every POST gets the stream). Small on purpose: the bench measures relays, not this.
-"""
+content (every POST gets the stream). Small on purpose: the bench measures relays, not this."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The rest of the pipeline, measured by the scripts the billing and usage services keep beside this one
-(`bench/billing_bench.py`, `bench/usage_bench.py`): each is run as its own process and its JSON output kept."""
+(`bench/billing_bench.py`, `bench/usage_bench.py`): each is run as its own process and its JSON output kept.
+"""
 
 from __future__ import annotations
 
@@ -28,15 +29,16 @@ def _last_json(text: str) -> Any:
     return None
 
 
-def run_script(module: str, args: list[str], timeout_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_script(module: str, args: list[str], timeout_s: float,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
     path = ROOT / "bench" / f"{module}.py"
     if not path.exists():
         return {"status": "absent", "note": f"bench/{module}.py does not exist yet"}
     started = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout_s, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-                              check=False)
+                              text=True, timeout=timeout_s, check=False,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "note": f"did not finish within {timeout_s:.0f}s", "args": args}
     out: dict[str, Any] = {"status": "ok" if proc.returncode == 0 else "failed", "args": args,

@@ -1,11 +1,10 @@
 """Key revocation: the time from disabling a key until every gateway worker refuses it.
 
 The key is disabled exactly as the keys service does it (shared contracts): the new KeySnapshot with status
-`disabled` is written to Redis `{ns}:key:{hash}`, then `key.changed` carrying it is published and acknowledged by
-JetStream. The clock starts before the Redis write. Keep-alive connections are opened until, by the kernel's own
-socket table (`ss`), every worker process holds at least one; each is then polled back to back until it answers
-401. A trial's time is when the last worker refused.
-"""
+`disabled` is written to Redis `{ns}:key:{hash}`, then `key.changed` carrying it is published and acknowledged
+by JetStream. The clock starts before the Redis write. Keep-alive connections are opened until, by the
+kernel's own socket table (`ss`), every worker process holds at least one; each is then polled back to back
+until it answers 401. A trial's time is when the last worker refused."""
 
 from __future__ import annotations
 

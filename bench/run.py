@@ -1,17 +1,17 @@
-"""`make bench` / `make bench-quick`: bring up the targets, run every scenario interleaved and repeated, write the
-report (Markdown and JSON) under bench/results/.
+"""`make bench` / `make bench-quick`: bring up the targets, run every scenario interleaved and repeated, write
+the report (Markdown and JSON) under bench/results/.
 
     python -m bench.run [--quick | --smoke] [--no-litellm] [--no-pipeline] [--out DIR]
 
-Full mode (~15-20 minutes on 2 cores) runs three rounds and the 10-minute soak; --quick one short round (~3 min);
---smoke a few seconds per target, for CI (direct, nginx and Faregate only).
+Full mode (~15-20 minutes on 2 cores) runs three rounds and the 10-minute soak; --quick one short round
+(~3 min); --smoke a few seconds per target, for CI (direct, nginx and Faregate only).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import functools
 import os
 import platform
 import sys
@@ -22,9 +22,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import engines, fixtures, gateway, litellm_proxy, nginx, pipeline, report, revocation, scenarios, targets
-from bench.system import (ROOT, BenchError, Child, Cores, cpu_model, ensure_debian_tools, free_port, loadavg, pin,
-                          spawn, wait_port)
+from bench import (
+    engines,
+    fixtures,
+    gateway,
+    litellm_proxy,
+    nginx,
+    pipeline,
+    report,
+    revocation,
+    scenarios,
+    targets,
+)
+from bench.system import (
+    ROOT,
+    BenchError,
+    Child,
+    Cores,
+    cpu_model,
+    ensure_debian_tools,
+    free_port,
+    loadavg,
+    pin,
+    spawn,
+    wait_port,
+)
 from bench.targets import Target
 
 PACED_INTERVAL_MS = 20.0
@@ -122,7 +144,8 @@ class Bench:
             if n > 1:
                 log(f"starting Faregate's gateway ({n} workers, all cores)")
                 self.multi = gateway.start(self.stack, secret, workers=n, cpus=self.cores.all,
-                                           name=f"faregate-{n}w", label=f"Faregate gateway ({n} workers, {n} cores)")
+                                           name=f"faregate-{n}w",
+                                           label=f"Faregate gateway ({n} workers, {n} cores)")
         except (BenchError, OSError) as exc:
             self.results["skipped"]["faregate"] = f"could not start: {str(exc)[:1500]}"
             log(f"Faregate skipped: {exc}")
@@ -175,11 +198,13 @@ class Bench:
         for r in range(plan.rounds):
             log(f"round {r + 1}/{plan.rounds}")
             for c in plan.concurrency:
-                self._each(f"chat_c{c}", r, lambda t, c=c: scenarios.load(t, "json", c, plan.load_s, self.cores),
-                           include_multi=c > 1)
+                chat = functools.partial(scenarios.load, which="json", connections=c, seconds=plan.load_s,
+                                         cores=self.cores)
+                self._each(f"chat_c{c}", r, chat, include_multi=c > 1)
             sc = plan.stream_concurrency
-            self._each(f"stream_c{sc}", r,
-                       lambda t: scenarios.load(t, "stream", sc, plan.load_s, self.cores), include_multi=True)
+            streams = functools.partial(scenarios.load, which="stream", connections=sc, seconds=plan.load_s,
+                                        cores=self.cores)
+            self._each(f"stream_c{sc}", r, streams, include_multi=True)
             self._each("stream_timing_c1", r, lambda t: scenarios.stream_timing(t, plan.stream_s))
             self._each("paced", r, lambda t: scenarios.paced(t, plan.paced_trials, PACED_INTERVAL_MS))
         for t in self.targets + ([self.multi] if self.multi else []):
@@ -208,8 +233,8 @@ class Bench:
             return
         log(f"key revocation: {self.plan.revocation_trials} trials on {target.label}")
         with step(self.results, "revocation", "key revocation"):
-            self.results["revocation"] = {"target": target.name,
-                                          **revocation.measure(self.stack, target, self.plan.revocation_trials)}
+            measured = revocation.measure(self.stack, target, self.plan.revocation_trials)
+            self.results["revocation"] = {"target": target.name, **measured}
 
     def _pipeline(self) -> None:
         if not self.want_pipeline:
@@ -228,8 +253,9 @@ class Bench:
             "plan": asdict(self.plan),
             "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
             "duration_s": round(time.time() - started, 1),
-            "machine": {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-                        "kernel": platform.release(), "loadavg_at_end": loadavg()},
+            "machine": {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
+                        "python": platform.python_version(), "kernel": platform.release(),
+                        "loadavg_at_end": loadavg()},
             "pinning": {"system_under_test": list(self.cores.sut), "load_and_upstream": list(self.cores.load),
                         "pinned": self.cores.pinned},
             "git": _git_rev(),
@@ -258,9 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the report goes")
     args = ap.parse_args(argv)
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
-    bench = Bench(plan, litellm=not (args.no_litellm or args.smoke), pipeline_benches=not (args.no_pipeline or args.smoke))
+    bench = Bench(plan, litellm=not (args.no_litellm or args.smoke),
+                  pipeline_benches=not (args.no_pipeline or args.smoke))
     started = time.time()
-    log(f"mode {plan.mode}: system under test on CPU {bench.cores.sut}, load and upstream on CPU {bench.cores.load}")
+    log(f"mode {plan.mode}: system under test on CPU {bench.cores.sut}, "
+        f"load and upstream on CPU {bench.cores.load}")
     try:
         bench.start()
         bench.measure()

@@ -1,11 +1,12 @@
 """One measurement each: a wrk load run, a run of timed streams, a run of paced streams, a memory soak.
 
-Every function measures one target once; `bench.run` repeats and interleaves them and the report takes medians.
-"""
+Every function measures one target once; `bench.run` repeats and interleaves them and the report takes
+medians."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import threading
 import time
@@ -60,7 +61,8 @@ class _MemorySampler:
 
 
 def load(target: Target, which: str, connections: int, seconds: float, cores: Cores) -> dict[str, Any]:
-    """wrk at a fixed number of connections: req/s, latency percentiles, errors, the SUT's CPU and peak RSS."""
+    """wrk at a fixed number of connections: req/s, latency percentiles, errors, the SUT's CPU and peak RSS.
+    """
     endpoint = getattr(target, which)
     pid = target.process.pid if target.process else None
     before = cpu_seconds(pid) if pid else 0.0
@@ -112,8 +114,8 @@ async def _streams(target: Target, which: str, *, seconds: float, count: int | N
             if resp.status != 200 or len(resp.event_times) < fixtures.STREAM_CHUNKS + 1 \
                     or b"[DONE]" not in resp.body:
                 run.errors += 1
-                run.error_sample = run.error_sample or f"HTTP {resp.status}, {len(resp.event_times)} events: " \
-                                                       f"{resp.body[:200]!r}"
+                run.error_sample = run.error_sample or (
+                    f"HTTP {resp.status}, {len(resp.event_times)} events: {resp.body[:200]!r}")
                 continue
             run.ttfb_ms.append(resp.ttfb_ms)
             run.total_ms.append(resp.total_ms)
@@ -142,12 +144,14 @@ def stream_timing(target: Target, seconds: float) -> dict[str, Any]:
 def paced(target: Target, trials: int, interval_ms: float) -> dict[str, Any]:
     """Streams whose upstream chunks are `interval_ms` apart: each chunk's arrival offset, and how many chunks
     arrived glued to the next one (gap under half the interval), i.e. were held back."""
-    run = asyncio.run(_streams(target, "paced", seconds=trials * (interval_ms * 25 / 1000) + 10, count=trials))
+    budget_s = trials * interval_ms * 25 / 1000 + 10
+    run = asyncio.run(_streams(target, "paced", seconds=budget_s, count=trials))
     held = []
     for offsets in run.offsets_ms:
-        gaps = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(offsets)]
         held.append(sum(1 for g in gaps if g < interval_ms / 2))
-    out: dict[str, Any] = {"trials": len(run.offsets_ms), "errors": run.errors, "held_back_max": max(held, default=0),
+    out: dict[str, Any] = {"trials": len(run.offsets_ms), "errors": run.errors,
+                           "held_back_max": max(held, default=0),
                            "offsets_ms": [[round(x, 2) for x in o] for o in run.offsets_ms]}
     if run.error_sample:
         out["error_sample"] = run.error_sample
@@ -179,6 +183,7 @@ def soak(target: Target, which: str, connections: int, seconds: float, cores: Co
         out["worker_first_mb"] = first.get("worker_max_mb", 0.0)
         out["worker_last_mb"] = last.get("worker_max_mb", 0.0)
         out["worker_max_mb"] = max(m.get("worker_max_mb", 0.0) for _, m in samples)
-        out["growth_pct"] = round(100 * (out["worker_last_mb"] - out["worker_first_mb"]) / out["worker_first_mb"], 2) \
-            if out["worker_first_mb"] else None
+        first_mb = out["worker_first_mb"]
+        growth = 100 * (out["worker_last_mb"] - first_mb) / first_mb if first_mb else None
+        out["growth_pct"] = None if growth is None else round(growth, 2)
     return out

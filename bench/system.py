@@ -31,9 +31,10 @@ def ensure_debian_tools() -> None:
         raise BenchError(f"need {' '.join(missing)}: run `sudo apt-get install -y {' '.join(missing)}`")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
-    # Debian's package may start its own nginx on port 80 where a service manager exists; the bench runs its own.
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True,
+                   env=env, stdout=subprocess.DEVNULL)
+    # Debian's package may start its own nginx on port 80 where a service manager exists; the bench runs its
+    # own.
     if Path("/run/nginx.pid").exists():
         with contextlib.suppress(Exception):
             subprocess.run(["nginx", "-s", "stop"], check=False, timeout=10, capture_output=True)
@@ -125,7 +126,8 @@ class Child:
                 self.proc.wait()
 
 
-def spawn(name: str, argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Child:
+def spawn(name: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> Child:
     WORK.mkdir(parents=True, exist_ok=True)
     log_path = WORK / f"{name}.log"
     with open(log_path, "wb") as log:
@@ -134,7 +136,7 @@ def spawn(name: str, argv: Sequence[str], *, env: dict[str, str] | None = None, 
     return Child(name, proc, log_path)
 
 
-# --- memory ---------------------------------------------------------------------------------------------------
+# --- memory -------------------------------------------------------------------------------------------
 
 
 def children_of(pid: int) -> list[int]:

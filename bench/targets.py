@@ -1,5 +1,6 @@
 """A target is something a client can send chat requests to: the upstream itself, the nginx hop, Faregate's
-gateway or the LiteLLM proxy. Each serves three models: a fixed completion, a fixed stream and a paced stream."""
+gateway or the LiteLLM proxy. Each serves three models: a fixed completion, a fixed stream and a paced stream.
+"""
 
 from __future__ import annotations
 

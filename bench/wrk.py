@@ -72,7 +72,8 @@ def run(url: str, body: bytes, *, api_key: str, connections: int, seconds: float
                           check=False)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if proc.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed ({proc.returncode}): {proc.stderr.strip()[-500:] or proc.stdout[-500:]}")
+        detail = proc.stderr.strip()[-500:] or proc.stdout[-500:]
+        raise BenchError(f"wrk failed ({proc.returncode}): {detail}")
     raw = json.loads(line.removeprefix("BENCH_JSON "))
     secs = raw["duration_us"] / 1e6
     failures = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"] + raw["status"]

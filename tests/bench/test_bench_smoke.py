@@ -1,15 +1,15 @@
 """The bench harness kept from rotting: its pieces, and a few-seconds-per-target run of the whole thing.
 
-The smoke run (`python -m bench.run --smoke`) brings up the nginx upstream and hop (installing nginx and wrk from
-Debian's packages if missing) and, when the gateway exists, Faregate's gateway on private Redis and NATS; it leaves
-out LiteLLM (a 45-second install of its own) and the billing/usage scripts. The numbers it prints mean nothing at
-one second per run; what is checked is that every target answered every scenario without errors and the report
-carries the issue's targets.
-"""
+The smoke run (`python -m bench.run --smoke`) brings up the nginx upstream and hop (installing nginx and wrk
+from Debian's packages if missing) and, when the gateway exists, Faregate's gateway on private Redis and NATS;
+it leaves out LiteLLM (a 45-second install of its own) and the billing/usage scripts. The numbers it prints
+mean nothing at one second per run; what is checked is that every target answered every scenario without
+errors and the report carries the issue's targets."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -74,7 +74,7 @@ def test_client_stamps_each_paced_chunk_when_it_arrives() -> None:
 
         for offsets in asyncio.run(two_streams()):
             assert len(offsets) == fixtures.STREAM_CHUNKS + 1
-            gaps = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+            gaps = [b - a for a, b in itertools.pairwise(offsets)]
             assert min(gaps) > 10, gaps
             assert offsets[-1] >= 20 * 19
     finally:
@@ -85,8 +85,8 @@ def test_client_stamps_each_paced_chunk_when_it_arrives() -> None:
 def test_smoke_run_measures_every_target_without_errors(tmp_path: Path) -> None:
     out = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_WORK_DIR": str(tmp_path / "work")}
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "latest-smoke.json").read_text())
     assert not res.get("failures"), res["failures"]
