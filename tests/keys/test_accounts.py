@@ -267,7 +267,8 @@ async def test_admin_creates_accounts(client: AsyncTestClient[Litestar], admin: 
     assert (await made.get("/api/keys")).json()["total"] == 0  # no default key for admin-made accounts
 
 
-async def test_the_first_admin_comes_from_configuration_once(ctx: Ctx, keys_settings: object) -> None:
+async def test_the_first_admin_comes_from_configuration_once(ctx: Ctx, admin: User) -> None:
+    assert (await admin.get("/api/admin/users")).status_code == 200  # it logged in: start-up created it
     account_id, created = await accounts.ensure_admin(ctx, "root@example.com", "whatever-password")
     assert created is False  # the app created it at start-up; a rerun changes nothing
     page = await accounts.search(ctx, "root@example.com")

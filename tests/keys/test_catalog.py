@@ -53,16 +53,29 @@ def test_the_default_catalog_names_the_mainstream_models_with_real_prices() -> N
 async def test_import_is_idempotent_and_publishes_the_snapshot(admin: User, common: CommonSettings,
                                                                tap: Tap) -> None:
     raw = DEFAULT_FILE.read_bytes()
-    first = await admin.post("/api/admin/catalog/import", content=raw, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    first = await admin.post("/api/admin/catalog/import", content=raw, headers=headers)
     assert first.status_code == 201, first.text
-    version = first.json()["version"]
     snap = await catalog_in_redis(common)
-    assert snap.version == version and len(snap.models) >= 17
+    assert snap.version == first.json()["version"] and len(snap.models) >= 17
     assert {c.id for c in snap.channels} >= {"deepseek", "openai", "anthropic", "gemini"}
     assert all(c.status == "disabled" and not c.api_keys_enc for c in snap.channels if c.id == "deepseek")
+
+    # An operator changes a price; importing the file again restores it, as a new version, published.
+    gpt4o = next(m for m in (await admin.get("/api/admin/catalog")).json()["models"] if m["name"] == "gpt-4o")
+    edited = await admin.put("/api/admin/models", json={**gpt4o, "price": {"input": 1, "output": 2}})
+    assert edited.status_code == 200
+    edited_version = (await catalog_in_redis(common)).version
+    assert edited_version == first.json()["version"] + 1
+    restored = await admin.post("/api/admin/catalog/import", content=raw, headers=headers)
+    version = restored.json()["version"]
+    assert version == edited_version + 1
+    snap = await catalog_in_redis(common)
+    assert snap.version == version
+    assert next(m for m in snap.models if m.name == "gpt-4o").price.input == 2_500_000
     await tap.wait_for(lambda e: isinstance(e, ev.CatalogChanged) and e.version == version)
 
-    again = await admin.post("/api/admin/catalog/import", content=raw, headers={"Content-Type": "application/json"})
+    again = await admin.post("/api/admin/catalog/import", content=raw, headers=headers)
     assert again.json()["version"] == version  # nothing changed, nothing bumped
     assert (await catalog_in_redis(common)).version == version
 
