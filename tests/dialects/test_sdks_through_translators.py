@@ -1,0 +1,251 @@
+"""Every client dialect x every upstream dialect, with the official SDKs as clients and the mock as upstream,
+through the translators chained as the gateway chains them (tests/dialects/relay.py): text, streams, tools
+and usage arrive intact."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic as anthropic_sdk
+import openai as openai_sdk
+import pytest
+from google import genai
+from google.genai import types
+
+UPSTREAMS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
+CLIENTS = ("openai", "responses", "anthropic", "gemini")
+QUESTION = "Tell me about the harbour."
+WEATHER_Q = "What's the weather in Paris?"
+WEATHER_SCHEMA = {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}
+
+
+class Answer:
+    def __init__(self, text: str, prompt: int, completion: int, cached: int = 0) -> None:
+        self.text, self.prompt, self.completion, self.cached = text, prompt, completion, cached
+
+
+def ask_openai(base: str, model: str, stream: bool, extra: dict[str, Any] | None = None) -> Answer:
+    client = openai_sdk.OpenAI(api_key="k", base_url=base + "/v1", max_retries=0)
+    messages = [{"role": "user", "content": QUESTION}]
+    if not stream:
+        r = client.chat.completions.create(model=model, messages=messages, extra_body=extra)  # type: ignore[arg-type]
+        assert r.usage and r.usage.prompt_tokens_details
+        return Answer(
+            r.choices[0].message.content or "",
+            r.usage.prompt_tokens,
+            r.usage.completion_tokens,
+            r.usage.prompt_tokens_details.cached_tokens or 0,
+        )
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=messages,
+            stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True},
+            extra_body=extra,
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage and chunks[-1].choices == []
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return Answer(text, usage.prompt_tokens, usage.completion_tokens)
+
+
+def ask_responses(base: str, model: str, stream: bool) -> Answer:
+    client = openai_sdk.OpenAI(api_key="k", base_url=base + "/v1", max_retries=0)
+    if not stream:
+        r = client.responses.create(model=model, input=QUESTION, instructions="Be helpful.")
+        assert r.status == "completed" and r.usage
+        return Answer(r.output_text, r.usage.input_tokens, r.usage.output_tokens)
+    with client.responses.stream(model=model, input=QUESTION, instructions="Be helpful.") as events:
+        deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+        final = events.get_final_response()
+    assert final.usage and final.output_text == "".join(deltas)
+    return Answer(final.output_text, final.usage.input_tokens, final.usage.output_tokens)
+
+
+def ask_anthropic(base: str, model: str, stream: bool) -> Answer:
+    client = anthropic_sdk.Anthropic(api_key="k", base_url=base, max_retries=0)
+    messages = [{"role": "user", "content": QUESTION}]
+    if not stream:
+        m = client.messages.create(model=model, max_tokens=500, system="Be helpful.", messages=messages)  # type: ignore[arg-type]
+    else:
+        with client.messages.stream(
+            model=model, max_tokens=500, system="Be helpful.", messages=messages
+        ) as s:  # type: ignore[arg-type]
+            m = s.get_final_message()
+    assert m.stop_reason == "end_turn"
+    text = "".join(b.text for b in m.content if b.type == "text")
+    return Answer(text, m.usage.input_tokens + (m.usage.cache_read_input_tokens or 0), m.usage.output_tokens)
+
+
+def ask_gemini(base: str, model: str, stream: bool) -> Answer:
+    client = genai.Client(
+        api_key="k",
+        http_options=types.HttpOptions(base_url=base, retry_options=types.HttpRetryOptions(attempts=1)),
+    )
+    config = types.GenerateContentConfig(system_instruction="Be helpful.")
+    if not stream:
+        r = client.models.generate_content(model=model, contents=QUESTION, config=config)
+        u = r.usage_metadata
+        assert u and u.prompt_token_count
+        return Answer(r.text or "", u.prompt_token_count, u.candidates_token_count or 0)
+    chunks = list(client.models.generate_content_stream(model=model, contents=QUESTION, config=config))
+    u = chunks[-1].usage_metadata
+    assert u and u.prompt_token_count
+    assert chunks[-1].candidates and chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+    return Answer("".join(c.text or "" for c in chunks), u.prompt_token_count, u.candidates_token_count or 0)
+
+
+ASK = {"openai": ask_openai, "responses": ask_responses, "anthropic": ask_anthropic, "gemini": ask_gemini}
+
+
+@pytest.mark.parametrize("upstream", list(UPSTREAMS))
+@pytest.mark.parametrize("client", CLIENTS)
+def test_text_streamed_and_not_agree_with_usage(relay_url: str, client: str, upstream: str) -> None:
+    base = f"{relay_url}/{upstream}"
+    whole = ASK[client](base, UPSTREAMS[upstream], False)  # type: ignore[operator]
+    streamed = ASK[client](base, UPSTREAMS[upstream], True)  # type: ignore[operator]
+    assert whole.text and whole.text == streamed.text
+    assert "harbour" not in whole.text.lower()
+    assert whole.prompt > 5 and whole.completion >= 24
+    assert (streamed.prompt, streamed.completion) == (whole.prompt, whole.completion)
+
+
+def call_openai(base: str, model: str, stream: bool) -> tuple[str, dict[str, Any]]:
+    client = openai_sdk.OpenAI(api_key="k", base_url=base + "/v1", max_retries=0)
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": WEATHER_SCHEMA,
+            },
+        }
+    ]
+    messages = [{"role": "user", "content": WEATHER_Q}]
+    if not stream:
+        r = client.chat.completions.create(model=model, messages=messages, tools=tools)  # type: ignore[arg-type]
+        assert r.choices[0].finish_reason == "tool_calls"
+        fn = r.choices[0].message.tool_calls[0].function  # type: ignore[index,union-attr]
+        return fn.name, json.loads(fn.arguments)
+    name, args, finish = "", "", None
+    for c in client.chat.completions.create(model=model, messages=messages, tools=tools, stream=True):  # type: ignore[arg-type]
+        for ch in c.choices:
+            for tc in ch.delta.tool_calls or []:
+                name += tc.function.name or "" if tc.function else ""
+                args += tc.function.arguments or "" if tc.function else ""
+            finish = ch.finish_reason or finish
+    assert finish == "tool_calls"
+    return name, json.loads(args)
+
+
+def call_responses(base: str, model: str, stream: bool) -> tuple[str, dict[str, Any]]:
+    client = openai_sdk.OpenAI(api_key="k", base_url=base + "/v1", max_retries=0)
+    tools = [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": WEATHER_SCHEMA,
+        }
+    ]
+    if not stream:
+        r = client.responses.create(model=model, input=WEATHER_Q, tools=tools)  # type: ignore[arg-type]
+    else:
+        with client.responses.stream(model=model, input=WEATHER_Q, tools=tools) as s:  # type: ignore[arg-type]
+            for _ in s:
+                pass
+            r = s.get_final_response()
+    call = next(o for o in r.output if o.type == "function_call")
+    return call.name, json.loads(call.arguments)  # type: ignore[union-attr]
+
+
+def call_anthropic(base: str, model: str, stream: bool) -> tuple[str, dict[str, Any]]:
+    client = anthropic_sdk.Anthropic(api_key="k", base_url=base, max_retries=0)
+    kw: dict[str, Any] = {
+        "model": model,
+        "max_tokens": 300,
+        "messages": [{"role": "user", "content": WEATHER_Q}],
+        "tools": [
+            {"name": "get_weather", "description": "Weather in a city", "input_schema": WEATHER_SCHEMA}
+        ],
+    }
+    if not stream:
+        m = client.messages.create(**kw)
+    else:
+        with client.messages.stream(**kw) as s:
+            m = s.get_final_message()
+    assert m.stop_reason == "tool_use"
+    use = next(b for b in m.content if b.type == "tool_use")
+    return use.name, use.input  # type: ignore[union-attr,return-value]
+
+
+def call_gemini(base: str, model: str, stream: bool) -> tuple[str, dict[str, Any]]:
+    client = genai.Client(
+        api_key="k",
+        http_options=types.HttpOptions(base_url=base, retry_options=types.HttpRetryOptions(attempts=1)),
+    )
+    config = types.GenerateContentConfig(
+        tools=[
+            types.Tool(
+                function_declarations=[
+                    types.FunctionDeclaration(
+                        name="get_weather",
+                        description="Weather in a city",
+                        parameters_json_schema=WEATHER_SCHEMA,
+                    )
+                ]
+            )
+        ]
+    )
+    if not stream:
+        calls = client.models.generate_content(model=model, contents=WEATHER_Q, config=config).function_calls
+    else:
+        calls = [
+            fc
+            for c in client.models.generate_content_stream(model=model, contents=WEATHER_Q, config=config)
+            for fc in c.function_calls or []
+        ]
+    assert calls
+    return str(calls[0].name), dict(calls[0].args or {})
+
+
+CALL = {
+    "openai": call_openai,
+    "responses": call_responses,
+    "anthropic": call_anthropic,
+    "gemini": call_gemini,
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("upstream", list(UPSTREAMS))
+@pytest.mark.parametrize("client", CLIENTS)
+def test_tool_calls_cross_every_pair(relay_url: str, client: str, upstream: str, stream: bool) -> None:
+    name, args = CALL[client](f"{relay_url}/{upstream}", UPSTREAMS[upstream], stream)  # type: ignore[operator]
+    assert name == "get_weather"
+    assert args == {"location": "Paris"}
+
+
+def test_a_field_the_upstream_cannot_express_is_a_400_naming_it(relay_url: str) -> None:
+    client = openai_sdk.OpenAI(api_key="k", base_url=f"{relay_url}/anthropic/v1", max_retries=0)
+    with pytest.raises(openai_sdk.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="claude-haiku-4-5", n=2, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert refused.value.body["param"] == "n"  # type: ignore[index]
+    assert "cannot be sent to a anthropic upstream" in refused.value.message
+
+
+def test_cached_tokens_survive_every_translation(relay_url: str) -> None:
+    long = "lorem " * 1500
+    for upstream, model in UPSTREAMS.items():
+        client = openai_sdk.OpenAI(api_key="k", base_url=f"{relay_url}/{upstream}/v1", max_retries=0)
+        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": long}])
+        assert r.usage and r.usage.prompt_tokens_details
+        cached = r.usage.prompt_tokens_details.cached_tokens or 0
+        assert 1024 <= cached <= r.usage.prompt_tokens, upstream
