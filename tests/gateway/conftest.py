@@ -123,7 +123,10 @@ def gateway_settings() -> GatewaySettings:
 @pytest.fixture
 async def gateway(world: World, common: CommonSettings, gateway_settings: GatewaySettings,
                   ) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_app(gateway_settings, common)
+    # Keys and billing are not running in these tests (Redis is written directly); point the gateway at a port
+    # where nothing listens rather than at whatever may run on the default ports of this machine.
+    dead = f"http://127.0.0.1:{procs.free_port()}"
+    app = create_app(gateway_settings, msgspec.structs.replace(common, keys_url=dead, billing_url=dead))
     async with AsyncTestClient(app=app, base_url="http://gateway.test", timeout=30) as client:
         yield client
 
