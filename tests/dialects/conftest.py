@@ -1,4 +1,4 @@
-"""The mock upstream and the test relay (tests/dialects/relay.py) as real processes for the SDK round trips."""
+"""The mock upstream and the test relay (tests/dialects/relay.py) as real processes for SDK round trips."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def mock_process() -> Iterator[ServiceProcess]:
 @pytest.fixture(scope="session")
 def relay_url(mock_process: ServiceProcess) -> Iterator[str]:
     port = free_port()
-    log = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    log = open(os.devnull, "wb")
     proc = subprocess.Popen(
         [
             sys.executable,

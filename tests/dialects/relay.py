@@ -1,10 +1,10 @@
-"""A test-only relay: the smallest server that chains the translators the way the gateway does (client dialect ->
-internal OpenAI chat -> upstream dialect, and back), in front of the mock upstream. It proves the translators'
-output is what the official SDKs accept, before and apart from the real gateway.
+"""A test-only relay: the smallest server that chains the translators the way the gateway does (client
+dialect -> internal OpenAI chat -> upstream dialect, and back), in front of the mock upstream. It proves the
+translators' output is what the official SDKs accept, before and apart from the real gateway.
 
 Paths are `/<upstream dialect>/<the client's own path>`, e.g. `/anthropic/v1/chat/completions` is an OpenAI
-client reaching an Anthropic upstream. Serve with: granian --interface asgi --factory tests.dialects.relay:create_app
-(env MOCK_URL = the mock upstream's base URL).
+client reaching an Anthropic upstream. Serve with
+`granian --interface asgi --factory tests.dialects.relay:create_app` (env MOCK_URL = the mock's base URL).
 """
 
 from __future__ import annotations
