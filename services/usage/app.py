@@ -30,7 +30,7 @@ from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 from prometheus_client import Gauge
 
-from services.usage import consumer, periods, reports, retention
+from services.usage import balance, consumer, periods, reports, retention
 from services.usage.auth import Authenticator, Principal, scope
 from services.usage.config import UsageSettings
 from shared import config, logs, telemetry
@@ -75,7 +75,14 @@ Text = FromQuery[str | None]
 @get("/api/usage/summary")
 async def get_summary(state: State, who: Who, tz: Tz = "UTC",
                       account_id: Account = None) -> reports.Summary:
-    return await reports.summary(_pool(state), scope(who, account_id), periods.zone(tz), datetime.now(UTC))
+    account = scope(who, account_id)
+    summary = await reports.summary(_pool(state), account, periods.zone(tz), datetime.now(UTC))
+    if account and summary.balance_micros is None:
+        common: CommonSettings = state.common
+        summary.balance_micros = await balance.from_billing(state.http, common.billing_url,
+                                                            common.internal_token, account)
+        summary.balance_source = "billing" if summary.balance_micros is not None else "unknown"
+    return summary
 
 
 @get("/api/usage/series")
@@ -144,6 +151,8 @@ def create_app(settings: UsageSettings, common: CommonSettings, *, consumers: bo
             assert res.pool is not None and res.js is not None
             app.state.resources = res
             app.state.settings = settings
+            app.state.common = common
+            app.state.http = http
             app.state.auth = Authenticator(keys_url=common.keys_url, internal_token=common.internal_token,
                                            session_cookie=settings.session_cookie, http=http)
             checks.update(res.ready_checks())

@@ -47,8 +47,9 @@ class ModelTotals(msgspec.Struct, kw_only=True):
 class Summary(msgspec.Struct, kw_only=True):
     account_id: str | None  # None: every account (admins)
     tz: str
-    balance_micros: int | None  # last balance billing reported; None if none seen yet
-    balance_as_of: datetime | None
+    balance_micros: int | None  # last balance billing reported; None if unknown
+    balance_as_of: datetime | None  # when billing reported it (events only)
+    balance_source: str  # events (the newest billing event) | billing (asked just now) | unknown
     today: PeriodTotals
     week: PeriodTotals
     month: PeriodTotals
@@ -137,6 +138,7 @@ async def summary(pool: asyncpg.Pool, account: str | None, tz: ZoneInfo, now: da
         account_id=account, tz=tz.key,
         balance_micros=balance["balance_micros"] if balance else None,
         balance_as_of=balance["as_of"] if balance else None,
+        balance_source="events" if balance and balance["balance_micros"] is not None else "unknown",
         today=period("today", p.today), week=period("week", p.week), month=period("month", p.month),
         by_model=[ModelTotals(**dict(r)) for r in models],
     )

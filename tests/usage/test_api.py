@@ -76,16 +76,23 @@ async def test_callers_without_credentials_are_refused(clean_usage: Resources, u
     assert no_account.status_code == 401
 
 
-class _FakeKeys(BaseHTTPRequestHandler):
-    """keys' /internal/whoami as the contract describes it: one valid session, everything else 401."""
+class _FakeKeysAndBilling(BaseHTTPRequestHandler):
+    """keys' /internal/whoami (one valid session, everything else 401) and billing's wallet read, as their
+    contracts describe them."""
 
     token = ""
 
     def do_GET(self) -> None:
-        ok = (self.path == "/internal/whoami" and self.headers.get("X-Internal-Token") == self.token
-              and self.headers.get("X-Session") == "good-session")
-        who = {"account_id": "acct-a", "user_id": "u-1", "role": "user", "email": "a@example.com"}
-        body = json.dumps(who).encode() if ok else b'{"error": {"code": "unauthorized"}}'
+        internal = self.headers.get("X-Internal-Token") == self.token
+        if self.path == "/v1/billing/wallet":
+            ok = internal and self.headers.get("X-Account-Id") == "acct-fresh"
+            body = json.dumps({"account_id": "acct-fresh", "balance_micros": 4_321_000}).encode()
+        else:
+            ok = (self.path == "/internal/whoami" and internal
+                  and self.headers.get("X-Session") == "good-session")
+            body = json.dumps({"account_id": "acct-a", "user_id": "u-1", "role": "user",
+                               "email": "a@example.com"}).encode()
+        body = body if ok else b'{"error": {"code": "unauthorized"}}'
         self.send_response(200 if ok else 401)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -98,8 +105,8 @@ class _FakeKeys(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_keys(common: CommonSettings) -> Iterator[str]:
-    _FakeKeys.token = common.internal_token
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKeys)
+    _FakeKeysAndBilling.token = common.internal_token
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKeysAndBilling)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -165,11 +172,25 @@ async def test_the_dashboard_counts_today_this_week_and_this_month(
         assert got[period]["completion_tokens"] == sum(e.completion_tokens for e, _ in inside), period
         assert got[period]["cost_micros"] == sum(c for _, c in inside), period
     assert got["balance_micros"] == 10_000 - 4  # the newest charge's balance
+    assert got["balance_source"] == "events"
     month = [(e, c) for e, c in mine if e.occurred_at >= starts["month"]]
     by_model = {m["model"]: m for m in got["by_model"]}
     assert set(by_model) == {e.model for e, _ in month}
     assert [m["cost_micros"] for m in got["by_model"]] == sorted((m["cost_micros"] for m in got["by_model"]),
                                                                  reverse=True)
+
+
+async def test_a_balance_no_event_has_reported_yet_comes_from_billing(clean_usage: Resources,
+                                                                      fake_keys: str) -> None:
+    common = msgspec.structs.replace(clean_usage.common, billing_url=fake_keys)
+    async with AsyncTestClient(app=create_app(UsageSettings(retention_interval_s=0), common,
+                                              consumers=False)) as client:
+        fresh = (await client.get("/api/usage/summary", headers=as_user(common, "acct-fresh"))).json()
+        assert (fresh["balance_micros"], fresh["balance_source"]) == (4_321_000, "billing")
+        assert fresh["today"]["requests"] == 0
+        # Billing refuses this one (401 here): the dashboard still answers, without a balance.
+        other = (await client.get("/api/usage/summary", headers=as_user(common, "acct-nobody"))).json()
+        assert (other["balance_micros"], other["balance_source"]) == (None, "unknown")
 
 
 async def test_a_bad_time_zone_is_a_clear_400(clean_usage: Resources, usage_client: Client) -> None:
