@@ -110,6 +110,33 @@ async def measure(pool: asyncpg.Pool, now: datetime) -> dict[str, dict[str, floa
     }
 
 
+async def measure_ingest(pool: asyncpg.Pool, events: int = 20_000, batch: int = 500) -> dict[str, float]:
+    """The usage-log consumer's write path (one transaction per batch), without NATS: events per second."""
+    from services.usage import ingest
+    from shared.events import ModelPrice, UsageCharged, UsageRecorded, new_id
+
+    price = ModelPrice(input=150_000, output=600_000)
+    now = datetime.now(UTC)
+    batches = []
+    for b in range(events // batch):
+        evs: list[Any] = []
+        for i in range(batch // 2):
+            rid = new_id()
+            rec = UsageRecorded(event_id=rid, request_id=rid, account_id=f"acct-{i % 50}",
+                                key_id=f"key-{i % 200}", model=MODELS[i % len(MODELS)], prompt_tokens=100 + i,
+                                completion_tokens=20, latency_ms=300, occurred_at=now - timedelta(seconds=b),
+                                price=price)
+            evs += [rec, UsageCharged(request_id=rid, usage_event_id=rid, account_id=rec.account_id,
+                                      key_id=rec.key_id, model=rec.model, amount_micros=27,
+                                      balance_micros=1_000)]
+        batches.append(evs)
+    t0 = time.perf_counter()
+    for evs in batches:
+        await ingest.apply_batch(pool, "bench-ingest", evs)
+    took = time.perf_counter() - t0
+    return {"events": float(events), "seconds": round(took, 2), "events_per_s": round(events / took)}
+
+
 async def main(rows: int, keep: bool) -> None:
     from shared import config, db
     from shared.config import CommonSettings
@@ -133,10 +160,12 @@ async def main(rows: int, keep: bool) -> None:
             load_s = time.perf_counter() - t0
             results = await measure(pool, now)
             count = await pool.fetchval("SELECT count(*) FROM usage.request_log")
+            ingest_rate = await measure_ingest(pool)
         finally:
             await pool.close()
         print(msgspec.json.format(msgspec.json.encode(
-            {"rows": count, "load_seconds": round(load_s, 1), "queries": results})).decode())
+            {"rows": count, "load_seconds": round(load_s, 1), "queries": results,
+             "ingest": ingest_rate})).decode())
     finally:
         if not keep:
             admin = await asyncpg.connect(urllib.parse.urlunsplit(parts._replace(path="/postgres")))
