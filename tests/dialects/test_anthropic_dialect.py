@@ -438,3 +438,14 @@ def test_stream_error_and_error_body_shapes() -> None:
         "type": "error",
         "error": {"type": "rate_limit_error", "message": "slow down"},
     }
+
+
+def test_count_tokens_bodies_translate_without_max_tokens() -> None:
+    body = {"model": "claude-haiku-4-5", "system": "S", "messages": [{"role": "user", "content": "hi"}]}
+    assert anthropic.request_to_openai(body, counting=True) == {
+        "model": "claude-haiku-4-5",
+        "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}],
+    }
+    with pytest.raises(InvalidField):
+        anthropic.request_to_openai(body)
+    assert anthropic.count_tokens_response(12) == {"input_tokens": 12}

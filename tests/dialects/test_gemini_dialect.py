@@ -388,3 +388,12 @@ def test_error_shapes() -> None:
     }
     frames = gemini.StreamFromOpenAI("m").error("gone", 502)
     assert json.loads(frames[0].removeprefix(b"data: "))["error"]["status"] == "UNAVAILABLE"
+
+
+def test_count_tokens_bodies_translate_in_both_forms() -> None:
+    contents = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    wrapped = {"generateContentRequest": {"model": "models/g", **contents}}
+    expected = {"model": "g", "messages": [{"role": "user", "content": "hi"}]}
+    assert gemini.count_tokens_to_openai(contents, "g") == expected
+    assert gemini.count_tokens_to_openai(wrapped, "g") == expected
+    assert gemini.count_tokens_response(7) == {"totalTokens": 7}

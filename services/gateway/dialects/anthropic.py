@@ -240,8 +240,9 @@ def _tool_choice_to_openai(choice: Any, body: dict[str, Any]) -> Any:
     raise InvalidField("tool_choice.type", f"unknown tool_choice type {kind!r}")
 
 
-def request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
-    """An Anthropic Messages request from a client -> the internal OpenAI chat request."""
+def request_to_openai(body: dict[str, Any], *, counting: bool = False) -> dict[str, Any]:
+    """An Anthropic Messages request from a client -> the internal OpenAI chat request. With `counting`, a
+    `/v1/messages/count_tokens` body (no `max_tokens`), to count its prompt the same way."""
     unknown = sorted(set(body) - _CLIENT_FIELDS)
     if unknown:
         raise UnsupportedField(unknown[0], "openai")
@@ -249,9 +250,11 @@ def request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(messages, list) or not messages:
         raise InvalidField("messages", "'messages' must be a non-empty list")
     max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise InvalidField("max_tokens", "'max_tokens' is required and must be a positive integer")
-    out: dict[str, Any] = {"model": body.get("model"), "max_tokens": max_tokens}
+    out: dict[str, Any] = {"model": body.get("model")}
+    if not counting or max_tokens is not None:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise InvalidField("max_tokens", "'max_tokens' is required and must be a positive integer")
+        out["max_tokens"] = max_tokens
     chat: list[dict[str, Any]] = []
     if body.get("system") is not None:
         chat.append({"role": "system", "content": _text_of_system(body["system"])})
@@ -846,3 +849,8 @@ class StreamFromOpenAI:
 
     def error(self, message: str, status: int = 500) -> list[bytes]:
         return [*self._start(), sse("error", error_body(status, "", message))]
+
+
+def count_tokens_response(input_tokens: int) -> dict[str, Any]:
+    """The answer to `POST /v1/messages/count_tokens`."""
+    return {"input_tokens": input_tokens}

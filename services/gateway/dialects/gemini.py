@@ -367,6 +367,16 @@ def request_to_openai(body: dict[str, Any], model: str, stream: bool) -> dict[st
     return out
 
 
+def count_tokens_to_openai(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """A `:countTokens` body (`contents`, or a whole `generateContentRequest`) -> internal, for counting."""
+    inner = pick(body, "generateContentRequest")
+    return request_to_openai(inner if isinstance(inner, dict) else body, model, stream=False)
+
+
+def count_tokens_response(total_tokens: int) -> dict[str, Any]:
+    return {"totalTokens": total_tokens}
+
+
 # --- internal (OpenAI) -> upstream request (Gemini) ---
 
 _NEUTRAL = {
