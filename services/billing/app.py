@@ -338,8 +338,11 @@ def create_app(settings: BillingSettings, common: CommonSettings, *, consume: bo
             if consume:
                 assert res.publisher is not None
                 handler = consumer.UsageConsumer(res.pool, guard, res.publisher, settings.low_balance_default_micros)
-                res.spawn(bus.run_consumer(res.js, common.namespace, consumer.consumer_spec(settings.usage_batch),
-                                           handler, res.stop), consumer.NAME)
+                spec = consumer.consumer_spec(settings.usage_batch, settings.usage_ack_wait_s)
+                await bus.ensure_consumer(res.js, common.namespace, spec)  # once, before the loops race to it
+                for i in range(settings.usage_consumers):
+                    res.spawn(bus.run_consumer(res.js, common.namespace, spec, handler, res.stop),
+                              f"{consumer.NAME}-{i}")
             res.spawn(hydrate.expire_plans_forever(res.pool, guard, res.publisher,
                                                    settings.low_balance_default_micros, settings.plan_expiry_scan_s,
                                                    res.stop), "billing-plan-expiry")

@@ -34,6 +34,12 @@ class BillingSettings(ServerSettings, frozen=True, kw_only=True):
     webhook_tolerance_s: int = 300
     # Usage events applied per database transaction (the consumer's fetch size).
     usage_batch: int = 500
+    # Concurrent fetch-apply-ack loops on the one durable consumer: while one waits on Postgres, another waits on
+    # NATS or Redis. Wallet rows are locked in account order, so they never deadlock.
+    usage_consumers: int = 2
+    # Seconds JetStream waits for an ack before redelivering (after a crash, how long a fetched batch waits).
+    # A batch commits in well under a second; a redelivery of one still in progress is a harmless duplicate.
+    usage_ack_wait_s: float = 15.0
     # How often (seconds) expired plans are taken out of the spendable balance published to Redis.
     plan_expiry_scan_s: float = 30.0
 
@@ -42,3 +48,5 @@ class BillingSettings(ServerSettings, frozen=True, kw_only=True):
             raise ValueError("FAREGATE_BILLING_PAYMENT_PROVIDER must be sandbox or stripe")
         if self.usage_batch < 1:
             raise ValueError("FAREGATE_BILLING_USAGE_BATCH must be at least 1")
+        if self.usage_consumers < 1:
+            raise ValueError("FAREGATE_BILLING_USAGE_CONSUMERS must be at least 1")

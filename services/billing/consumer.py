@@ -36,13 +36,13 @@ BATCH_SECONDS = Histogram("faregate_billing_batch_seconds", "Time to apply one b
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
 
-def consumer_spec(batch: int) -> bus.ConsumerSpec:
+def consumer_spec(batch: int, ack_wait_s: float = 15.0) -> bus.ConsumerSpec:
     return bus.ConsumerSpec(
         durable=NAME,
         stream="USAGE",
         filter_subjects=("usage.recorded",),
-        # A batch of a few hundred commits in well under a second; 60 s leaves room for a slow database.
-        ack_wait_s=60.0,
+        # A batch of a few hundred commits in well under a second (FAREGATE_BILLING_USAGE_ACK_WAIT_S).
+        ack_wait_s=ack_wait_s,
         # Money must not be dropped after N tries: a failing batch is retried (with backoff) until it commits.
         # Malformed events never get here (terminated on decode) and uncharged ones are recorded as rejected.
         max_deliver=-1,
@@ -187,12 +187,36 @@ async def _redo(conn: asyncpg.Connection, dupes: list[str], out: BatchResult) ->
             plan=r["plan_micros"], balance=r["balance_after"]))
 
 
+async def announce(publisher: Publisher, outgoing: Sequence[ev.Event], timeout: float = 5.0) -> None:
+    """Publish a batch's events with every ack in flight at once (nats-py's publish_async: no task per message),
+    then wait for all the acks. Any that failed or timed out go through the publisher, which retries and spools to
+    disk; the same Nats-Msg-Id makes a second copy a duplicate JetStream drops."""
+    if not outgoing:
+        return
+    futures = []
+    for e in outgoing:
+        tag = ev.tag_of(type(e))
+        futures.append(await publisher.js.publish_async(
+            bus.subject(publisher.namespace, tag), ev.encode(e), headers={"Nats-Msg-Id": e.event_id}))
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout)
+    except TimeoutError:
+        results = [f.exception() if f.done() and not f.cancelled() and f.exception() else
+                   (f.result() if f.done() and not f.cancelled() else TimeoutError()) for f in futures]
+    failed = [e for e, r in zip(outgoing, results, strict=True) if isinstance(r, BaseException)]
+    for e in failed:
+        await publisher.publish(e)
+
+
 async def after_commit(result: BatchResult, guard: BillingGuard, publisher: Publisher) -> None:
-    await guard.apply(result.applied)
-    await guard.sync(result.balances)
-    # Awaiting the acks (many in flight) before the batch is acked: an event that cannot be published is spooled
-    # to disk by the publisher, never dropped.
-    await asyncio.gather(*(publisher.publish(e) for e in result.outgoing))
+    """Redis and the announcements, concurrently. Both finish before the batch is acked: an event that cannot be
+    published is spooled to disk by the publisher, never dropped, and a crash before the ack redoes both."""
+
+    async def redis() -> None:
+        await guard.apply(result.applied)
+        await guard.sync(result.balances)
+
+    await asyncio.gather(redis(), announce(publisher, result.outgoing))
 
 
 class UsageConsumer:

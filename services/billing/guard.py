@@ -39,19 +39,17 @@ class BillingGuard:
     def marker(self, event_id: str) -> str:
         return f"{self.keys.ns}:applied:{event_id}"
 
-    async def apply(self, items: Sequence[Applied]) -> int:
-        """Apply a batch in one pipelined round trip; returns how many were new to Redis."""
-        if not items:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for it in items:
-                await self._apply(
-                    keys=[self.keys.wallet(it.account_id), self.keys.quota(it.key_id), self.marker(it.event_id)],
-                    args=[it.actual, it.spendable, it.version, it.key_used],
-                    client=pipe,
-                )
-            results = await pipe.execute()
-        return sum(int(r) for r in results)
+    async def apply(self, items: Sequence[Applied], chunk: int = 1_000) -> int:
+        """Apply a batch, a script call per `chunk` events; returns how many were new to Redis."""
+        applied = 0
+        for start in range(0, len(items), chunk):
+            keys: list[str] = []
+            args: list[int] = []
+            for it in items[start:start + chunk]:
+                keys += [self.keys.wallet(it.account_id), self.keys.quota(it.key_id), self.marker(it.event_id)]
+                args += [it.actual, it.spendable, it.version, it.key_used]
+            applied += int(await self._apply(keys=keys, args=args))
+        return applied
 
     async def sync(self, balances: Sequence[tuple[str, int, int]]) -> None:
         """Publish (account_id, spendable, version) for each wallet, pipelined."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from shared import cache, db
-from shared.config import CommonSettings
 from services.billing import hydrate, wallets
 from services.billing.config import BillingSettings
 from services.billing.guard import BillingGuard
+from shared import cache, db
 from shared.cache import Keys
+from shared.config import CommonSettings
 
 
 async def seed_demo(common: CommonSettings, *, account_id: str, amount_micros: int) -> int:

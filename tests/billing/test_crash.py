@@ -31,7 +31,8 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(resources: R
         await spend_guard.redis.hincrby(spend_guard.keys.wallet(e.account_id), "pending",
                                         e.prompt_tokens + 3 * e.completion_tokens)
 
-    env = {"FAREGATE_BILLING_USAGE_BATCH": "100"}
+    # A short ack wait: the batches the killed process had fetched come back in seconds, not the default 15.
+    env = {"FAREGATE_BILLING_USAGE_BATCH": "100", "FAREGATE_BILLING_USAGE_ACK_WAIT_S": "2"}
     billing = procs.start("billing", env)
     try:
         async def feed() -> None:
