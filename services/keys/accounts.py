@@ -1,7 +1,8 @@
 """Accounts and sessions: register, log in and out, password resets, roles, and admin user management.
 
-A session is a random cookie value; only its sha256 is stored. It ends after `session_idle_s` without a request
-(and after `session_max_s` in any case). The CSRF token is derived from the session, so it needs no storage.
+A session is a random cookie value; only its sha256 is stored. It ends after `session_idle_s` without a
+request (and after `session_max_s` in any case). The CSRF token is derived from the session, so it needs no
+storage.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def token_hash(token: str) -> str:
 
 
 def csrf_token(ctx: Ctx, session_hash: str) -> str:
-    return hmac.new(ctx.common.secret_key.encode(), b"csrf:" + session_hash.encode(), hashlib.sha256).hexdigest()
+    key = ctx.common.secret_key.encode()
+    return hmac.new(key, b"csrf:" + session_hash.encode(), hashlib.sha256).hexdigest()
 
 
 def account_out(row: Any) -> AccountOut:
@@ -67,8 +69,8 @@ async def register(ctx: Ctx, email: str, password: str, *, role: str = "user", g
     async with ctx.pool.acquire() as conn, conn.transaction():
         if await conn.fetchrow(repo.GROUP_BY_NAME, group) is None:
             raise InvalidInput({"group": f"no group {group}"})
-        account = await conn.fetchrow(repo.INSERT_ACCOUNT, new_account_id(), email.strip(), norm, pw_hash, role,
-                                      group)
+        account = await conn.fetchrow(repo.INSERT_ACCOUNT, new_account_id(), email.strip(), norm, pw_hash,
+                                      role, group)
         if account is None:
             raise Conflict("an account with this e-mail exists", field="email")
         if default_key:
@@ -207,7 +209,8 @@ async def update_account(ctx: Ctx, who: Principal, account_id: str, patch: Accou
             if status != "active":
                 await conn.execute(repo.DELETE_ACCOUNT_SESSIONS, account_id)
     if (status, group, role) != (row["status"], row["group"], row["role"]):
-        await ctx.publisher.publish(ev.AccountChanged(account_id=account_id, status=status, group=group, role=role))
+        await ctx.publisher.publish(ev.AccountChanged(account_id=account_id, status=status, group=group,
+                                                      role=role))
     if status != row["status"]:
         await apikeys.publish_keys_of_account(ctx, account_id)
     return account_out(new)
@@ -225,6 +228,6 @@ async def ensure_admin(ctx: Ctx, email: str, password: str) -> tuple[str, bool]:
     if row["role"] != "admin" or row["status"] != "active":
         async with ctx.pool.acquire() as conn:
             await conn.execute(repo.UPDATE_ACCOUNT, row["id"], "active", row["group"], "admin")
-        await ctx.publisher.publish(ev.AccountChanged(account_id=row["id"], status="active", group=row["group"],
-                                                      role="admin"))
+        await ctx.publisher.publish(ev.AccountChanged(account_id=row["id"], status="active",
+                                                      group=row["group"], role="admin"))
     return row["id"], False

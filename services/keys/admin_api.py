@@ -52,7 +52,8 @@ async def get_user(ctx: CtxDep, admin: WhoDep, account_id: FromPath[str]) -> Acc
 
 
 @patch("/users/{account_id:str}", summary="Disable/enable, change group or role")
-async def update_user(ctx: CtxDep, admin: WhoDep, account_id: FromPath[str], data: JSONBody[AccountPatch]) -> AccountOut:
+async def update_user(ctx: CtxDep, admin: WhoDep, account_id: FromPath[str],
+                      data: JSONBody[AccountPatch]) -> AccountOut:
     return await accounts.update_account(ctx, admin, account_id, data)
 
 
@@ -79,7 +80,8 @@ async def create_channel(ctx: CtxDep, admin: WhoDep, data: JSONBody[ChannelIn]) 
 
 
 @patch("/channels/{channel_id:str}")
-async def update_channel(ctx: CtxDep, admin: WhoDep, channel_id: FromPath[str], data: JSONBody[ChannelPatch]) -> ChannelOut:
+async def update_channel(ctx: CtxDep, admin: WhoDep, channel_id: FromPath[str],
+                         data: JSONBody[ChannelPatch]) -> ChannelOut:
     return await catalog_admin.update_channel(ctx, channel_id, data)
 
 

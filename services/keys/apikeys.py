@@ -1,7 +1,7 @@
 """API keys: create, list, change, rotate, delete. Only a sha256 of each secret and a short prefix are stored.
 
-Every change ends with the key's snapshot written to Redis and `key.changed` published (deleted keys too), so a
-gateway worker refuses a disabled key as soon as the event reaches it.
+Every change ends with the key's snapshot written to Redis and `key.changed` published (deleted keys too), so
+a gateway worker refuses a disabled key as soon as the event reaches it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from shared import events as ev
 from shared.crypto import hash_api_key
 from shared.web import Conflict, NotFound
 
-SECRET_PREFIX = "sk-"
+SECRET_PREFIX = "sk-"  # noqa: S105 (a prefix, not a secret)
 PREFIX_CHARS = 8  # "sk-" + 5 random characters: enough to recognise a key in a list, useless to guess it
 
 
@@ -46,11 +46,13 @@ def _status(row: Any, now: datetime) -> str:
 def key_out(row: Any, used: int, grace_until: datetime | None = None) -> KeyOut:
     quota = int(row["quota_micros"])
     return KeyOut(
-        id=row["id"], account_id=row["account_id"], prefix=row["prefix"], label=row["label"], group=row["group"],
+        id=row["id"], account_id=row["account_id"], prefix=row["prefix"], label=row["label"],
+        group=row["group"],
         status=_status(row, datetime.now(UTC)), quota_micros=quota, quota_used_micros=used,
         quota_left_micros=max(quota - used, 0) if quota else None, models=list(row["models"]),
         ip_allow=list(row["ip_allow"]), expires_at=row["expires_at"], rpm_limit=row["rpm_limit"],
-        tpm_limit=row["tpm_limit"], concurrency_limit=row["concurrency_limit"], last_used_at=row["last_used_at"],
+        tpm_limit=row["tpm_limit"], concurrency_limit=row["concurrency_limit"],
+        last_used_at=row["last_used_at"],
         created_at=row["created_at"], updated_at=row["updated_at"], previous_secret_valid_until=grace_until,
     )
 
@@ -70,7 +72,8 @@ async def _visible_row(conn: asyncpg.Connection, who: Principal, key_id: str, *,
     """The key if `who` may see it. Someone else's key is "not found", exactly like a key that does not exist,
     so ids cannot be probed."""
     row = await conn.fetchrow(repo.KEY_BY_ID_FOR_UPDATE if lock else repo.KEY_BY_ID, key_id)
-    if row is None or row["status"] == "deleted" or (not who.is_admin and row["account_id"] != who.account_id):
+    foreign = not who.is_admin and row is not None and row["account_id"] != who.account_id
+    if row is None or row["status"] == "deleted" or foreign:
         raise NotFound(f"no key {key_id}")
     return row
 
@@ -124,9 +127,9 @@ async def snapshot_by_hash(ctx: Ctx, key_hash: str) -> ev.KeySnapshot | None:
 
 
 async def _publish_row(ctx: Ctx, key_id: str) -> ev.KeySnapshot:
-    """Re-read the committed row (so the last of two concurrent edits publishes the final state) and publish it,
-    and the snapshots of its rotated-out secrets still in their grace period, which follow the key's settings
-    (a disabled key's old secret stops too)."""
+    """Re-read the committed row (so the last of two concurrent edits publishes the final state) and publish
+    it, and the snapshots of its rotated-out secrets still in their grace period, which follow the key's
+    settings (a disabled key's old secret stops too)."""
     async with ctx.pool.acquire() as conn:
         row = await conn.fetchrow(repo.KEY_BY_ID, key_id)
         retired = await conn.fetch(repo.RETIRED_OF_KEY, key_id)
@@ -227,15 +230,17 @@ async def update_key(ctx: Ctx, who: Principal, key_id: str, patch: KeyPatch) -> 
             models = list(row["models"])
             if patch.models is not unset:
                 models = validation.models(patch.models, await _known_models(conn)) if patch.models else []
-            ips = list(row["ip_allow"]) if patch.ip_allow is unset else validation.ip_allow_list(patch.ip_allow)
+            ips = list(row["ip_allow"])
+            if patch.ip_allow is not unset:
+                ips = validation.ip_allow_list(patch.ip_allow)
             expires = row["expires_at"] if patch.expires_at is unset else validation.expiry(patch.expires_at)
 
             def pick(value: Any, column: str) -> Any:
                 return row[column] if value is unset else value
 
             await conn.execute(
-                repo.UPDATE_KEY, key_id, label, group, status, pick(patch.quota_micros, "quota_micros"), models,
-                ips, expires, pick(patch.rpm_limit, "rpm_limit"), pick(patch.tpm_limit, "tpm_limit"),
+                repo.UPDATE_KEY, key_id, label, group, status, pick(patch.quota_micros, "quota_micros"),
+                models, ips, expires, pick(patch.rpm_limit, "rpm_limit"), pick(patch.tpm_limit, "tpm_limit"),
                 pick(patch.concurrency_limit, "concurrency_limit"),
             )
         row = await conn.fetchrow(repo.KEY_BY_ID, key_id)
@@ -265,7 +270,7 @@ async def _retired_row(ctx: Ctx, key_hash: str) -> Any:
 
 
 async def rotate_key(ctx: Ctx, who: Principal, key_id: str, grace_seconds: int) -> tuple[KeyOut, str]:
-    """A new secret with the same settings. The old one keeps working for `grace_seconds` (0: stops at once)."""
+    """A new secret with the same settings; the old one keeps working `grace_seconds` (0: stops at once)."""
     now = datetime.now(UTC)
     grace_until = now + timedelta(seconds=grace_seconds)
     secret = new_secret()

@@ -1,7 +1,8 @@
-"""The keys service: accounts, sessions, API keys and the catalog; the source of the gateways' key/catalog view."""
+"""The keys service: accounts, sessions, API keys and the catalog, and the gateways' view of them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -45,7 +46,8 @@ async def start_up(ctx: Ctx) -> None:
             log.info("first admin created", extra={"account_id": account_id})
     current = await catalog_admin.current(ctx)
     if s.catalog_file and not current.models:
-        imported = await catalog_admin.import_file(ctx, catalog_admin.parse_file(Path(s.catalog_file).read_bytes()))
+        raw = await asyncio.to_thread(Path(s.catalog_file).read_bytes)
+        imported = await catalog_admin.import_file(ctx, catalog_admin.parse_file(raw))
         log.info("catalog imported", extra={"file": s.catalog_file, "version": imported.version})
         current = imported
     # The database is the truth: whatever Redis holds (an older or a lost snapshot) is replaced.

@@ -45,7 +45,8 @@ async def register(request: Request[Any, Any, Any], ctx: CtxDep, data: JSONBody[
 
 
 @post("/login", status_code=200, summary="Log in: sets the session cookie (HttpOnly) and the csrf cookie")
-async def login(request: Request[Any, Any, Any], ctx: CtxDep, data: JSONBody[LoginIn]) -> Response[SessionOut]:
+async def login(request: Request[Any, Any, Any], ctx: CtxDep, data: JSONBody[LoginIn]
+                ) -> Response[SessionOut]:
     account, token = await accounts.login(ctx, data.email, data.password, client_ip(request, ctx))
     body = SessionOut(account=accounts.account_out(account),
                       csrf_token=accounts.csrf_token(ctx, accounts.token_hash(token)))
@@ -71,7 +72,7 @@ async def change_password(ctx: CtxDep, who: WhoDep, data: JSONBody[PasswordChang
 
 
 @post("/reset-request", status_code=HTTP_202_ACCEPTED,
-      summary="E-mail a password-reset link (the answer is the same whether or not the address has an account)")
+      summary="E-mail a password-reset link (same answer whether or not the address has an account)")
 async def reset_request(ctx: CtxDep, data: JSONBody[ResetRequestIn]) -> dict[str, str]:
     await accounts.request_reset(ctx, data.email)
     return {"status": "if an account uses this address, a reset link is on its way"}

@@ -1,8 +1,8 @@
 """The catalog as keys owns it: tables → the `shared.catalog.Catalog` snapshot, edits, and file import.
 
-Every edit runs in one transaction that locks `catalog_state`, compares the snapshot before and after, and bumps
-the version only when something really changed (so re-importing the same file is a no-op); after the commit the
-snapshot goes to Redis and `catalog.changed` is published.
+Every edit runs in one transaction that locks `catalog_state`, compares the snapshot before and after, and
+bumps the version only when something really changed (so re-importing the same file is a no-op); after the
+commit the snapshot goes to Redis and `catalog.changed` is published.
 """
 
 from __future__ import annotations
@@ -102,9 +102,11 @@ def _channel_out(row: Any) -> ChannelOut:
 def _model_in(m: cat.Model) -> ModelIn:
     lp = m.list_price
     return ModelIn(
-        name=m.name, provider=m.provider, kind=m.kind, context_window=m.context_window, max_output=m.max_output,
+        name=m.name, provider=m.provider, kind=m.kind, context_window=m.context_window,
+        max_output=m.max_output,
         price=PriceIn(input=m.price.input, output=m.price.output, cached_input=m.price.cached_input),
-        list_price=None if lp is None else PriceIn(input=lp.input, output=lp.output, cached_input=lp.cached_input),
+        list_price=None if lp is None
+        else PriceIn(input=lp.input, output=lp.output, cached_input=lp.cached_input),
         fallbacks=list(m.fallbacks), image_price_micros=m.image_price_micros,
     )
 
@@ -323,8 +325,9 @@ def parse_file(raw: bytes) -> CatalogFile:
 
 
 async def import_file(ctx: Ctx, data: CatalogFile) -> cat.Catalog:
-    """Models and groups from the file replace those of the same name; channels are added if absent (an existing
-    one keeps its upstream keys and status). Importing the same file twice changes nothing the second time."""
+    """Models and groups from the file replace those of the same name; channels are added if absent (an
+    existing one keeps its upstream keys and status). Importing the same file twice changes nothing the second
+    time."""
 
     async def change(conn: asyncpg.Connection) -> None:
         for m in data.models:

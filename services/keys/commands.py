@@ -64,13 +64,14 @@ def republish(args: argparse.Namespace, common: CommonSettings) -> None:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser("create-admin", help="create (or promote) an admin account; the password is read "
-                              "from stdin or a prompt")
+    p = subparsers.add_parser("create-admin", help="create (or promote) an admin account; the password is "
+                              "read from stdin or a prompt")
     p.add_argument("--email", required=True)
     p.set_defaults(func=create_admin)
-    p = subparsers.add_parser("import-catalog", help="import a catalog file (models, groups, channels); idempotent")
+    p = subparsers.add_parser("import-catalog",
+                              help="import a catalog file (models, groups, channels); idempotent")
     p.add_argument("file", nargs="?", default=str(catalog_admin.DEFAULT_FILE))
     p.set_defaults(func=import_catalog)
-    p = subparsers.add_parser("republish", help="rewrite every key snapshot and the catalog in Redis and publish "
-                              "them (after Redis lost its data)")
+    p = subparsers.add_parser("republish", help="rewrite every key snapshot and the catalog in Redis and "
+                              "publish them (after Redis lost its data)")
     p.set_defaults(func=republish)

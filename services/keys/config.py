@@ -8,7 +8,7 @@ from shared.config import ServerSettings, register
 @register("KEYS")
 class KeysSettings(ServerSettings, frozen=True, kw_only=True):
     port: int = 8101
-    # Public address of the web console; password-reset links point at `<public_url>/reset-password?token=...`.
+    # Public address of the web console; reset links point at `<public_url>/reset-password?token=...`.
     public_url: str = "http://127.0.0.1:8101"
     # Whether anyone may register an account (off: only admins create accounts).
     allow_registration: bool = True

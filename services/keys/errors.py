@@ -12,7 +12,7 @@ from shared.web import ServiceError, Unauthorized
 
 
 class InvalidInput(ServiceError):
-    """Input that parsed but does not make sense; `fields` maps each offending field to what is wrong with it."""
+    """Input that parsed but makes no sense; `fields` maps each offending field to what is wrong with it."""
 
     status = 400
     code = "validation_error"

@@ -1,4 +1,4 @@
-"""/internal/...: what gateways, billing and usage ask keys (X-Internal-Token required), and the public models."""
+"""/internal/...: what gateways, billing and usage ask keys (X-Internal-Token required); the public models."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from shared.web import NotFound
 KeyHash = Annotated[str, PathParameter(pattern="^[0-9a-f]{64}$")]
 
 
-@get("/keys/{key_hash:str}", summary="A key's snapshot by the sha256 of its secret (refills Redis); 404 if none")
+@get("/keys/{key_hash:str}", summary="A key's snapshot by its secret's sha256 (refills Redis); 404 if none")
 async def key_by_hash(internal: CtxDep, key_hash: KeyHash) -> KeySnapshot:
     snap = await apikeys.snapshot_by_hash(internal, key_hash)
     if snap is None:

@@ -61,11 +61,12 @@ async def delete_key(ctx: CtxDep, who: WhoDep, key_id: FromPath[str]) -> None:
 
 @post("/{key_id:str}/rotate", status_code=200,
       summary="New secret, same settings; the old one works for grace_seconds more")
-async def rotate_key(ctx: CtxDep, who: WhoDep, key_id: FromPath[str], data: JSONBody[RotateIn]) -> KeyWithSecret:
+async def rotate_key(ctx: CtxDep, who: WhoDep, key_id: FromPath[str], data: JSONBody[RotateIn]
+                     ) -> KeyWithSecret:
     key, secret = await apikeys.rotate_key(ctx, who, key_id, data.grace_seconds)
     return KeyWithSecret(key=key, secret=secret)
 
 
-router = Router("/api/keys", route_handlers=[list_keys, create_key, get_key, update_key, disable_key, enable_key,
-                                            delete_key, rotate_key],
+router = Router("/api/keys", route_handlers=[list_keys, create_key, get_key, update_key, disable_key,
+                                            enable_key, delete_key, rotate_key],
                 dependencies={"who": Provide(provide_principal)}, tags=["keys"])

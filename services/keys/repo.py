@@ -31,7 +31,7 @@ WHERE id = $1
 RETURNING {ACCOUNT_COLUMNS}
 """
 
-SET_PASSWORD = "UPDATE keys.accounts SET password_hash = $2, updated_at = now() WHERE id = $1"
+SET_PASSWORD = "UPDATE keys.accounts SET password_hash = $2, updated_at = now() WHERE id = $1"  # noqa: S105 (SQL, not a password)
 
 # --- sessions -----------------------------------------------------------------------------------------------
 
@@ -39,8 +39,8 @@ INSERT_SESSION = "INSERT INTO keys.sessions (token_hash, account_id, client_ip) 
 
 # The session with its account, if it has not been idle for longer than $2 seconds nor lived longer than $3.
 LIVE_SESSION = """
-SELECT s.token_hash, s.last_seen_at, a.id, a.email, a.email_norm, a.password_hash, a.role, a.status, a."group",
-       a.created_at, a.updated_at
+SELECT s.token_hash, s.last_seen_at, a.id, a.email, a.email_norm, a.password_hash, a.role, a.status,
+       a."group", a.created_at, a.updated_at
 FROM keys.sessions s JOIN keys.accounts a ON a.id = s.account_id
 WHERE s.token_hash = $1
   AND s.last_seen_at > now() - make_interval(secs => $2)
@@ -75,9 +75,9 @@ RETURNING account_id
 # --- API keys -----------------------------------------------------------------------------------------------
 
 KEY_COLUMNS = (
-    'k.id, k.account_id, k.user_id, k.key_hash, k.prefix, k.label, k."group", k.status, k.quota_micros, k.models,'
-    " k.ip_allow, k.expires_at, k.rpm_limit, k.tpm_limit, k.concurrency_limit, k.last_used_at, k.created_at,"
-    " k.updated_at, a.status AS account_status"
+    'k.id, k.account_id, k.user_id, k.key_hash, k.prefix, k.label, k."group", k.status, k.quota_micros,'
+    " k.models, k.ip_allow, k.expires_at, k.rpm_limit, k.tpm_limit, k.concurrency_limit, k.last_used_at,"
+    " k.created_at, k.updated_at, a.status AS account_status"
 )
 
 INSERT_KEY = """
@@ -86,11 +86,10 @@ INSERT INTO keys.api_keys (id, account_id, user_id, key_hash, prefix, label, "gr
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
 
-KEY_BY_ID = f"SELECT {KEY_COLUMNS} FROM keys.api_keys k JOIN keys.accounts a ON a.id = k.account_id WHERE k.id = $1"
+_KEYS_JOIN = "keys.api_keys k JOIN keys.accounts a ON a.id = k.account_id"
+KEY_BY_ID = f"SELECT {KEY_COLUMNS} FROM {_KEYS_JOIN} WHERE k.id = $1"
 KEY_BY_ID_FOR_UPDATE = KEY_BY_ID + " FOR UPDATE OF k"
-KEY_BY_HASH = (
-    f"SELECT {KEY_COLUMNS} FROM keys.api_keys k JOIN keys.accounts a ON a.id = k.account_id WHERE k.key_hash = $1"
-)
+KEY_BY_HASH = f"SELECT {KEY_COLUMNS} FROM {_KEYS_JOIN} WHERE k.key_hash = $1"
 
 # A rotated-out hash and the key it belonged to.
 RETIRED_BY_HASH = f"""
@@ -192,24 +191,24 @@ ALL_CHANNELS = f"SELECT {CHANNEL_COLUMNS} FROM keys.channels ORDER BY priority D
 CHANNEL_BY_ID = f"SELECT {CHANNEL_COLUMNS} FROM keys.channels WHERE id = $1"
 CHANNEL_BY_ID_FOR_UPDATE = CHANNEL_BY_ID + " FOR UPDATE"
 UPSERT_CHANNEL = """
-INSERT INTO keys.channels (id, name, provider, base_url, api_keys_enc, api_keys_mask, models, model_map, priority,
-                           weight, groups, status, cost_ratio_ppm)
+INSERT INTO keys.channels (id, name, provider, base_url, api_keys_enc, api_keys_mask, models, model_map,
+                           priority, weight, groups, status, cost_ratio_ppm)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (id) DO UPDATE SET name = $2, provider = $3, base_url = $4, api_keys_enc = $5, api_keys_mask = $6,
-    models = $7, model_map = $8, priority = $9, weight = $10, groups = $11, status = $12, cost_ratio_ppm = $13,
-    updated_at = now()
+    models = $7, model_map = $8, priority = $9, weight = $10, groups = $11, status = $12,
+    cost_ratio_ppm = $13, updated_at = now()
 """
 INSERT_CHANNEL_IF_ABSENT = """
-INSERT INTO keys.channels (id, name, provider, base_url, api_keys_enc, api_keys_mask, models, model_map, priority,
-                           weight, groups, status, cost_ratio_ppm)
+INSERT INTO keys.channels (id, name, provider, base_url, api_keys_enc, api_keys_mask, models, model_map,
+                           priority, weight, groups, status, cost_ratio_ppm)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (id) DO NOTHING
 """
 DELETE_CHANNEL = "DELETE FROM keys.channels WHERE id = $1"
 
 MODEL_COLUMNS = (
-    "name, provider, kind, context_window, max_output, price_input, price_output, price_cached_input, list_input,"
-    " list_output, list_cached_input, fallbacks, image_price_micros"
+    "name, provider, kind, context_window, max_output, price_input, price_output, price_cached_input,"
+    " list_input, list_output, list_cached_input, fallbacks, image_price_micros"
 )
 ALL_MODELS = f"SELECT {MODEL_COLUMNS} FROM keys.models ORDER BY name"
 MODEL_BY_NAME = f"SELECT {MODEL_COLUMNS} FROM keys.models WHERE name = $1"

@@ -1,6 +1,6 @@
-"""The periodic scan: warn of keys about to expire (once per key and expiry), end rotated-out secrets whose grace
-is over, and prune stale sessions and idempotency claims. Several replicas may run it: each row is claimed by one
-UPDATE ... FOR UPDATE SKIP LOCKED before anything is published."""
+"""The periodic scan: warn of keys about to expire (once per key and expiry), end rotated-out secrets whose
+grace is over, and prune stale sessions and idempotency claims. Several replicas may run it: each row is
+claimed by one UPDATE ... FOR UPDATE SKIP LOCKED before anything is published."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The HTTP API's request and response bodies (separate from events and tables). Limits on sizes live here, so an
-oversized value is refused by msgspec with a field-level 400 before any handler runs."""
+"""The HTTP API's request and response bodies (separate from events and tables). Limits on sizes live here, so
+an oversized value is refused by msgspec with a field-level 400 before any handler runs."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ class KeyPatch(Body, kw_only=True):
     quota_micros: Micros | UnsetType = UNSET
     models: ModelList | UnsetType = UNSET
     ip_allow: IpList | UnsetType = UNSET
-    expires_at: datetime | None | UnsetType = UNSET  # null clears the expiry
+    expires_at: datetime | UnsetType | None = UNSET  # null clears the expiry
     rpm_limit: Limit | UnsetType = UNSET
     tpm_limit: Limit | UnsetType = UNSET
     concurrency_limit: Concurrency | UnsetType = UNSET
@@ -263,8 +263,8 @@ class DiscountIn(Body, kw_only=True):
 
 
 class CatalogFileChannel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A channel in a catalog file: where a provider answers. Imported disabled and without upstream keys unless
-    it already exists (then left as the operator configured it)."""
+    """A channel in a catalog file: where a provider answers. Imported disabled and without upstream keys
+    unless it already exists (then left as the operator configured it)."""
 
     id: ChannelId
     name: Label

@@ -18,7 +18,7 @@ from shared.crypto import hash_api_key
 from shared.runtime import open_resources
 
 DEMO_EMAIL = "demo@faregate.example"
-DEMO_PASSWORD = "faregate-demo"  # printed by `faregate dev`; a local demo only
+DEMO_PASSWORD = "faregate-demo"  # noqa: S105 (printed by `faregate dev`; a local demo only)
 MOCK_UPSTREAM_KEY = "sk-mock-upstream-placeholder"
 
 
@@ -42,7 +42,8 @@ async def seed_catalog(ctx: Ctx, upstream_base_url: str) -> None:
     catalog = await catalog_admin.current(ctx)
     served = [m.name for m in catalog.models if m.kind in ("chat", "embedding")]
     await catalog_admin.ensure_channel(ctx, ChannelIn(
-        id="mock", name="Mock upstream (demo)", provider="openai", base_url=upstream_base_url.rstrip("/") + "/v1",
+        id="mock", name="Mock upstream (demo)", provider="openai",
+        base_url=upstream_base_url.rstrip("/") + "/v1",
         api_keys=[MOCK_UPSTREAM_KEY], models=served, priority=100, weight=1, status="enabled",
     ))
 

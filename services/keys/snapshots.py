@@ -56,7 +56,7 @@ def retired_snapshot(row: Any, retired_hash: str, grace_until: datetime, *, reti
 
 
 async def put_key(ctx: Ctx, snap: ev.KeySnapshot) -> None:
-    """Write one snapshot to Redis (no TTL: deleted and disabled keys stay as such, so a miss never revives one)."""
+    """Write one snapshot to Redis. No TTL: deleted and disabled keys stay so; a miss never revives one."""
     await ctx.redis.set(ctx.keys.api_key(snap.key_hash), _encode(snap))
 
 
@@ -66,7 +66,7 @@ async def publish_key(ctx: Ctx, snap: ev.KeySnapshot, *, previous_hash: str | No
 
 
 async def put_catalog(ctx: Ctx, catalog: cat.Catalog, *, force: bool = False) -> bool:
-    """Write the catalog snapshot unless a newer one is there already (force: at start-up, the DB is the truth)."""
+    """Write the catalog unless a newer one is there already (force: at start-up the DB is the truth)."""
     written = await ctx.redis.eval(
         _SET_CATALOG, 1, ctx.keys.catalog(), catalog.version, cat.encode(catalog), "1" if force else "0"
     )

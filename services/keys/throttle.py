@@ -1,4 +1,4 @@
-"""Failed-login throttling in Redis: a counter per account and per client address, each over a fixed window."""
+"""Failed-login throttling in Redis: a counter per account and per client address, over a fixed window."""
 
 from __future__ import annotations
 

@@ -84,8 +84,8 @@ async def tap(common: CommonSettings) -> AsyncIterator[Tap]:
 
 @dataclass
 class User:
-    """One logged-in person. Cookies are sent explicitly per request (not from the shared client's jar), so one
-    test client can act as several people at once."""
+    """One logged-in person. Cookies are sent explicitly per request (not from the shared client's jar), so
+    one test client can act as several people at once."""
 
     client: AsyncTestClient[Litestar]
     email: str
@@ -157,7 +157,8 @@ async def admin(client: AsyncTestClient[Litestar], keys_settings: KeysSettings) 
 async def catalog_loaded(admin: User) -> dict[str, Any]:
     """The default catalog, imported through the admin API."""
     raw = DEFAULT_CATALOG.read_bytes()
-    r = await admin.post("/api/admin/catalog/import", content=raw, headers={"Content-Type": "application/json"})
+    r = await admin.post("/api/admin/catalog/import", content=raw,
+                         headers={"Content-Type": "application/json"})
     assert r.status_code == 201, r.text
     return dict(r.json())
 

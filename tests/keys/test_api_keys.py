@@ -1,5 +1,5 @@
-"""API keys through the HTTP API, against real Postgres, Redis and NATS: what a user does in "Token Management",
-and what gateways see of it (snapshots in Redis, key.changed events)."""
+"""API keys through the HTTP API, against real Postgres, Redis and NATS: what a user does in "Token
+Management", and what gateways see of it (snapshots in Redis, key.changed events)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ async def internal_snapshot(client: AsyncTestClient[Litestar], common: CommonSet
     return await client.get(INTERNAL + key_hash, headers={"X-Internal-Token": common.internal_token})
 
 
-async def test_a_new_account_gets_a_default_key_that_gateways_can_find(client: AsyncTestClient[Litestar],
-                                                                      common: CommonSettings, tap: Tap) -> None:
+async def test_a_new_account_gets_a_default_key_that_gateways_can_find(
+        client: AsyncTestClient[Litestar], common: CommonSettings, tap: Tap) -> None:
     alice = await register(client)
     assert re.fullmatch(r"sk-[A-Za-z0-9_-]{43}", alice.api_key)  # 32 random bytes = 256 bits
     key_hash = hash_api_key(alice.api_key)
@@ -64,7 +64,8 @@ async def test_internal_lookup_refills_redis_and_refuses_without_token(client: A
     try:
         await r.delete(f"{common.namespace}:key:{key_hash}")
         assert (await client.get(INTERNAL + key_hash)).status_code == 401
-        assert (await client.get(INTERNAL + key_hash, headers={"X-Internal-Token": "wrong"})).status_code == 401
+        wrong = await client.get(INTERNAL + key_hash, headers={"X-Internal-Token": "wrong"})
+        assert wrong.status_code == 401
         assert (await internal_snapshot(client, common, key_hash)).status_code == 200
         assert await r.get(f"{common.namespace}:key:{key_hash}") is not None
     finally:
@@ -93,7 +94,8 @@ async def test_create_key_with_every_control_and_see_it_listed(client: AsyncTest
 
     snap = await snapshot_in_redis(common, hash_api_key(secret))
     assert snap is not None
-    assert snap.models == ("gpt-4o-mini", "deepseek-chat") and snap.rpm_limit == 60 and snap.tpm_limit == 100_000
+    assert snap.models == ("gpt-4o-mini", "deepseek-chat")
+    assert snap.rpm_limit == 60 and snap.tpm_limit == 100_000
     assert snap.concurrency_limit == 5 and snap.quota_micros == 5_000_000
     assert snap.expires_at is not None and abs((snap.expires_at - expires).total_seconds()) < 1
 
@@ -346,7 +348,8 @@ async def test_last_used_comes_from_usage_events_once_each(client: AsyncTestClie
                                       late.event_id):
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.1)
-        assert await conn.fetchval("SELECT last_used_at FROM keys.api_keys WHERE id = $1", alice.key_id) == when
+        stored = await conn.fetchval("SELECT last_used_at FROM keys.api_keys WHERE id = $1", alice.key_id)
+        assert stored == when
         claims = await conn.fetchval("SELECT count(*) FROM keys.processed_events WHERE event_id = $1",
                                      usage.event_id)
         assert claims == 1
@@ -379,7 +382,8 @@ async def test_a_secret_is_never_stored_published_or_logged_in_clear(
     alice = await register(client)
     r = await alice.post("/api/keys", json={"label": "second"})
     second = r.json()["secret"]
-    rotated = (await alice.post(f"/api/keys/{alice.key_id}/rotate", json={"grace_seconds": 60})).json()["secret"]
+    rotation = await alice.post(f"/api/keys/{alice.key_id}/rotate", json={"grace_seconds": 60})
+    rotated = rotation.json()["secret"]
     secrets_ = [alice.api_key, second, rotated]
     await asyncio.sleep(0.3)  # let the tap receive the events
 
@@ -389,13 +393,14 @@ async def test_a_secret_is_never_stored_published_or_logged_in_clear(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'keys'")]
         dump = "\n".join([
             str(row[0]) for t in tables
-            for row in await conn.fetch(f'SELECT row_to_json(t)::text FROM keys."{t}" t')  # noqa: S608
+            for row in await conn.fetch(f'SELECT row_to_json(t)::text FROM keys."{t}" t')
         ])
     finally:
         await conn.close()
     rc = aioredis.Redis.from_url(common.redis_url)
     try:
-        redis_dump = b"".join([(await rc.get(k)) or b"" async for k in rc.scan_iter(f"{common.namespace}:key:*")])
+        names = [k async for k in rc.scan_iter(f"{common.namespace}:key:*")]
+        redis_dump = b"".join([(await rc.get(k)) or b"" for k in names])
     finally:
         await rc.aclose()
     published = "\n".join(msgspec.json.encode(e).decode() for e in tap.events)

@@ -1,5 +1,5 @@
-"""The catalog: file import, admin edits of channels/models/groups/discount, the snapshot gateways read from Redis,
-catalog.changed on every edit, and the public pricing data."""
+"""The catalog: file import, admin edits of channels/models/groups/discount, the snapshot gateways read from
+Redis, catalog.changed on every edit, and the public pricing data."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ async def test_channel_upstream_keys_are_sealed_and_never_returned(admin: User, 
                                                                    catalog_loaded: Any, tap: Tap) -> None:
     r = await admin.post("/api/admin/channels", json={
         "name": "DeepSeek direct", "provider": "openai", "base_url": "https://api.deepseek.com/v1/",
-        "api_keys": [UPSTREAM_SECRET], "models": ["deepseek-chat"], "model_map": {"deepseek-chat": "deepseek-v3"},
+        "api_keys": [UPSTREAM_SECRET], "models": ["deepseek-chat"],
+        "model_map": {"deepseek-chat": "deepseek-v3"},
         "priority": 5, "weight": 3, "groups": ["default"], "cost_ratio_ppm": 800_000,
     })
     assert r.status_code == 201, r.text
@@ -96,7 +97,8 @@ async def test_channel_upstream_keys_are_sealed_and_never_returned(admin: User, 
     assert UPSTREAM_SECRET not in view.text
     conn = await asyncpg.connect(common.database_url)
     try:
-        dump = "\n".join(str(r[0]) for r in await conn.fetch("SELECT row_to_json(c)::text FROM keys.channels c"))
+        rows = await conn.fetch("SELECT row_to_json(c)::text FROM keys.channels c")
+        dump = "\n".join(str(r[0]) for r in rows)
     finally:
         await conn.close()
     assert UPSTREAM_SECRET not in dump
@@ -107,8 +109,8 @@ async def test_channel_upstream_keys_are_sealed_and_never_returned(admin: User, 
     assert mine.model_map == {"deepseek-chat": "deepseek-v3"} and mine.cost_ratio_ppm == 800_000
     await tap.wait_for(lambda e: isinstance(e, ev.CatalogChanged) and e.version == snap.version)
 
-    r = await admin.patch(f"/api/admin/channels/{channel['id']}", json={"add_api_keys": ["sk-second-key-abcdefgh"],
-                                                                         "status": "disabled"})
+    r = await admin.patch(f"/api/admin/channels/{channel['id']}",
+                          json={"add_api_keys": ["sk-second-key-abcdefgh"], "status": "disabled"})
     assert r.status_code == 200 and r.json()["api_keys"] == ["sk-…6789", "sk-…efgh"]
     assert r.json()["status"] == "disabled"
     after = await catalog_in_redis(common)
