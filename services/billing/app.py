@@ -54,7 +54,7 @@ def _payment_view(p: dict[str, Any]) -> dict[str, Any]:
 
 async def provide_caller(request: Request[Any, Any, State]) -> Caller:
     auth: Authenticator = request.app.state.auth
-    return await auth.caller(request.headers, request.cookies)
+    return await auth.caller(request.headers, request.cookies, request.method)
 
 
 # --- user ---------------------------------------------------------------------------------------------------
@@ -331,7 +331,8 @@ def create_app(settings: BillingSettings, common: CommonSettings, *, consume: bo
             provider = payments.provider_for(settings, settings.public_url, client)
             funding = Funding(res.pool, guard, res.publisher, settings, provider)
             auth = Authenticator(keys_url=common.keys_url, internal_token=common.internal_token,
-                                 session_cookie=settings.session_cookie, http=client)
+                                 session_cookie=settings.session_cookie, secret_key=common.secret_key,
+                                 http=client)
             app.state.update(res=res, guard=guard, funding=funding, auth=auth, settings=settings, common=common)
             checks.update(res.ready_checks())
             await hydrate.hydrate_all(res.pool, guard)

@@ -5,11 +5,14 @@
   - A service call (another Faregate service, an admin tool, or the console backend acting for a user):
     `X-Internal-Token` plus `X-Account-Id` and `X-Role` (`user` unless said otherwise; an `admin` may omit the
     account).
+Writes made with the session cookie must echo the CSRF token in `X-CSRF-Token` (the keys service's `csrf`
+cookie: an HMAC of the session under the shared secret key, so billing checks it without asking keys).
 A user acts on their own wallet only; an admin may name any account (`?account_id=`) and use /v1/admin/billing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,14 +56,25 @@ def internal_ok(headers: Mapping[str, str], token: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def csrf_token(secret_key: str, session: str) -> str:
+    """The token keys puts in the `csrf` cookie for this session (services/keys/accounts.py csrf_token)."""
+    session_hash = hashlib.sha256(session.encode()).hexdigest()
+    return hmac.new(secret_key.encode(), b"csrf:" + session_hash.encode(), hashlib.sha256).hexdigest()
+
+
 class Authenticator:
-    def __init__(self, *, keys_url: str, internal_token: str, session_cookie: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, *, keys_url: str, internal_token: str, session_cookie: str, secret_key: str,
+                 http: httpx.AsyncClient) -> None:
         self.keys_url = keys_url.rstrip("/")
         self.internal_token = internal_token
         self.session_cookie = session_cookie
+        self.secret_key = secret_key
         self.http = http
 
-    async def caller(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> Caller:
+    async def caller(self, headers: Mapping[str, str], cookies: Mapping[str, str], method: str = "GET") -> Caller:
         if headers.get("x-internal-token") is not None:
             if not internal_ok(headers, self.internal_token):
                 raise Unauthorized("invalid internal token")
@@ -69,7 +83,14 @@ class Authenticator:
             if not account and role != ADMIN:
                 raise Unauthorized("X-Account-Id is required with the internal token")
             return Caller(account, headers.get("x-user-id") or "", role)
-        session = cookies.get(self.session_cookie) or headers.get("x-session")
+        session = cookies.get(self.session_cookie)
+        if session and method.upper() not in SAFE_METHODS:
+            # A browser sends the cookie on cross-site requests too; only our own page can read the csrf cookie.
+            sent = headers.get("x-csrf-token", "")
+            if not hmac.compare_digest(sent.encode(), csrf_token(self.secret_key, session).encode()):
+                raise Forbidden("missing or wrong X-CSRF-Token header (copy it from the csrf cookie)",
+                                code="csrf_failed")
+        session = session or headers.get("x-session")  # a non-browser client may send the value as a header
         if not session:
             raise Unauthorized("sign in first")
         return await self._whoami(session)
