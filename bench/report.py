@@ -85,9 +85,17 @@ def paced_added(res: Results, target: str) -> float | None:
     return max(mine[i] - floor[i] for i in range(n)) if n else None
 
 
-def held_back(res: Results, target: str) -> int | None:
-    values = [r["held_back_max"] for r in runs(res, "paced", target) if r.get("trials")]
-    return max(values) if values else None
+def held_back(res: Results, target: str, interval_ms: float) -> int | None:
+    """Chunks that arrive glued to the next one (gap under half the interval) in most streams.
+
+    A relay that holds chunks back does it every time; one stream where a busy shared core delayed a read is
+    noise, which the median over the streams discards."""
+    trials = [o for r in runs(res, "paced", target) for o in r.get("offsets_ms", [])]
+    if not trials:
+        return None
+    n = min(len(o) for o in trials)
+    gaps = [stats.median([o[i] - o[i - 1] for o in trials]) for i in range(1, n)]
+    return sum(1 for g in gaps if g < interval_ms / 2)
 
 
 def peak_rss(res: Results, name: str) -> dict[str, float]:
@@ -121,7 +129,8 @@ def dashboard_ms(res: Results) -> dict[str, Any]:
     if u.get("status") != "ok" or not isinstance(result, dict):
         return {"note": u.get("note") or f"usage bench {u.get('status', 'not run')}"}
     summary = result.get("queries", {}).get("summary_one_account", {}).get("median_ms")
-    return {"rows": int(result.get("rows", 0)), "summary_ms": summary}
+    ingest = result.get("ingest", {}).get("events_per_s")
+    return {"rows": int(result.get("rows", 0)), "summary_ms": summary, "ingest_per_s": ingest}
 
 
 # --- the issue's targets ----------------------------------------------------------------------------------
@@ -172,10 +181,11 @@ def goals(res: Results) -> list[Goal]:
     mem = res.get("memory", {}).get(fg, {})
     soak = res.get("soak", {})
     rev = res.get("revocation", {})
+    rev_main = rev.get("keys_api") or rev.get("contract") or {}
     bill, dash = billing_numbers(res), dashboard_ms(res)
     no_litellm = "LiteLLM not measured in this run"
     worker_rss = [v for v in (peak_rss(res, fg).get("worker_max_mb"), soak.get("worker_max_mb")) if v]
-    hb = held_back(res, fg)
+    hb = held_back(res, fg, res["context"]["upstream"]["paced_interval_ms"])
     return [
         Goal("Gateway req/s ÷ LiteLLM's (1 worker, 1 core each)", "≥ 30×", ratio(fg_rps, ll_rps), "×",
              at_least=30, note=no_litellm),
@@ -191,21 +201,28 @@ def goals(res: Results) -> list[Goal]:
              at_least=25, note=no_litellm),
         Goal("Time to first chunk added over direct, p50", "< 0.5 ms",
              added(res, "stream_timing_c1", fg, "ttfb_p50_ms"), "ms", at_most=0.5),
-        Goal("Chunks held back (arrived glued to the next one), worst stream", "0",
+        Goal("Chunks held back (arrived glued to the next one in most streams)", "0",
              None if hb is None else float(hb), "", at_most=0.5),
         Goal("Billing: usage events applied per second", "≥ 5,000/s", bill.get("events_per_s"), "/s",
              at_least=5000, note=bill.get("note", "")),
         Goal("Billing: response → debit lag, p99", "< 1 s", bill.get("lag_p99_s"), "s", at_most=1.0,
              note=bill.get("note", "")),
-        Goal("Key revocation (disable → every worker refuses), p99", "< 100 ms", rev.get("p99_ms"), "ms",
-             at_most=100),
+        Goal("Usage: events ingested per second (no target of its own)", "–", dash.get("ingest_per_s"), "/s",
+             note=dash.get("note", "")),
+        Goal("Key revocation (disable → every worker refuses), p99"
+             + (" via the keys API" if rev.get("keys_api") else " via the keys contract" if rev_main else ""),
+             "< 100 ms", rev_main.get("p99_ms"), "ms", at_most=100),
         Goal(f"Dashboard summary (one account) at {dash.get('rows', 0):,} log rows", "< 200 ms at 1,000,000",
              dash.get("summary_ms"), "ms", at_most=200, note=dash.get("note", "")),
         Goal("Gateway worker RSS under load", "< 100 MB", max(worker_rss, default=None), "MB", at_most=100,
              note=f"idle: {mem.get('idle', {}).get('worker_max_mb', '–')} MB"),
-        Goal(f"Gateway worker RSS growth over the {soak.get('seconds', 0) / 60:.0f}-minute soak", "< 5%",
+        Goal(f"Gateway worker RSS growth over the {_duration(soak.get('seconds', 0))} soak", "< 5%",
              soak.get("growth_pct"), "%", at_most=5, note="no soak in this mode"),
     ]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f}-minute" if seconds >= 120 else f"{seconds:.0f}-second"
 
 
 # --- the page ---------------------------------------------------------------------------------------------
@@ -317,7 +334,7 @@ def _stream_section(res: Results) -> list[str]:
         if not (runs(res, sc, name) or runs(res, "stream_timing_c1", name)):
             continue
         worst = paced_added(res, name)
-        hb = held_back(res, name)
+        hb = held_back(res, name, ctx["upstream"]["paced_interval_ms"])
         t1 = "stream_timing_c1"
         rows.append([
             label, fmt(med(res, sc, name, "rps"), 0), fmt(med(res, sc, name, "p50_ms"), 2),
@@ -339,7 +356,8 @@ def _stream_section(res: Results) -> list[str]:
         f"connection, streams back to back). The paced upstream sends the same chunks "
         f"{ctx['upstream']['paced_interval_ms']:.0f} ms apart: 'worst per-chunk delay' is the largest, over "
         f"the chunks, of (median arrival through the target − median arrival directly); a chunk counts as "
-        f"held back when it arrives less than half an interval before the next one (it waited for it).",
+        f"held back when, in most of the streams, it arrives less than half an interval before the next one "
+        f"(it waited for it).",
         "",
     ]
     return lines
@@ -375,17 +393,19 @@ def _memory_section(res: Results) -> list[str]:
 
 def _pipeline_section(res: Results) -> list[str]:
     lines: list[str] = []
-    rev = res.get("revocation")
+    rev = res.get("revocation") or {}
     names: dict[str, str] = res["context"]["targets"]
-    if rev:
-        lines += [
-            "## Key revocation", "",
-            f"{rev['trials']} trials against {names.get(rev['target'], rev['target'])}, polling "
-            f"{rev['connections']} keep-alive connections that reach all {rev['workers']} worker processes "
-            f"(checked with `ss`): p50 {rev['p50_ms']:.2f} ms, p99 {rev['p99_ms']:.2f} ms, max "
-            f"{rev['max_ms']:.2f} ms. Disabled by: {rev['method']}.",
-            "",
-        ]
+    rows = [[r["method"], str(r["trials"]), f"{r['connections']} / {r['workers']}",
+             fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2), fmt(r["max_ms"], 2),
+             f"{fmt(r['call_p50_ms'], 2)} / {fmt(r['call_p99_ms'], 2)}" if "call_p50_ms" in r else "–"]
+            for r in (rev.get("keys_api"), rev.get("contract")) if r]
+    if rows:
+        lines += ["## Key revocation", "",
+                  f"Against {names.get(rev['target'], rev['target'])}: the time from the start of the "
+                  f"disable until every worker process answers 401 (each polled back to back on its own "
+                  f"keep-alive connections; `ss` confirms every worker holds one).", ""]
+        lines += table(["disabled by", "trials", "connections / workers", "p50 ms", "p99 ms", "max ms",
+                        "the disable call itself, p50 / p99 ms"], rows)
     parts = [("billing", "Billing throughput and lag (bench/billing_bench.py)"),
              ("usage", "Usage dashboard queries (bench/usage_bench.py)")]
     if any(res.get(k) for k, _ in parts):

@@ -26,6 +26,7 @@ from bench import (
     engines,
     fixtures,
     gateway,
+    keys_service,
     litellm_proxy,
     nginx,
     pipeline,
@@ -71,7 +72,7 @@ PLANS = {
     "full": Plan("full", rounds=3, load_s=3, stream_s=2, paced_trials=5, soak_s=600, revocation_trials=100),
     "quick": Plan("quick", rounds=1, load_s=2, stream_s=1, paced_trials=3, soak_s=20, revocation_trials=20,
                   usage_rows=100_000, pipeline_timeout_s=60),
-    "smoke": Plan("smoke", rounds=1, load_s=1, stream_s=0.5, paced_trials=2, soak_s=0, revocation_trials=5,
+    "smoke": Plan("smoke", rounds=1, load_s=1, stream_s=0.5, paced_trials=3, soak_s=0, revocation_trials=5,
                   concurrency=(1, 16), usage_rows=10_000, pipeline_timeout_s=60),
 }
 
@@ -101,6 +102,7 @@ class Bench:
         self.multi: Target | None = None  # the gateway with as many workers as cores
         self.stack: gateway.Stack | None = None
         self.engines: engines.Engines | None = None
+        self.ports: nginx.Ports | None = None
         self.results: dict[str, Any] = {"scenarios": {}, "memory": {}, "skipped": {}, "setup": {}}
 
     # --- bring-up -------------------------------------------------------------------------------------------
@@ -110,6 +112,7 @@ class Bench:
         up, ports = nginx.start_upstream(self.cores)
         self.children.append(up)
         ports.paced = free_port()
+        self.ports = ports
         paced = spawn("paced-upstream", pin(self.cores.load, [sys.executable, "-m", "bench.paced_upstream",
                                                               str(ports.paced), str(PACED_INTERVAL_MS)]),
                       env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
@@ -229,12 +232,19 @@ class Bench:
 
     def _revocation(self) -> None:
         target = self.multi or self._faregate()
-        if target is None or self.stack is None:
+        if target is None or self.stack is None or self.ports is None:
             return
-        log(f"key revocation: {self.plan.revocation_trials} trials on {target.label}")
-        with step(self.results, "revocation", "key revocation"):
-            measured = revocation.measure(self.stack, target, self.plan.revocation_trials)
-            self.results["revocation"] = {"target": target.name, **measured}
+        trials = self.plan.revocation_trials
+        out: dict[str, Any] = {"target": target.name}
+        self.results["revocation"] = out
+        log(f"key revocation by the keys contract: {trials} trials on {target.label}")
+        with step(self.results, "revocation", "key revocation (contract)"):
+            out["contract"] = revocation.by_contract(self.stack, target, trials)
+        log(f"key revocation through the keys service API: {trials} trials on {target.label}")
+        with step(self.results, "revocation", "key revocation (keys API)"):
+            ports = (self.ports.json, self.ports.stream, self.ports.paced)
+            with keys_service.running(self.stack, self.cores, ports) as api:
+                out["keys_api"] = revocation.by_keys_api(self.stack, target, trials, api)
 
     def _pipeline(self) -> None:
         if not self.want_pipeline:

@@ -103,10 +103,13 @@ def test_smoke_run_measures_every_target_without_errors(tmp_path: Path) -> None:
         assert res["scenarios"]["chat_c16"][name][0]["rps"] > 0
         assert res["scenarios"]["stream_timing_c1"][name][0]["streams"] > 0
     # nginx with proxy_buffering off forwards each chunk as it comes: the paced check sees none held back.
-    assert res["scenarios"]["paced"]["nginx"][0]["held_back_max"] == 0
+    interval = res["context"]["upstream"]["paced_interval_ms"]
+    assert report.held_back(res, "nginx", interval) == 0
     if "faregate" in names:
-        assert res["revocation"]["trials"] == 5
-        assert res["revocation"]["workers"] >= 1
+        for method in ("contract", "keys_api"):
+            rev = res["revocation"][method]
+            assert rev["trials"] == 5 and rev["workers"] >= 1, rev
+            assert 0 < rev["p50_ms"] <= rev["p99_ms"], rev
         assert res["memory"]["faregate"]["idle"]["worker_max_mb"] > 0
     md = (out / "latest-smoke.md").read_text()
     assert "## Targets from issue 10" in md
