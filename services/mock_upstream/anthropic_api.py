@@ -214,13 +214,9 @@ def stream_frames(
     stop_sequence: str | None,
     output_tokens: int,
 ) -> list[bytes]:
-    start = {
-        **message,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {**message["usage"], "output_tokens": 1},
-    }
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    if "usage" in message:
+        start["usage"] = {**message["usage"], "output_tokens": 1}
     frames = [event("message_start", {"type": "message_start", "message": start})]
     for i, b in enumerate(blocks):
         if b.kind == "tool_use":
@@ -251,16 +247,13 @@ def stream_frames(
             for d in deltas
         ]
         frames.append(event("content_block_stop", {"type": "content_block_stop", "index": i}))
-    frames.append(
-        event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                "usage": {"output_tokens": output_tokens},
-            },
-        )
-    )
+    delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+    }
+    if "usage" in message:
+        delta["usage"] = {"output_tokens": output_tokens}
+    frames.append(event("message_delta", delta))
     frames.append(event("message_stop", {"type": "message_stop"}))
     return frames
 
@@ -316,6 +309,8 @@ async def messages(request: Request[Any, Any, Any]) -> Response[Any]:
             "service_tier": "standard",
         },
     }
+    if ex.faults.no_usage:
+        del message["usage"]
     if ex.body.get("stream"):
         return ex.stream(stream_frames(ex, message, blocks, stop_reason, stop_sequence, output))
     return ex.reply(message)

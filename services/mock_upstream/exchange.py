@@ -40,6 +40,15 @@ class Exchange:
 
     def reply(self, payload: Any, status: int = 200) -> Response[Any]:
         data = msgspec.json.encode(payload)
+        if self.faults.garbage:
+            # What a misconfigured proxy in front of a provider answers.
+            self.entry.status = status
+            self.entry.outcome = "completed"
+            return Response(
+                b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                status_code=status,
+                media_type="text/html",
+            )
         self.entry.status = status
         if self.faults.disconnect_after is not None:
             # Promise the whole body, deliver half of it, then drop the line.
@@ -55,6 +64,8 @@ class Exchange:
 
     def stream(self, frames: Sequence[bytes], media_type: str = "text/event-stream") -> Response[Any]:
         self.entry.status = 200
+        if self.faults.garbage:
+            frames = [*frames[:1], b'data: {"choices": [{"delta": \n\n']
         return Stream(
             _paced(frames, self.faults, self.entry),
             media_type=media_type,

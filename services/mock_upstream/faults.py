@@ -13,6 +13,8 @@ must not silently turn into a passing happy path.
 - `disconnect_after=N` drop the connection after N stream events (a non-stream reply: after half its body)
 - `chunks=N`           number of content pieces a streamed reply is cut into (default 20)
 - `cached=N`           report N prompt tokens as read from the provider's cache
+- `no_usage=1`         report no usage at all (as some OpenAI-compatible servers do): the caller must count
+- `garbage=1`          answer 200 with a body that is not JSON (a stream: one good event, then junk)
 
 """
 
@@ -45,6 +47,8 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
     disconnect_after: int | None = None
     chunks: int = DEFAULT_CHUNKS
     cached: int | None = None
+    no_usage: int = 0
+    garbage: int = 0
 
 
 _INT_FIELDS = set(Faults.__struct_fields__)

@@ -233,7 +233,8 @@ def stream_payloads(
                     "responseId": response_id,
                 }
             )
-    payloads[-1]["usageMetadata"] = usage
+    if not ex.faults.no_usage:
+        payloads[-1]["usageMetadata"] = usage
     return payloads
 
 
@@ -287,14 +288,15 @@ async def model_action(request: Request[Any, Any, Any], model_id: str) -> Respon
         frames = [(b"[" if i == 0 else b",\r\n") + e for i, e in enumerate(encoded)]
         frames[-1] += b"]"
         return ex.stream(frames, media_type="application/json")
-    return ex.reply(
-        {
-            "candidates": [candidate_json(c, parts_of(c), True) for c in candidates],
-            "usageMetadata": usage,
-            "modelVersion": ex.model,
-            "responseId": response_id,
-        }
-    )
+    payload: dict[str, Any] = {
+        "candidates": [candidate_json(c, parts_of(c), True) for c in candidates],
+        "usageMetadata": usage,
+        "modelVersion": ex.model,
+        "responseId": response_id,
+    }
+    if ex.faults.no_usage:
+        del payload["usageMetadata"]
+    return ex.reply(payload)
 
 
 def gemini_models() -> dict[str, Any]:

@@ -283,7 +283,9 @@ def message_of(choice: Choice) -> dict[str, Any]:
 def stream_frames(
     ex: Exchange, cid: str, created: int, choices: list[Choice], usage: dict[str, Any]
 ) -> list[bytes]:
-    include_usage = bool((ex.body.get("stream_options") or {}).get("include_usage"))
+    include_usage = (
+        bool((ex.body.get("stream_options") or {}).get("include_usage")) and not ex.faults.no_usage
+    )
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
         payload: dict[str, Any] = {
@@ -371,21 +373,22 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     created = int(time.time())
     if ex.body.get("stream"):
         return ex.stream(stream_frames(ex, cid, created, choices, usage))
-    return ex.reply(
-        {
-            "id": cid,
-            "object": "chat.completion",
-            "created": created,
-            "model": ex.model,
-            "choices": [
-                {"index": c.index, "message": message_of(c), "logprobs": None, "finish_reason": c.finish}
-                for c in choices
-            ],
-            "usage": usage,
-            "service_tier": "default",
-            "system_fingerprint": FINGERPRINT,
-        }
-    )
+    payload = {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": ex.model,
+        "choices": [
+            {"index": c.index, "message": message_of(c), "logprobs": None, "finish_reason": c.finish}
+            for c in choices
+        ],
+        "usage": usage,
+        "service_tier": "default",
+        "system_fingerprint": FINGERPRINT,
+    }
+    if ex.faults.no_usage:
+        del payload["usage"]
+    return ex.reply(payload)
 
 
 def fail_param(ex: Exchange, param: str, message: str) -> Response[Any]:

@@ -175,3 +175,11 @@ def test_disconnect_mid_stream_and_models(client: anthropic.Anthropic, stats: St
     assert "message_stop" not in seen
     ids = [m.id for m in client.models.list()]
     assert "claude-sonnet-4-6" in ids
+
+
+def test_no_usage_fault_drops_usage(mock_url: str) -> None:
+    headers = {"x-api-key": KEY, "x-mock-fault": "no_usage=1"}
+    body = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": ASK}
+    assert "usage" not in httpx.post(mock_url + "/v1/messages", headers=headers, json=body).json()
+    raw = httpx.post(mock_url + "/v1/messages", headers=headers, json={**body, "stream": True}).text
+    assert '"usage"' not in raw and "message_stop" in raw

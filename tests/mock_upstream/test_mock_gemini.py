@@ -154,3 +154,10 @@ def test_disconnect_mid_stream(client: genai.Client, stats: Stats) -> None:
             got.append(chunk)
     assert len(got) == 2
     assert stats()["requests"][0]["outcome"] == "disconnected"
+
+
+def test_no_usage_fault_drops_usage_metadata(client: genai.Client) -> None:
+    resp = client.models.generate_content(model="gemini-2.5-flash@no_usage=1", contents=ASK)
+    assert resp.text and resp.usage_metadata is None
+    chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash@no_usage=1", contents=ASK))
+    assert all(c.usage_metadata is None for c in chunks)

@@ -294,3 +294,29 @@ def test_client_hanging_up_mid_stream_is_recorded(mock_url: str, stats: Stats) -
         time.sleep(0.05)
     entry = stats()["requests"][0]
     assert entry["outcome"] == "cancelled" and entry["events_sent"] < 5
+
+
+def test_no_usage_and_garbage_faults(client: openai.OpenAI, mock_url: str) -> None:
+    bare = client.chat.completions.create(model="gpt-4o-mini@no_usage=1", messages=USER)
+    assert bare.usage is None and bare.choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini@no_usage=1", messages=USER, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert all(c.usage is None for c in chunks) and chunks[-1].choices
+    junk = httpx.post(
+        mock_url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {KEY}"},
+        json={"model": "gpt-4o-mini@garbage=1", "messages": USER},
+    )
+    assert junk.status_code == 200 and junk.headers["content-type"].startswith("text/html")
+    stream = httpx.post(
+        mock_url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {KEY}"},
+        json={"model": "gpt-4o-mini@garbage=1", "messages": USER, "stream": True},
+    ).text
+    good, bad = stream.split("\n\n")[:2]
+    assert json.loads(good.removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
+    with pytest.raises(ValueError):
+        json.loads(bad.removeprefix("data: "))
