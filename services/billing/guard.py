@@ -35,6 +35,7 @@ class BillingGuard:
         self.keys = keys
         self._apply = redis.register_script((_LUA / "apply_usage.lua").read_text())
         self._sync = redis.register_script((_LUA / "sync_balance.lua").read_text())
+        self._used = redis.register_script((_LUA / "sync_key_used.lua").read_text())
 
     def marker(self, event_id: str) -> str:
         return f"{self.keys.ns}:applied:{event_id}"
@@ -59,3 +60,8 @@ class BillingGuard:
             for account_id, spendable, version in balances:
                 await self._sync(keys=[self.keys.wallet(account_id)], args=[spendable, version], client=pipe)
             await pipe.execute()
+
+    async def sync_key_used(self, used: Sequence[tuple[str, int]]) -> None:
+        """Publish (key_id, used) for capped-key quotas (start-up: Redis may have lost them)."""
+        if used:
+            await self._used(keys=[self.keys.quota(k) for k, _ in used], args=[u for _, u in used])

@@ -27,7 +27,17 @@ async def load(pool: asyncpg.Pool, guard: BillingGuard, account_id: str) -> int:
 
 
 async def hydrate_all(pool: asyncpg.Pool, guard: BillingGuard, chunk: int = 2_000) -> int:
-    """Publish every wallet's balance (start-up: Redis may have been flushed or never filled)."""
+    """Publish every wallet's balance and every key's charged total (start-up: Redis may have been flushed or
+    never filled). Returns the number of wallets."""
+    after = ""
+    while True:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch("SELECT key_id, used_micros FROM billing.key_usage WHERE key_id > $1"
+                                    " ORDER BY key_id LIMIT $2", after, chunk)
+        if not rows:
+            break
+        await guard.sync_key_used([(r["key_id"], r["used_micros"]) for r in rows])
+        after = rows[-1]["key_id"]
     count = 0
     after = ""
     while True:

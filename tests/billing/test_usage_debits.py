@@ -197,3 +197,38 @@ async def test_margin_is_queryable_per_request_model_and_channel(resources: Reso
     # sell 450 vs cost 360 per request (COST is 80% of PRICE); the ×2 group doubles only the sell side.
     assert [(r["model"], r["margin"]) for r in rows] == [("m-a", 2 * (450 - 360)), ("m-b", 900 - 360)]
     assert COST.input * 5 == PRICE.input * 4
+
+
+async def test_a_failed_request_is_recorded_but_costs_nothing(resources: Resources, funding: Funding,
+                                                              guard: BillingGuard) -> None:
+    assert resources.pool and resources.publisher
+    account = new_id()
+    await credit(funding, account, 1_000_000)
+    failed = usage(account, status=502, error_code="upstream_error", prompt_tokens=0, completion_tokens=0)
+    result = await consumer.apply_batch(resources.pool, [failed], default_threshold=0)
+    await consumer.after_commit(result, guard, resources.publisher)
+    assert result.new == 1
+    assert await charged_count(resources, account) == 0  # no ledger row...
+    claimed = await resources.pool.fetchval(
+        "SELECT count(*) FROM billing.processed_events WHERE consumer = $1 AND event_id = $2",
+        consumer.NAME, failed.event_id)
+    assert claimed == 1  # ...but the event is claimed, so a redelivery is recognised
+    charged = [e for e in result.outgoing if isinstance(e, events.UsageCharged)]
+    assert [(c.amount_micros, c.balance_micros) for c in charged] == [(0, 1_000_000)]
+
+
+async def test_key_totals_survive_a_redis_flush(resources: Resources, funding: Funding,
+                                                guard: BillingGuard) -> None:
+    from services.billing import hydrate
+
+    assert resources.pool and resources.redis
+    account = new_id()
+    await credit(funding, account, 1_000_000)
+    evs = [usage(account, key_id=f"cap-{account}") for _ in range(3)]
+    await consumer.after_commit(await consumer.apply_batch(resources.pool, evs, default_threshold=0), guard,
+                                resources.publisher)  # type: ignore[arg-type]
+    assert int(await resources.redis.hget(resources.keys.quota(f"cap-{account}"), "used")) == 1_350
+    await resources.redis.delete(resources.keys.quota(f"cap-{account}"), resources.keys.wallet(account))
+    await hydrate.hydrate_all(resources.pool, guard)
+    assert int(await resources.redis.hget(resources.keys.quota(f"cap-{account}"), "used")) == 1_350
+    assert int(await resources.redis.hget(resources.keys.wallet(account), "balance")) == 1_000_000 - 1_350
