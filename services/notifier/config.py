@@ -35,7 +35,7 @@ class NotifierSettings(ServerSettings, frozen=True, kw_only=True):
     admin_webhook_secret: str = ""
 
     # --- Sending --------------------------------------------------------------------------------------------
-    email_max_attempts: int = 20  # SMTP transient failures (down, 4xx); a 5xx refusal fails at once
+    email_max_attempts: int = 20  # SMTP transient failures (down, 4xx); a 5xx for the message fails at once
     backoff_base_s: float = 5.0  # retry n waits about base * 2^(n-1), jittered, capped by backoff_max_s
     backoff_max_s: float = 3600.0
     # How long a sender owns a claimed row; a sender killed mid-send leaves it to be retried after this.

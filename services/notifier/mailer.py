@@ -58,7 +58,13 @@ async def send(settings: NotifierSettings, msg: EmailMessage) -> None:
             validate_certs=settings.smtp_validate_certs,
             timeout=settings.smtp_timeout_s,
         )
-    except aiosmtplib.SMTPResponseException as exc:
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        codes = [r.code for r in exc.recipients]
+        raise SendError(f"SMTP refused the recipient: {', '.join(map(str, codes))}",
+                        permanent=all(500 <= c < 600 for c in codes)) from None
+    except (aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPDataError) as exc:
+        # A 5xx about this message or this recipient will not change on retry. Other refusals (authentication,
+        # sender, HELO) are the operator's configuration: retried, so fixing it lets the backlog through.
         raise SendError(f"SMTP {exc.code}: {exc.message}"[:500], permanent=500 <= exc.code < 600) from None
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         raise SendError(f"SMTP unavailable: {type(exc).__name__}: {exc}"[:500]) from None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from services.notifier.config import NotifierSettings
 from tests.procs import free_port
@@ -47,8 +50,9 @@ class Mail:
 
 
 class SmtpServer:
-    """Records every message it accepted (answered 250 to). `hold_after(n)`: accept n more, then keep the next
-    one waiting without an answer until `release()`, which refuses it with 451 (so it was never accepted)."""
+    """Records every message it accepted (answered 250 to). `hold_after(n, rcpt)`: accept n more for rcpt, then
+    keep the next one waiting without an answer until `release()`, which refuses it with 451 (so it was never
+    accepted)."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -56,15 +60,26 @@ class SmtpServer:
         self._lock = threading.Lock()
         self._controller: Controller | None = None
         self._accept_left: int | None = None
+        self._hold_for = ""
         self.holding = threading.Event()
         self._release = threading.Event()
         self.delay_s = 0.0  # a slower server, so concurrent senders overlap
+        self.unknown_users: set[str] = set()  # refused at RCPT with 550
 
-    # aiosmtpd handler hook
+    # aiosmtpd handler hooks
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address in self.unknown_users:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self._lock:
-            hold = self._accept_left is not None and self._accept_left <= 0
-            if self._accept_left is not None and not hold:
+            counted = self._accept_left is not None and self._hold_for in envelope.rcpt_tos
+            hold = counted and self._accept_left <= 0
+            if counted and not hold:
                 self._accept_left -= 1
         if hold:
             self.holding.set()
@@ -79,8 +94,21 @@ class SmtpServer:
             self.mails.append(Mail(list(envelope.rcpt_tos), msg))  # type: ignore[arg-type]
         return "250 OK"
 
-    def up(self) -> None:
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+    def up(self, *, tls: ssl.SSLContext | None = None, login: tuple[str, str] | None = None) -> None:
+        """`tls`: offer STARTTLS and require it; `login`: require AUTH with this user and password."""
+        kw: dict[str, Any] = {}
+        if tls is not None:
+            kw.update(tls_context=tls, require_starttls=True)
+        if login is not None:
+
+            def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+                ok = (
+                    isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == login
+                )
+                return AuthResult(success=ok)
+
+            kw.update(authenticator=check, auth_required=True)
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **kw)
         self._controller.start()
 
     def down(self) -> None:
@@ -88,9 +116,11 @@ class SmtpServer:
             self._controller.stop()
             self._controller = None
 
-    def hold_after(self, n: int) -> None:
+    def hold_after(self, n: int, rcpt: str) -> None:
+        """Only messages to `rcpt` count and are held; others pass as usual."""
         with self._lock:
             self._accept_left = n
+            self._hold_for = rcpt
 
     def release(self) -> None:
         with self._lock:
@@ -100,6 +130,47 @@ class SmtpServer:
     def to(self, address: str) -> list[Mail]:
         with self._lock:
             return [m for m in self.mails if address in m.rcpt]
+
+
+def self_signed_tls() -> ssl.SSLContext:
+    """A server context with a throwaway self-signed certificate for 127.0.0.1."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    folder = tempfile.mkdtemp(prefix="fg-smtp-tls-")
+    cert_path, key_path = f"{folder}/cert.pem", f"{folder}/key.pem"
+    with open(cert_path, "wb") as fh:
+        fh.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as fh:
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx
 
 
 @dataclass

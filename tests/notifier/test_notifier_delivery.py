@@ -16,7 +16,7 @@ from services.notifier.webhooks import verify
 from shared import bus, config, events
 from shared.config import CommonSettings
 from shared.runtime import Resources
-from tests.notifier.receivers import Receiver, SmtpServer, until
+from tests.notifier.receivers import Receiver, SmtpServer, self_signed_tls, until
 
 
 def uid(prefix: str) -> str:
@@ -392,12 +392,17 @@ async def test_smtp_down_delays_mail_without_blocking_webhooks_or_consuming(
             )
         )
         await until(lambda: len(receiver.hooks) == 1, what="webhook while SMTP is down")
-        queued = await resources.pool.fetchval(
+        waiting = (
             "SELECT count(*) FROM notifier.outbox WHERE account_id = $1 AND channel = 'email'"
-            " AND status = 'pending' AND last_error LIKE 'SMTP unavailable%'",
-            account,
+            " AND status = 'pending' AND last_error LIKE 'SMTP unavailable%'"
         )
-        assert queued == 2  # welcome and receipt: consumed, waiting, not dropped
+        # Welcome and receipt: consumed, tried, waiting, not dropped.
+        for _ in range(100):
+            if await resources.pool.fetchval(waiting, account) == 2:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the e-mails were not tried and kept while SMTP was down")
         smtp.up()
         await until(lambda: len(smtp.to(address)) == 2, what="mail once SMTP is back")
         await asyncio.sleep(1.0)
@@ -465,3 +470,72 @@ async def test_housekeeping_prunes_old_finished_rows_and_never_pending_ones(reso
         "SELECT dedupe_key FROM notifier.outbox WHERE account_id = $1 ORDER BY dedupe_key", account
     )
     assert [r["dedupe_key"] for r in left] == [f"{account}-new-sent", f"{account}-old-pending"]
+
+
+async def test_an_address_the_server_refuses_fails_at_once_and_others_still_go(
+    resources: Resources, smtp: SmtpServer, notifier_app: Any
+) -> None:
+    assert resources.publisher and resources.pool
+    gone, fine = f"{uid('gone')}@example.com", f"{uid('fine')}@example.com"
+    smtp.unknown_users.add(gone)
+    async with notifier_app():
+        await register(resources, uid("acct"), gone)
+        await register(resources, uid("acct"), fine)
+        await until(lambda: len(smtp.to(fine)) == 1, what="the deliverable welcome")
+
+        async def failed() -> Any:
+            return await resources.pool.fetchrow(
+                "SELECT status, attempts, last_error FROM notifier.outbox WHERE recipient = $1",
+                f"address:{gone}",
+            )
+
+        for _ in range(100):
+            row = await failed()
+            if row and row["status"] == "failed":
+                break
+            await asyncio.sleep(0.05)
+    assert row is not None and row["status"] == "failed" and row["attempts"] == 1
+    assert "550" in row["last_error"]
+
+
+async def test_starttls_and_auth_are_used_when_configured(
+    resources: Resources, smtp: SmtpServer, notifier_app: Any
+) -> None:
+    """The server requires STARTTLS and a login: with them configured, mail goes through."""
+    smtp.down()
+    smtp.up(tls=self_signed_tls(), login=("relay", "s3cret"))
+    address = f"{uid('tls')}@example.com"
+    async with notifier_app(
+        smtp_security="starttls", smtp_validate_certs=False, smtp_username="relay", smtp_password="s3cret"
+    ):
+        await register(resources, uid("acct"), address)
+        await until(lambda: len(smtp.to(address)) == 1, what="mail over STARTTLS with AUTH")
+
+
+async def test_a_wrong_smtp_password_delays_mail_and_never_fails_it(
+    resources: Resources, smtp: SmtpServer, notifier_app: Any
+) -> None:
+    """A refused login is the operator's configuration, not the message's fault: retried, not failed."""
+    assert resources.pool
+    smtp.down()
+    smtp.up(tls=self_signed_tls(), login=("relay", "s3cret"))
+    address = f"{uid('auth')}@example.com"
+    async with notifier_app(
+        smtp_security="starttls", smtp_validate_certs=False, smtp_username="relay", smtp_password="wrong"
+    ):
+        await register(resources, uid("acct"), address)
+
+        async def row() -> Any:
+            return await resources.pool.fetchrow(
+                "SELECT status, attempts, last_error FROM notifier.outbox WHERE recipient = $1",
+                f"address:{address}",
+            )
+
+        for _ in range(100):
+            r = await row()
+            if r and r["attempts"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+    assert r is not None and r["status"] == "pending" and r["attempts"] >= 2, r
+    assert r["last_error"].startswith("SMTP")
+    assert smtp.to(address) == []

@@ -49,7 +49,7 @@ async def test_notifier_killed_mid_batch_sends_each_notification_once(
     await resources.publisher.publish(events.AccountRegistered(account_id=account, email=address))
     await publish_topups(resources, account, 8, "kill")
     # The server accepts three messages, then keeps the fourth waiting: the notifier is killed mid-send.
-    smtp.hold_after(3)
+    smtp.hold_after(3, address)
     env = env_for(smtp, email_workers=1, lease_s=4.0)
     first = await asyncio.to_thread(procs.start, "notifier", env)
     try:
@@ -82,7 +82,9 @@ async def test_notifier_killed_while_consuming_sends_each_notification_once(
     account, address = f"acct-{secrets.token_hex(4)}", f"backlog-{secrets.token_hex(4)}@example.com"
     await resources.publisher.publish(events.AccountRegistered(account_id=account, email=address))
     await publish_topups(resources, account, 250, "backlog")
-    smtp.hold_after(0)  # nothing is accepted while the first process runs: this kill is about consuming
+    smtp.hold_after(
+        0, address
+    )  # nothing is accepted while the first process runs: this kill is about consuming
     env = env_for(smtp, email_workers=4, lease_s=4.0)
     count = "SELECT count(*) FROM notifier.outbox WHERE account_id = $1"
     first = await asyncio.to_thread(procs.start, "notifier", env)
