@@ -50,9 +50,9 @@ class Mail:
 
 
 class SmtpServer:
-    """Records every message it accepted (answered 250 to). `hold_after(n, rcpt)`: accept n more for rcpt, then
-    keep the next one waiting without an answer until `release()`, which refuses it with 451 (so it was never
-    accepted)."""
+    """Records every message it accepted (answered 250 to). `hold_after(n, rcpt)`: accept n more for rcpt,
+    then keep the next one waiting without an answer until `release()`, which refuses it with 451 (so it
+    was never accepted)."""
 
     def __init__(self) -> None:
         self.port = free_port()
