@@ -276,6 +276,13 @@ DAILY_FROM_LOG = (
 )
 
 
+# 'YYYYMM' of the oldest request-log partition still kept (NULL when there is none).
+OLDEST_LOG_MONTH = """
+SELECT min(substr(c.relname, 14)) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'usage.request_log'::regclass AND c.relname ~ '^request_log_p[0-9]{6}$'
+"""
+
+
 async def rebuild_aggregates(conn: asyncpg.Connection, start: datetime, end: datetime) -> None:
     """`start`/`end` should be whole UTC days, so daily rows are rebuilt from complete days."""
     async with conn.transaction():

@@ -3,12 +3,17 @@ fast."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import asyncpg
+import pytest
+
 from bench.usage_bench import generate_rows
 from services.usage import ingest, reports, retention
+from shared.config import CommonSettings
 from shared.runtime import Resources
 from tests.usage.conftest import recorded
 
@@ -76,3 +81,38 @@ async def test_the_dashboard_stays_fast_over_a_large_log(clean_usage: Resources)
         since.replace(minute=0, second=0, microsecond=0))
     assert one.month.requests == raw
     assert one_s < 0.5 and all_s < 1.0, (one_s, all_s)
+
+
+def test_the_operator_commands_run(common: CommonSettings, capsys: pytest.CaptureFixture[str]) -> None:
+    """`faregate usage retention` and `faregate usage rebuild-aggregates`, as an operator (or cron) runs
+    them."""
+    from faregate.cli import main
+
+    main(["usage", "retention", "--days", "400"])
+    assert "partition(s) older than 400 days" in capsys.readouterr().out
+
+    async def prepare() -> None:
+        pool = await asyncpg.create_pool(common.database_url, min_size=1, max_size=1)
+        try:
+            await pool.execute("TRUNCATE usage.request_log, usage.usage_hourly, usage.usage_daily,"
+                               " usage.processed_events")
+            await ingest.apply_batch(pool, "usage-log", [recorded(prompt=9), recorded(prompt=1)])
+            await pool.execute("UPDATE usage.usage_daily SET prompt_tokens = 0")  # aggregates gone wrong
+        finally:
+            await pool.close()
+
+    asyncio.run(prepare())
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    main(["usage", "rebuild-aggregates", "--since", today])
+    assert "rebuilt" in capsys.readouterr().out
+
+    async def daily_prompt_tokens() -> int:
+        conn = await asyncpg.connect(common.database_url)
+        try:
+            return int(await conn.fetchval("SELECT sum(prompt_tokens) FROM usage.usage_daily"))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(daily_prompt_tokens()) == 10
+    with pytest.raises(SystemExit, match="erase aggregates"):
+        main(["usage", "rebuild-aggregates", "--since", "2001-01-01"])
