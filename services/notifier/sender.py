@@ -81,6 +81,11 @@ class Sender:
                 log.warning("sender cannot reach the outbox", extra={"channel": channel, "error": repr(exc)})
                 did = False
                 await asyncio.sleep(self.settings.poll_interval_s)
+            except Exception:
+                # Never let one surprise stop this channel's sending for good; the row's lease brings it back.
+                log.exception("sender error", extra={"channel": channel})
+                did = False
+                await asyncio.sleep(self.settings.poll_interval_s)
             if not did:
                 wakeup.clear()
                 with contextlib.suppress(TimeoutError):
