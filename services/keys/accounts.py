@@ -15,13 +15,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from prometheus_client import Counter
 
 from services.keys import apikeys, passwords, repo, throttle
 from services.keys.context import Ctx, Principal
-from services.keys.errors import InvalidInput, NotLoggedIn
+from services.keys.errors import InvalidInput, NotLoggedIn, TooManyAttempts
 from services.keys.schemas import AccountOut, AccountPage, AccountPatch, KeyCreateIn
 from shared import events as ev
 from shared.web import Conflict, Forbidden, NotFound, Unauthorized
+
+LOGINS = Counter("faregate_keys_logins_total", "Login attempts by outcome", ["outcome"])
+RESETS = Counter("faregate_keys_password_resets_total", "Password-reset requests by outcome", ["outcome"])
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -95,16 +99,23 @@ async def new_session(ctx: Ctx, account_id: str, client_ip: str) -> str:
 async def login(ctx: Ctx, email: str, password: str, client_ip: str) -> tuple[Any, str]:
     """Check the password (throttled per account and per address); returns (account row, session token)."""
     norm = email.strip().lower()
-    await throttle.check(ctx, norm, client_ip)
+    try:
+        await throttle.check(ctx, norm, client_ip)
+    except TooManyAttempts:
+        LOGINS.labels("throttled").inc()
+        raise
     async with ctx.pool.acquire() as conn:
         account = await conn.fetchrow(repo.ACCOUNT_BY_EMAIL, norm)
     ok = await passwords.verify_password(account["password_hash"] if account else None, password)
     if not ok or account is None:
         await throttle.failed(ctx, norm, client_ip)
+        LOGINS.labels("wrong_password").inc()
         raise Unauthorized("wrong e-mail or password", code="invalid_credentials")
     if account["status"] != "active":
+        LOGINS.labels("disabled").inc()
         raise Forbidden("this account is disabled", code="account_disabled")
     await throttle.succeeded(ctx, norm)
+    LOGINS.labels("ok").inc()
     return account, await new_session(ctx, account["id"], client_ip)
 
 
@@ -147,13 +158,18 @@ async def change_password(ctx: Ctx, who: Principal, current: str, new: str) -> N
 async def request_reset(ctx: Ctx, email: str) -> None:
     """Publish a reset link if the address has an active account. The caller answers the same either way."""
     norm = email.strip().lower()
+    if not await throttle.reset_allowed(ctx, norm):
+        RESETS.labels("throttled").inc()
+        return  # nobody's mailbox gets flooded; the caller's answer does not change
     async with ctx.pool.acquire() as conn:
         account = await conn.fetchrow(repo.ACCOUNT_BY_EMAIL, norm)
         if account is None or account["status"] != "active":
+            RESETS.labels("no_account").inc()
             return
         token = secrets.token_urlsafe(32)
         expires = datetime.now(UTC) + timedelta(seconds=ctx.settings.reset_token_ttl_s)
         await conn.execute(repo.INSERT_RESET, token_hash(token), account["id"], expires)
+    RESETS.labels("sent").inc()
     url = f"{ctx.settings.public_url.rstrip('/')}/reset-password?token={token}"
     await ctx.publisher.publish(ev.PasswordResetRequested(account_id=account["id"], email=account["email"],
                                                           reset_url=url, expires_at=expires))
@@ -208,11 +224,12 @@ async def update_account(ctx: Ctx, who: Principal, account_id: str, patch: Accou
             new = await conn.fetchrow(repo.UPDATE_ACCOUNT, account_id, status, group, role)
             if status != "active":
                 await conn.execute(repo.DELETE_ACCOUNT_SESSIONS, account_id)
+    # Key snapshots first: a gateway that drops its cached keys on account.changed re-reads the new ones.
+    if status != row["status"]:
+        await apikeys.publish_keys_of_account(ctx, account_id)
     if (status, group, role) != (row["status"], row["group"], row["role"]):
         await ctx.publisher.publish(ev.AccountChanged(account_id=account_id, status=status, group=group,
                                                       role=role))
-    if status != row["status"]:
-        await apikeys.publish_keys_of_account(ctx, account_id)
     return account_out(new)
 
 

@@ -26,6 +26,8 @@ class KeysSettings(ServerSettings, frozen=True, kw_only=True):
     login_window_s: int = 15 * 60
     # Password-reset links stay valid this long and work once.
     reset_token_ttl_s: int = 3600
+    # Reset e-mails per address and hour; further requests get the same answer but send nothing.
+    reset_max_per_hour: int = 5
     min_password_length: int = 10
     # First admin, created at start-up when both are set and no account has that e-mail.
     admin_email: str = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -9,6 +10,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from shared.web import ServiceError, Unauthorized
+
+log = logging.getLogger("faregate.keys")
 
 
 class InvalidInput(ServiceError):
@@ -92,8 +95,15 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
                     headers=getattr(exc, "headers", None) or {})
 
 
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A bug: logged once here (with the request id), answered without internals."""
+    log.exception("unhandled error", extra={"path": request.url.path, "method": request.method})
+    return Response({"error": {"code": "internal_error", "message": "internal error"}}, status_code=500)
+
+
 HANDLERS: dict[int | type[Exception], Any] = {
     ServiceError: service_error,
     ValidationException: validation_error,
     HTTPException: http_error,
+    Exception: internal_error,
 }

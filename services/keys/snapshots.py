@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from prometheus_client import Counter
 
 from services.keys.context import Ctx
 from shared import catalog as cat
 from shared import events as ev
+
+KEY_SNAPSHOTS = Counter("faregate_keys_snapshots_published_total", "Key snapshots written and announced",
+                        ["status"])
+CATALOG_VERSIONS = Counter("faregate_keys_catalog_versions_total", "Catalog snapshots published")
 
 _SET_CATALOG = (Path(__file__).with_name("lua") / "set_catalog.lua").read_text()
 _encode = msgspec.json.Encoder().encode
@@ -63,6 +68,7 @@ async def put_key(ctx: Ctx, snap: ev.KeySnapshot) -> None:
 async def publish_key(ctx: Ctx, snap: ev.KeySnapshot, *, previous_hash: str | None = None) -> None:
     await put_key(ctx, snap)
     await ctx.publisher.publish(ev.KeyChanged(key=snap, previous_hash=previous_hash))
+    KEY_SNAPSHOTS.labels(snap.status).inc()
 
 
 async def put_catalog(ctx: Ctx, catalog: cat.Catalog, *, force: bool = False) -> bool:
@@ -76,3 +82,4 @@ async def put_catalog(ctx: Ctx, catalog: cat.Catalog, *, force: bool = False) ->
 async def publish_catalog(ctx: Ctx, catalog: cat.Catalog, *, force: bool = False) -> None:
     await put_catalog(ctx, catalog, force=force)
     await ctx.publisher.publish(ev.CatalogChanged(version=catalog.version))
+    CATALOG_VERSIONS.inc()

@@ -42,3 +42,14 @@ async def failed(ctx: Ctx, email_norm: str, client_ip: str) -> None:
 async def succeeded(ctx: Ctx, email_norm: str) -> None:
     acct, _ = _keys(ctx, email_norm, "")
     await ctx.redis.delete(acct)
+
+
+async def reset_allowed(ctx: Ctx, email_norm: str) -> bool:
+    """At most `reset_max_per_hour` reset e-mails per address and hour, whoever asks."""
+    who = hashlib.sha256(email_norm.encode()).hexdigest()[:32]
+    key = f"{ctx.keys.ns}:reset:req:{who}"
+    pipe = ctx.redis.pipeline(transaction=True)
+    pipe.incr(key)
+    pipe.expire(key, 3600, nx=True)
+    count, _ = await pipe.execute()
+    return int(count) <= ctx.settings.reset_max_per_hour

@@ -290,3 +290,24 @@ async def test_malformed_auth_bodies_get_field_errors(client: AsyncTestClient[Li
     r = await client.post("/api/auth/login", json=body)
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "validation_error" and r.json()["error"]["fields"]
+
+
+async def test_reset_requests_per_address_are_capped_silently(client: AsyncTestClient[Litestar],
+                                                              tap: Tap) -> None:
+    alice = await register(client)
+    answers = [await client.post("/api/auth/reset-request", json={"email": alice.email}) for _ in range(7)]
+    assert {a.status_code for a in answers} == {202} and len({a.text for a in answers}) == 1
+    await tap.wait_for(lambda e: isinstance(e, ev.PasswordResetRequested) and e.email == alice.email)
+    await asyncio.sleep(0.3)
+    sent = [e for e in tap.of(ev.PasswordResetRequested) if e.email == alice.email]
+    assert len(sent) == 5  # reset_max_per_hour
+
+
+async def test_registration_can_be_closed(common: CommonSettings) -> None:
+    from services.keys.app import create_app
+    from services.keys.config import KeysSettings
+
+    app = create_app(KeysSettings(allow_registration=False), common)
+    async with AsyncTestClient(app=app) as closed:
+        r = await closed.post("/api/auth/register", json={"email": unique_email(), "password": PASSWORD})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "registration_closed"
