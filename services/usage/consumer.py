@@ -64,16 +64,17 @@ def _operation(endpoint: str) -> str:
 def _span(msg: Msg, event: AnyEvent, consumer: str) -> trace.Span:
     """A consumer span whose parent is the producer's span (traceparent travels in the NATS headers)."""
     etype = event.__struct_config__.tag
-    span = _tracer.start_span(
-        f"{consumer} process {etype}", context=extract_context(msg.headers), kind=SpanKind.CONSUMER,
-        attributes={
-            "messaging.system": "nats",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": msg.subject,
-            "messaging.consumer.group.name": consumer,
-            "messaging.message.id": event.event_id,
-        },
-    )
+    span = _tracer.start_span(f"{consumer} process {etype}", context=extract_context(msg.headers),
+                              kind=SpanKind.CONSUMER)
+    if not span.is_recording():
+        return span  # tracing is off: skip building attributes for every message of a busy stream
+    span.set_attributes({
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": msg.subject,
+        "messaging.consumer.group.name": consumer,
+        "messaging.message.id": event.event_id,
+    })
     if isinstance(event, UsageRecorded):
         span.set_attributes({
             "gen_ai.operation.name": _operation(event.endpoint),
