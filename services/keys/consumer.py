@@ -36,9 +36,15 @@ def latest_use(batch: Sequence[ev.AnyEvent]) -> dict[str, datetime]:
     return latest
 
 
-async def handle_last_used(ctx: Ctx, batch: Sequence[tuple[Msg, ev.AnyEvent]]) -> None:
+async def apply_last_used(ctx: Ctx, batch: Sequence[ev.AnyEvent]) -> int:
+    """Claim the batch's events and apply the new ones, in one transaction; returns how many were new."""
     async with ctx.pool.acquire() as conn, conn.transaction():
-        new = await db.claim_events(conn, "keys", LAST_USED.durable, [e.event_id for _, e in batch])
-        latest = latest_use([e for _, e in batch if e.event_id in new])
+        new = await db.claim_events(conn, "keys", LAST_USED.durable, [e.event_id for e in batch])
+        latest = latest_use([e for e in batch if e.event_id in new])
         if latest:
             await conn.execute(repo.TOUCH_LAST_USED, list(latest), list(latest.values()))
+    return len(new)
+
+
+async def handle_last_used(ctx: Ctx, batch: Sequence[tuple[Msg, ev.AnyEvent]]) -> None:
+    await apply_last_used(ctx, [e for _, e in batch])
