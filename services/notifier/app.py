@@ -18,7 +18,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from services.notifier import consumer, housekeeping, repo
 from services.notifier.auth import Caller, caller_of
 from services.notifier.config import NotifierSettings
-from services.notifier.notifications import Context
+from services.notifier.notifications import Context, Planned, account_recipient
 from services.notifier.preferences import (
     PrefsUpdate,
     PrefsView,
@@ -30,6 +30,7 @@ from services.notifier.preferences import (
 from services.notifier.sender import CHANNELS, Sender
 from shared import bus, config, crypto, logs, telemetry
 from shared.config import CommonSettings
+from shared.events import new_id
 from shared.runtime import open_resources
 from shared.web import (
     NotFound,
@@ -97,6 +98,22 @@ async def rotate_secret(state: State, caller: NamedDependency[Caller]) -> Secret
     return Secret(webhook_secret=plain)
 
 
+@post("/api/notifications/webhook/test", status_code=202)
+async def test_webhook(state: State, caller: NamedDependency[Caller]) -> Delivery:
+    """Queue a signed `webhook.test` delivery to the account's webhook, to check the receiving end."""
+    async with state.res.pool.acquire() as conn:
+        prefs = await conn.fetchrow(repo.GET_PREFS, caller.account_id)
+        if prefs is None or not prefs["webhook_url"]:
+            raise ServiceError("set a webhook_url first", code="no_webhook", status=409)
+        item = Planned(f"webhook.test:{new_id()}", "webhook", account_recipient(caller.account_id),
+                       caller.account_id, "webhook_test", "webhook.test", {},
+                       {"account_id": caller.account_id, "message": "a test delivery from Faregate"})
+        await consumer.insert(conn, item, state.common.secret_key)
+        row = await conn.fetchrow(repo.GET_DELIVERY, item.dedupe_key)
+    state.sender.wake()
+    return Delivery(**dict(row))
+
+
 @get("/api/notifications/deliveries")
 async def list_deliveries(state: State, caller: NamedDependency[Caller], status: FromQuery[str | None] = None,
                           channel: FromQuery[str | None] = None,
@@ -146,7 +163,8 @@ def create_app(settings: NotifierSettings, common: CommonSettings) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[get_preferences, put_preferences, rotate_secret, list_deliveries, retry_delivery,
+        route_handlers=[get_preferences, put_preferences, rotate_secret, test_webhook, list_deliveries,
+                        retry_delivery,
                         *ops_handlers(checks)],
         dependencies={"caller": Provide(provide_caller)},
         lifespan=[lifespan],

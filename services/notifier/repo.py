@@ -104,6 +104,12 @@ PRUNE_PROCESSED = """
 DELETE FROM notifier.processed_events WHERE processed_at < now() - make_interval(days => $1)
 """
 
+GET_DELIVERY = """
+SELECT id, channel, kind, event_type, status, attempts, last_error, destination, created_at, sent_at,
+       next_attempt_at
+FROM notifier.outbox WHERE dedupe_key = $1
+"""
+
 LIST_DELIVERIES = """
 SELECT id, channel, kind, event_type, status, attempts, last_error, destination, created_at, sent_at,
        next_attempt_at

@@ -211,7 +211,10 @@ class Sender:
             prefs = await conn.fetchrow(repo.GET_PREFS, account_id)
         if prefs is None or not prefs["webhook_url"] or not prefs["webhook_secret"]:
             raise _Cancelled("the account removed its webhook")
-        return str(prefs["webhook_url"]), crypto.unseal(prefs["webhook_secret"], self.secret_key)
+        url = str(prefs["webhook_url"])
+        if not self.settings.webhook_allow_private:
+            await webhooks.refuse_private(url)
+        return url, crypto.unseal(prefs["webhook_secret"], self.secret_key)
 
     async def _send_webhook(self, row: Mapping[str, Any], payload: Mapping[str, Any]) -> str:
         url, secret = await self._webhook_target(row["recipient"])

@@ -6,9 +6,13 @@ Every attempt of one notification carries the same body and the same `Faregate-D
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import ipaddress
+import socket
 import time
+import urllib.parse
 from collections.abc import Mapping
 
 import httpx
@@ -17,6 +21,20 @@ from services.notifier.mailer import SendError
 
 SIGNATURE_HEADER = "Faregate-Signature"
 TOLERANCE_S = 300
+
+
+async def refuse_private(url: str) -> None:
+    """Refuse (permanently) a URL whose host resolves to a loopback, private or link-local address: the URL
+    was checked when it was set, but a name can be pointed at an internal address later. (A name that changes
+    its answer between this check and the request is not covered; an egress proxy is the complete answer.)"""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        raise SendError(f"webhook host {host!r} does not resolve") from None
+    for info in infos:
+        if not ipaddress.ip_address(info[4][0]).is_global:
+            raise SendError("webhook URL resolves to a private or local address", permanent=True)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

@@ -13,7 +13,7 @@ import msgspec
 from services.notifier import consumer, housekeeping
 from services.notifier.notifications import Context
 from services.notifier.webhooks import verify
-from shared import bus, config, events
+from shared import bus, config, crypto, events
 from shared.config import CommonSettings
 from shared.runtime import Resources
 from tests.notifier.receivers import Receiver, SmtpServer, self_signed_tls, until
@@ -539,3 +539,52 @@ async def test_a_wrong_smtp_password_delays_mail_and_never_fails_it(
     assert r is not None and r["status"] == "pending" and r["attempts"] >= 2, r
     assert r["last_error"].startswith("SMTP")
     assert smtp.to(address) == []
+
+
+async def test_the_owner_can_send_a_test_webhook(
+    resources: Resources, smtp: SmtpServer, receiver: Receiver, notifier_app: Any
+) -> None:
+    account = uid("acct")
+    async with notifier_app() as client:
+        none_yet = await internal(client, "POST", "/api/notifications/webhook/test", account)
+        assert none_yet.status_code == 409
+        secret = (
+            await internal(
+                client, "PUT", "/api/notifications/preferences", account, json={"webhook_url": receiver.url}
+            )
+        ).json()["webhook_secret"]
+        queued = await internal(client, "POST", "/api/notifications/webhook/test", account)
+        assert queued.status_code == 202 and queued.json()["status"] == "pending"
+        await until(lambda: len(receiver.hooks) == 1, what="the test webhook")
+    hook = receiver.hooks[0]
+    assert verify(secret, hook.headers["faregate-signature"], hook.body)
+    assert msgspec.json.decode(hook.body)["type"] == "webhook_test"
+
+
+async def test_a_webhook_host_that_turned_private_is_refused_at_send_time(
+    resources: Resources, smtp: SmtpServer, receiver: Receiver, notifier_app: Any
+) -> None:
+    """The URL passed the check when it was set (here: written directly); now it is a local address."""
+    assert resources.pool and resources.publisher
+    account = uid("acct")
+    await resources.pool.execute(
+        """INSERT INTO notifier.preferences
+             (account_id, email_alerts, webhook_url, webhook_secret, webhook_alerts)
+           VALUES ($1, '{}', $2, $3, '{low_balance}')""",
+        account,
+        receiver.url,
+        crypto.seal("whsec_x", resources.common.secret_key),
+    )
+    async with notifier_app(webhook_allow_private=False) as client:
+        await resources.publisher.publish(
+            events.BalanceLow(account_id=account, balance_micros=1, threshold_micros=2)
+        )
+        for _ in range(100):
+            rows = (
+                await internal(client, "GET", "/api/notifications/deliveries?status=failed", account)
+            ).json()
+            if rows:
+                break
+            await asyncio.sleep(0.05)
+    assert rows and rows[0]["last_error"] == "webhook URL resolves to a private or local address"
+    assert receiver.attempts == 0
