@@ -1,4 +1,4 @@
-"""The keys service as a person drives it, for the revocation measurement: `faregate keys` on the load core,
+"""The keys service as a person drives it, for the revocation measurement: `faregate keys` (on all cores),
 an admin logged in through its API who puts the bench's models and channels into the catalog and makes a key,
 then disables and re-enables that key with the same calls the web console makes.
 
@@ -87,7 +87,8 @@ def running(stack: Stack, cores: Cores, ports: tuple[int, int, int]) -> Iterator
     env = {**os.environ, **stack.env, "FAREGATE_KEYS_PORT": str(port), "PYTHONPATH": str(ROOT),
            "FAREGATE_KEYS_ADMIN_EMAIL": ADMIN_EMAIL, "FAREGATE_KEYS_ADMIN_PASSWORD": ADMIN_PASSWORD}
     env.pop("FAREGATE_KEYS_URL", None)
-    child = spawn("keys", pin(cores.load, [sys.executable, "-m", "faregate.cli", "keys"]), env=env, cwd=ROOT)
+    # Not pinned to the crowded load core: in production it is a separate service on its own hardware.
+    child = spawn("keys", pin(cores.all, [sys.executable, "-m", "faregate.cli", "keys"]), env=env, cwd=ROOT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
         wait_port(port, 60, child.proc, "keys service")

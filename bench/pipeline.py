@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from bench.system import ROOT
+from bench.system import ROOT, pin
 
 
 def _last_json(text: str) -> Any:
@@ -29,15 +29,15 @@ def _last_json(text: str) -> Any:
     return None
 
 
-def run_script(module: str, args: list[str], timeout_s: float,
+def run_script(module: str, args: list[str], timeout_s: float, cpus: tuple[int, ...],
                env: dict[str, str] | None = None) -> dict[str, Any]:
     path = ROOT / "bench" / f"{module}.py"
     if not path.exists():
         return {"status": "absent", "note": f"bench/{module}.py does not exist yet"}
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout_s, check=False,
+        proc = subprocess.run(pin(cpus, [sys.executable, "-m", f"bench.{module}", *args]), cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout_s, check=False,
                               env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "note": f"did not finish within {timeout_s:.0f}s", "args": args}

@@ -402,8 +402,8 @@ def _pipeline_section(res: Results) -> list[str]:
     if rows:
         lines += ["## Key revocation", "",
                   f"Against {names.get(rev['target'], rev['target'])}: the time from the start of the "
-                  f"disable until every worker process answers 401 (each polled back to back on its own "
-                  f"keep-alive connections; `ss` confirms every worker holds one).", ""]
+                  f"disable until every worker process answers 401 (each polled every millisecond on its "
+                  f"own keep-alive connections; `ss` confirms every worker holds one).", ""]
         lines += table(["disabled by", "trials", "connections / workers", "p50 ms", "p99 ms", "max ms",
                         "the disable call itself, p50 / p99 ms"], rows)
     parts = [("billing", "Billing throughput and lag (bench/billing_bench.py)"),
