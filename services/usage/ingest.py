@@ -35,6 +35,8 @@ def _month(ts: datetime) -> date:
 async def apply_batch(pool: asyncpg.Pool, consumer: str, events: Sequence[AnyEvent]) -> Applied:
     """Claim the events and apply the new ones, all in one transaction (so a redelivery changes nothing)."""
     async with pool.acquire() as conn, conn.transaction():
+        if any(isinstance(e, UsageRecorded | UsageCharged) for e in events):
+            await conn.execute(repo.LOCK_LOG_WRITER)
         new_ids = await db.claim_events(conn, repo.SCHEMA, consumer, [e.event_id for e in events])
         recorded: dict[str, UsageRecorded] = {}
         charges: dict[str, Charge] = {}

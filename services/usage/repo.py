@@ -14,6 +14,12 @@ SCHEMA = "usage"
 
 # --- writes (the usage-log consumer) ----------------------------------------------------------------------
 
+# One writer at a time for request rows and their charges. Without it, two replicas applying a request's
+# usage.recorded and its usage.charged at the same moment each miss the other's uncommitted work: the row
+# lands uncharged and the charge is parked forever. One writer applies ~10k events/s (bench/usage_bench.py),
+# far above what the gateway produces; more replicas give failover, not write throughput.
+LOCK_LOG_WRITER = "SELECT pg_advisory_xact_lock(hashtext('usage.request_log')::bigint)"
+
 ENSURE_PARTITION = "SELECT usage.ensure_log_partition($1::date)"
 
 TAKE_PENDING_CHARGES = """

@@ -3,6 +3,7 @@ balances, and the mandatory consumer shapes (duplicate, redelivery after a lost 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from services.usage import consumer, ingest
@@ -157,3 +158,17 @@ async def test_a_poison_message_is_terminated_and_the_rest_still_land(usage_cons
 
     await eventually(drained)
     assert await res.pool.fetchval("SELECT count(*) FROM usage.request_log") == 1
+
+
+async def test_two_consumers_racing_on_one_request_still_charge_it(clean_usage: Resources) -> None:
+    """Replicas share the durable consumer, so a request's usage.recorded and its usage.charged can be applied
+    at the same moment by two processes. Whichever commits first, the row ends up charged exactly once."""
+    res = clean_usage
+    assert res.pool
+    pairs = [recorded() for _ in range(40)]
+    for rec in pairs:
+        await asyncio.gather(ingest.apply_batch(res.pool, "usage-log", [rec]),
+                             ingest.apply_batch(res.pool, "usage-log", [charged(rec, 13, 0)]))
+    uncharged = await res.pool.fetchval("SELECT count(*) FROM usage.request_log WHERE charged_at IS NULL")
+    assert (uncharged, await res.pool.fetchval("SELECT count(*) FROM usage.pending_charges")) == (0, 0)
+    assert await res.pool.fetchval("SELECT sum(cost_micros) FROM usage.usage_daily") == 13 * 40
