@@ -36,9 +36,12 @@ async def apply(pool: asyncpg.Pool, retention_days: int, now: datetime | None = 
     async with pool.acquire() as conn:
         cutoff = now - timedelta(days=retention_days)
         dropped = [r[0] for r in await conn.fetch(repo.DROP_PARTITIONS_BEFORE, cutoff)]
-        # Next month's partition exists before its first request, so no batch pays for the DDL.
+        # Next month's partition exists before its first request, so no batch pays for the DDL. Under the
+        # writers' lock: two sessions creating one partition at once would collide.
         nxt = (now.replace(day=1) + timedelta(days=32)).date()
-        await repo.ensure_partitions(conn, {date(now.year, now.month, 1), date(nxt.year, nxt.month, 1)})
+        async with conn.transaction():
+            await conn.execute(repo.LOCK_LOG_WRITER)
+            await repo.ensure_partitions(conn, {date(now.year, now.month, 1), date(nxt.year, nxt.month, 1)})
         processed = await conn.execute(repo.PRUNE_PROCESSED, now - PROCESSED_KEEP)
         charges = await conn.execute(repo.PRUNE_PENDING_CHARGES, now - PENDING_CHARGE_KEEP)
     DROPPED.inc(len(dropped))
