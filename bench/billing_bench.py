@@ -3,12 +3,13 @@
     .venv/bin/python -m bench.billing_bench [--quick] [--events N] [--rate R] [--seconds S] [--keep]
 
 Runs a real `faregate billing` process against the Postgres, Redis and NATS named by FAREGATE_* (scratch
-database, NATS namespace and Redis prefix of its own, removed afterwards unless --keep), and plays the gateway:
+database, NATS namespace and Redis prefix of its own, removed afterwards unless --keep), and plays the
+gateway:
   1. throughput: N usage.recorded events are published as a backlog, then billing starts and drains it; the
      rate is counted from billing's usage.charged announcements (first to last);
-  2. lag: billing running, events are published at R per second for S seconds, each stamped with the moment the
-     gateway would have answered the client; lag = when its usage.charged arrives − that moment (the debit is
-     committed, Redis updated and the charge announced by then).
+  2. lag: billing running, events are published at R per second for S seconds, each stamped with the
+     moment the gateway would have answered the client; lag = when its usage.charged arrives - that moment
+     (the debit is committed, Redis updated and the charge announced by then).
 Prints one JSON document last.
 """
 
@@ -78,8 +79,8 @@ class Charges:
         e = self.decoder.decode(msg.data)
         self.arrived.setdefault(e.usage_event_id, time.time())
 
-    async def wait(self, ids: list[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    async def wait(self, ids: list[str], within_s: float) -> bool:
+        deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             if all(i in self.arrived for i in ids):
                 return True
@@ -89,7 +90,8 @@ class Charges:
 
 def _start_billing(env: dict[str, str], log: Path, batch: int) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    full = {**os.environ, **env, "FAREGATE_BILLING_PORT": str(port), "FAREGATE_BILLING_USAGE_BATCH": str(batch),
+    full = {**os.environ, **env, "FAREGATE_BILLING_PORT": str(port),
+            "FAREGATE_BILLING_USAGE_BATCH": str(batch),
             "FAREGATE_LOG_LEVEL": "WARNING"}
     with open(log, "ab") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "faregate.cli", "billing"], env=full, stdout=fh,
@@ -132,8 +134,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with pool.acquire() as conn:
             for a in accounts:  # funded wallets, as real ones would be
                 async with conn.transaction():
-                    await wallets.post(conn, a, [wallets.Entry(kind="seed", amount=10**12, event_id=new_id())],
-                                       default_threshold=0)
+                    seed = wallets.Entry(kind="seed", amount=10**12, event_id=new_id())
+                    await wallets.post(conn, a, [seed], default_threshold=0)
         await pool.close()
 
         # 1. Throughput: a backlog, drained by a freshly started billing.
@@ -143,7 +145,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await publisher.flush(timeout=120)
         proc, _ = _start_billing(env, log, args.batch)
         ids = [e.event_id for e in backlog]
-        if not await charges.wait(ids, timeout=args.timeout):
+        if not await charges.wait(ids, within_s=args.timeout):
             raise RuntimeError(f"only {sum(i in charges.arrived for i in ids)} of {len(ids)} charged in time")
         times = sorted(charges.arrived[i] for i in ids)
         span = times[-1] - times[0]
@@ -166,11 +168,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             publisher.publish_nowait(e)
         achieved = n / (time.monotonic() - start)
         await publisher.flush(timeout=60)
-        if not await charges.wait(list(paced), timeout=args.timeout):
+        if not await charges.wait(list(paced), within_s=args.timeout):
             raise RuntimeError("the paced stream was not fully charged in time")
         lags = [(charges.arrived[i] - t) * 1000 for i, t in paced.items()]
         result.update({"lag_events": n, "paced_per_s": round(achieved, 1),
-                       "lag_p50_ms": round(_percentile(lags, 50), 2), "lag_p99_ms": round(_percentile(lags, 99), 2),
+                       "lag_p50_ms": round(_percentile(lags, 50), 2),
+                       "lag_p99_ms": round(_percentile(lags, 99), 2),
                        "lag_max_ms": round(max(lags), 2)})
         return result
     finally:
@@ -213,7 +216,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="20k events, 5 s of paced stream")
     ap.add_argument("--events", type=int, default=None, help="backlog size (default 100000; quick 20000)")
-    ap.add_argument("--rate", type=float, default=None, help="paced events per second (default 2000; quick 1000)")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="paced events per second (default 2000; quick 1000)")
     ap.add_argument("--seconds", type=float, default=None, help="paced stream length (default 15; quick 5)")
     ap.add_argument("--accounts", type=int, default=200)
     ap.add_argument("--batch", type=int, default=500, help="FAREGATE_BILLING_USAGE_BATCH for the run")

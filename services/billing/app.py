@@ -1,5 +1,6 @@
-"""The billing process: the `billing-usage` consumer, the plan-expiry scan, start-up hydration of Redis, and the
-HTTP API (user wallet under /v1/billing, admin under /v1/admin/billing, the gateway's /internal load call)."""
+"""The billing process: the `billing-usage` consumer, the plan-expiry scan, start-up hydration of Redis, and
+the HTTP API (user wallet under /v1/billing, admin under /v1/admin/billing, the gateway's /internal load
+call)."""
 
 from __future__ import annotations
 
@@ -42,13 +43,14 @@ def money(name: str, micros: int) -> dict[str, Any]:
 
 def _plan_view(r: Any) -> dict[str, Any]:
     return {"plan_id": r["plan_id"], "name": r["name"], **money("price", r["price_micros"]),
-            **money("credit", r["credit_micros"]), "validity_days": r["validity_days"], "models": list(r["models"]),
-            "active": r["active"]}
+            **money("credit", r["credit_micros"]), "validity_days": r["validity_days"],
+            "models": list(r["models"]), "active": r["active"]}
 
 
 def _payment_view(p: dict[str, Any]) -> dict[str, Any]:
-    return {"payment_id": p["payment_id"], "status": p["status"], "purpose": p["purpose"], "plan_id": p["plan_id"],
-            "provider": p["provider"], "checkout_url": p["checkout_url"], **money("amount", p["amount_micros"]),
+    return {"payment_id": p["payment_id"], "status": p["status"], "purpose": p["purpose"],
+            "plan_id": p["plan_id"], "provider": p["provider"], "checkout_url": p["checkout_url"],
+            **money("amount", p["amount_micros"]),
             **money("bonus", p["bonus_micros"]), "created_at": p["created_at"], "paid_at": p["paid_at"]}
 
 
@@ -87,7 +89,8 @@ async def get_ledger(state: State, caller: NamedDependency[Caller], account_id: 
     """Newest first; page on with `before_seq` = the previous page's `next_before_seq`."""
     account = wallet_of(caller, account_id)
     if kind is not None and kind not in LEDGER_KINDS:
-        raise ServiceError(f"kind must be one of {', '.join(LEDGER_KINDS)}", code="invalid_kind", field="kind")
+        raise ServiceError(f"kind must be one of {', '.join(LEDGER_KINDS)}", code="invalid_kind",
+                           field="kind")
     limit = max(1, min(limit, 500))
     async with state.res.pool.acquire() as conn:
         rows = await conn.fetch(repo.LEDGER_PAGE, account, before_seq, kind, model, since, until, limit)
@@ -105,7 +108,8 @@ async def list_plans(state: State, caller: NamedDependency[Caller]) -> list[dict
 @get("/v1/billing/plans/held")
 async def held_plans(state: State, caller: NamedDependency[Caller],
                      account_id: FromQuery[str | None] = None) -> list[dict[str, Any]]:
-    """Every plan the wallet holds; expired ones stay listed (with what was left) but are not charged against."""
+    """Every plan the wallet holds; expired ones stay listed (with what was left) but are not charged
+    against."""
     account = wallet_of(caller, account_id)
     now = wallets.utcnow()
     async with state.res.pool.acquire() as conn:
@@ -119,7 +123,8 @@ async def held_plans(state: State, caller: NamedDependency[Caller],
 
 @post("/v1/billing/plans/{plan_id:str}/buy", status_code=200)
 async def buy_plan(state: State, caller: NamedDependency[Caller], plan_id: FromPath[str],
-                   data: JSONBody[schemas.BuyPlan], account_id: FromQuery[str | None] = None) -> dict[str, Any]:
+                   data: JSONBody[schemas.BuyPlan],
+                   account_id: FromQuery[str | None] = None) -> dict[str, Any]:
     account = wallet_of(caller, account_id)
     funding: Funding = state.funding
     if data.pay_with == "balance":
@@ -135,7 +140,8 @@ async def topup_options(state: State, caller: NamedDependency[Caller]) -> dict[s
     settings: BillingSettings = state.settings
     funding: Funding = state.funding
     return {"presets": [money("amount", parse_usd(p)) for p in settings.topup_presets_usd],
-            **money("min", parse_usd(settings.topup_min_usd)), **money("max", parse_usd(settings.topup_max_usd)),
+            **money("min", parse_usd(settings.topup_min_usd)),
+            **money("max", parse_usd(settings.topup_max_usd)),
             "bonus_tiers": [{**money("min", m), "percent": p} for m, p in await funding.bonus_tiers()],
             "provider": funding.provider.name}
 
@@ -154,19 +160,23 @@ async def start_topup(state: State, caller: NamedDependency[Caller], data: JSONB
 
 
 @get("/v1/billing/topups/{payment_id:str}")
-async def topup_status(state: State, caller: NamedDependency[Caller], payment_id: FromPath[str]) -> dict[str, Any]:
+async def topup_status(state: State, caller: NamedDependency[Caller],
+                       payment_id: FromPath[str]) -> dict[str, Any]:
     funding: Funding = state.funding
     return _payment_view(await funding.payment(payment_id, None if caller.is_admin else caller.account_id))
 
 
 @post("/v1/billing/sandbox/payments/{payment_id:str}/pay", status_code=200)
-async def sandbox_pay(state: State, caller: NamedDependency[Caller], payment_id: FromPath[str]) -> dict[str, Any]:
-    """The sandbox provider's "checkout": paying succeeds at once (only when the sandbox provider is in use)."""
+async def sandbox_pay(state: State, caller: NamedDependency[Caller],
+                      payment_id: FromPath[str]) -> dict[str, Any]:
+    """The sandbox provider's "checkout": paying succeeds at once (only when the sandbox provider is in
+    use)."""
     funding: Funding = state.funding
     if funding.provider.name != "sandbox":
         raise NotFound("the sandbox provider is not enabled")
     pay = await funding.payment(payment_id, None if caller.is_admin else caller.account_id)
-    await funding.complete_payment(payments.PaymentNotice(payment_id, pay["provider_ref"], pay["amount_micros"]))
+    await funding.complete_payment(payments.PaymentNotice(payment_id, pay["provider_ref"],
+                                                          pay["amount_micros"]))
     return _payment_view(await funding.payment(payment_id))
 
 
@@ -215,7 +225,8 @@ async def admin_adjust(state: State, caller: NamedDependency[Caller], account_id
 
 
 @post("/v1/admin/billing/refunds", status_code=200)
-async def admin_refund(state: State, caller: NamedDependency[Caller], data: JSONBody[schemas.Refund]) -> dict[str, Any]:
+async def admin_refund(state: State, caller: NamedDependency[Caller],
+                       data: JSONBody[schemas.Refund]) -> dict[str, Any]:
     require_admin(caller)
     if not data.usage_event_id and not data.request_id:
         raise ServiceError("name the charge by usage_event_id or request_id", field="usage_event_id")
@@ -225,12 +236,14 @@ async def admin_refund(state: State, caller: NamedDependency[Caller], data: JSON
 
 
 @post("/v1/admin/billing/codes", status_code=201)
-async def admin_codes(state: State, caller: NamedDependency[Caller], data: JSONBody[schemas.CodeBatch]) -> dict[str, Any]:
+async def admin_codes(state: State, caller: NamedDependency[Caller],
+                      data: JSONBody[schemas.CodeBatch]) -> dict[str, Any]:
     """The codes are shown once, here; only their hashes are kept."""
     require_admin(caller)
     expires = data.expires_at or (wallets.utcnow() + timedelta(days=data.valid_days or 30))
     batch_id, codes = await state.funding.generate_codes(data.count, data.amount_micros, expires)
-    return {"batch_id": batch_id, "codes": codes, **money("amount", data.amount_micros), "expires_at": expires}
+    return {"batch_id": batch_id, "codes": codes, **money("amount", data.amount_micros),
+            "expires_at": expires}
 
 
 @get("/v1/admin/billing/plans")
@@ -256,21 +269,25 @@ async def admin_put_plan(state: State, caller: NamedDependency[Caller], plan_id:
 @get("/v1/admin/billing/bonus-tiers")
 async def admin_tiers(state: State, caller: NamedDependency[Caller]) -> schemas.Tiers:
     require_admin(caller)
-    return schemas.Tiers(tiers=[schemas.Tier(min_micros=m, percent=p) for m, p in await state.funding.bonus_tiers()])
+    tiers = await state.funding.bonus_tiers()
+    return schemas.Tiers(tiers=[schemas.Tier(min_micros=m, percent=p) for m, p in tiers])
 
 
 @put("/v1/admin/billing/bonus-tiers")
-async def admin_put_tiers(state: State, caller: NamedDependency[Caller], data: JSONBody[schemas.Tiers]) -> schemas.Tiers:
+async def admin_put_tiers(state: State, caller: NamedDependency[Caller],
+                          data: JSONBody[schemas.Tiers]) -> schemas.Tiers:
     require_admin(caller)
     await state.funding.set_bonus_tiers([(t.min_micros, t.percent) for t in data.tiers])
-    return schemas.Tiers(tiers=[schemas.Tier(min_micros=m, percent=p) for m, p in await state.funding.bonus_tiers()])
+    tiers = await state.funding.bonus_tiers()
+    return schemas.Tiers(tiers=[schemas.Tier(min_micros=m, percent=p) for m, p in tiers])
 
 
 @get("/v1/admin/billing/margin")
 async def admin_margin(state: State, caller: NamedDependency[Caller], by: FromQuery[str] = "model",
                        since: FromQuery[datetime | None] = None,
                        until: FromQuery[datetime | None] = None) -> list[dict[str, Any]]:
-    """Sell price, upstream cost and margin per model or per channel over a period (default: the last 30 days)."""
+    """Sell price, upstream cost and margin per model or per channel over a period (default: the last 30
+    days)."""
     require_admin(caller)
     if by not in ("model", "channel"):
         raise ServiceError("by must be model or channel", field="by")
@@ -285,7 +302,8 @@ async def admin_margin(state: State, caller: NamedDependency[Caller], by: FromQu
 
 
 @get("/v1/admin/billing/charges/{request_id:str}")
-async def admin_charge(state: State, caller: NamedDependency[Caller], request_id: FromPath[str]) -> dict[str, Any]:
+async def admin_charge(state: State, caller: NamedDependency[Caller],
+                       request_id: FromPath[str]) -> dict[str, Any]:
     """One request's charge: what it sold for, what it cost the operator, the margin."""
     require_admin(caller)
     async with state.res.pool.acquire() as conn:
@@ -303,16 +321,18 @@ async def admin_charge(state: State, caller: NamedDependency[Caller], request_id
 
 
 @post("/internal/wallets/{account_id:str}/load", status_code=200)
-async def load_wallet(state: State, request: Request[Any, Any, State], account_id: FromPath[str]) -> dict[str, int]:
+async def load_wallet(state: State, request: Request[Any, Any, State],
+                      account_id: FromPath[str]) -> dict[str, int]:
     """The gateway found no wallet in Redis: publish this one's spendable balance there and return it."""
     if not internal_ok(request.headers, state.common.internal_token):
         raise Unauthorized("internal endpoint")
     return {"balance_micros": await hydrate.load(state.res.pool, state.guard, account_id)}
 
 
-HANDLERS = [get_wallet, get_ledger, list_plans, held_plans, buy_plan, topup_options, start_topup, topup_status,
-            sandbox_pay, stripe_webhook, redeem, set_threshold, admin_adjust, admin_refund, admin_codes,
-            admin_plans, admin_put_plan, admin_tiers, admin_put_tiers, admin_margin, admin_charge, load_wallet]
+HANDLERS = [get_wallet, get_ledger, list_plans, held_plans, buy_plan, topup_options, start_topup,
+            topup_status, sandbox_pay, stripe_webhook, redeem, set_threshold, admin_adjust, admin_refund,
+            admin_codes, admin_plans, admin_put_plan, admin_tiers, admin_put_tiers, admin_margin,
+            admin_charge, load_wallet]
 
 
 def create_app(settings: BillingSettings, common: CommonSettings, *, consume: bool = True,
@@ -325,7 +345,7 @@ def create_app(settings: BillingSettings, common: CommonSettings, *, consume: bo
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             res = await stack.enter_async_context(open_resources(common, "billing"))
-            client = http or await stack.enter_async_context(httpx.AsyncClient())
+            client = http if http is not None else await stack.enter_async_context(httpx.AsyncClient())
             assert res.pool is not None and res.redis is not None and res.js is not None
             guard = BillingGuard(res.redis, res.keys)
             provider = payments.provider_for(settings, settings.public_url, client)
@@ -333,20 +353,23 @@ def create_app(settings: BillingSettings, common: CommonSettings, *, consume: bo
             auth = Authenticator(keys_url=common.keys_url, internal_token=common.internal_token,
                                  session_cookie=settings.session_cookie, secret_key=common.secret_key,
                                  http=client)
-            app.state.update(res=res, guard=guard, funding=funding, auth=auth, settings=settings, common=common)
+            app.state.update(res=res, guard=guard, funding=funding, auth=auth, settings=settings,
+                             common=common)
             checks.update(res.ready_checks())
             await hydrate.hydrate_all(res.pool, guard)
             if consume:
                 assert res.publisher is not None
-                handler = consumer.UsageConsumer(res.pool, guard, res.publisher, settings.low_balance_default_micros)
+                handler = consumer.UsageConsumer(res.pool, guard, res.publisher,
+                                                 settings.low_balance_default_micros)
                 spec = consumer.consumer_spec(settings.usage_batch, settings.usage_ack_wait_s)
                 await bus.ensure_consumer(res.js, common.namespace, spec)  # once, before the loops race to it
                 for i in range(settings.usage_consumers):
                     res.spawn(bus.run_consumer(res.js, common.namespace, spec, handler, res.stop),
                               f"{consumer.NAME}-{i}")
-            res.spawn(hydrate.expire_plans_forever(res.pool, guard, res.publisher,
-                                                   settings.low_balance_default_micros, settings.plan_expiry_scan_s,
-                                                   res.stop), "billing-plan-expiry")
+            expiry = hydrate.expire_plans_forever(res.pool, guard, res.publisher,
+                                                  settings.low_balance_default_micros,
+                                                  settings.plan_expiry_scan_s, res.stop)
+            res.spawn(expiry, "billing-plan-expiry")
             yield
 
     return Litestar(

@@ -1,10 +1,10 @@
-"""Projections against the ledger: `rebuild` recomputes every projection from the append-only facts (ledger rows,
-plan grants and their debits); `verify` checks the invariants and reports each mismatch.
+"""Projections against the ledger: `rebuild` recomputes every projection from the append-only facts (ledger
+rows, plan grants and their debits); `verify` checks the invariants and reports each mismatch.
 
-Invariants: each wallet's balance and seq = the fold of its ledger; each row's balance_after = the running sum and
-seqs have no gaps; no event id appears twice; each usage row's wallet part = price − plan part and its plan part
-= what plan_debits record; each plan's remaining = credit − its debits, never negative; each key's used = the sum
-of its usage prices.
+Invariants: each wallet's balance and seq = the fold of its ledger; each row's balance_after = the running sum
+and seqs have no gaps; no event id appears twice; each usage row's wallet part = price - plan part and its
+plan part = what plan_debits record; each plan's remaining = credit - its debits, never negative; each key's
+used = the sum of its usage prices.
 """
 
 from __future__ import annotations
@@ -65,9 +65,11 @@ async def verify(pool: asyncpg.Pool) -> list[str]:
             problems.append(f"event {r['event_id']} appears {r['count']} times in the ledger")
         for r in await conn.fetch(repo.USAGE_SPLIT_MISMATCHES):
             problems.append(f"usage {r['event_id']}: wallet part + plan part do not add up to the price")
-        problems += _compare("wallet", await conn.fetch(repo.FOLDED_WALLETS), await conn.fetch(repo.PROJECTED_WALLETS),
+        problems += _compare("wallet", await conn.fetch(repo.FOLDED_WALLETS),
+                             await conn.fetch(repo.PROJECTED_WALLETS),
                              "account_id", ("balance", "seq"))
-        problems += _compare("plan", await conn.fetch(repo.FOLDED_GRANTS), await conn.fetch(repo.PROJECTED_GRANTS),
+        problems += _compare("plan", await conn.fetch(repo.FOLDED_GRANTS),
+                             await conn.fetch(repo.PROJECTED_GRANTS),
                              "grant_id", ("remaining",))
         negative = await conn.fetch("SELECT grant_id FROM billing.plan_grants WHERE remaining_micros < 0")
         problems += [f"plan {r['grant_id']}: negative remaining" for r in negative]

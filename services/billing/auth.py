@@ -1,13 +1,15 @@
 """Who is calling billing's API.
 
-  - A console session: the session cookie's value (cookie `fg_session`, or an `X-Session` header) goes to keys'
+  - A console session: the session cookie's value (cookie `fg_session`, or an `X-Session` header) goes to
+  keys'
     `GET /internal/whoami` with the internal token, which answers {account_id, user_id, role, email} or 401.
   - A service call (another Faregate service, an admin tool, or the console backend acting for a user):
     `X-Internal-Token` plus `X-Account-Id` and `X-Role` (`user` unless said otherwise; an `admin` may omit the
     account).
 Writes made with the session cookie must echo the CSRF token in `X-CSRF-Token` (the keys service's `csrf`
 cookie: an HMAC of the session under the shared secret key, so billing checks it without asking keys).
-A user acts on their own wallet only; an admin may name any account (`?account_id=`) and use /v1/admin/billing.
+A user acts on their own wallet only; an admin may name any account (`?account_id=`) and use
+/v1/admin/billing.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class Authenticator:
         self.secret_key = secret_key
         self.http = http
 
-    async def caller(self, headers: Mapping[str, str], cookies: Mapping[str, str], method: str = "GET") -> Caller:
+    async def caller(self, headers: Mapping[str, str], cookies: Mapping[str, str],
+                     method: str = "GET") -> Caller:
         if headers.get("x-internal-token") is not None:
             if not internal_ok(headers, self.internal_token):
                 raise Unauthorized("invalid internal token")
@@ -85,7 +88,8 @@ class Authenticator:
             return Caller(account, headers.get("x-user-id") or "", role)
         session = cookies.get(self.session_cookie)
         if session and method.upper() not in SAFE_METHODS:
-            # A browser sends the cookie on cross-site requests too; only our own page can read the csrf cookie.
+            # A browser sends the cookie on cross-site requests too; only our own page can read the csrf
+            # cookie.
             sent = headers.get("x-csrf-token", "")
             if not hmac.compare_digest(sent.encode(), csrf_token(self.secret_key, session).encode()):
                 raise Forbidden("missing or wrong X-CSRF-Token header (copy it from the csrf cookie)",

@@ -34,7 +34,8 @@ class BillingSettings(ServerSettings, frozen=True, kw_only=True):
     webhook_tolerance_s: int = 300
     # Usage events applied per database transaction (the consumer's fetch size).
     usage_batch: int = 500
-    # Concurrent fetch-apply-ack loops on the one durable consumer: while one waits on Postgres, another waits on
+    # Concurrent fetch-apply-ack loops on the one durable consumer: while one waits on Postgres, another waits
+    # on
     # NATS or Redis. Wallet rows are locked in account order, so they never deadlock.
     usage_consumers: int = 2
     # Seconds JetStream waits for an ack before redelivering (after a crash, how long a fetched batch waits).

@@ -5,13 +5,14 @@ Per batch: one transaction claims the event ids (processed_events), prices the n
 carry, takes plan credit first and the wallet for the rest, COPYs the ledger rows and updates the projections;
 it commits; then Redis is told (pending released, new balance) and `usage.charged` / `balance.low` are
 published; then the batch is acked. A crash anywhere before the ack means redelivery: the claim makes the
-database part a no-op, while the Redis step (guarded by a per-event marker) and the publishes (deterministic ids,
-de-duplicated by JetStream) are simply redone from the ledger rows.
+database part a no-op, while the Redis step (guarded by a per-event marker) and the publishes (deterministic
+ids, de-duplicated by JetStream) are simply redone from the ledger rows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,21 +57,23 @@ def consumer_spec(batch: int, ack_wait_s: float = 15.0) -> bus.ConsumerSpec:
 class BatchResult:
     applied: list[Applied] = field(default_factory=list)
     outgoing: list[ev.Event] = field(default_factory=list)
-    balances: list[tuple[str, int, int]] = field(default_factory=list)  # for duplicates: re-sync current values
+    # For duplicates: (account_id, spendable, version) to re-sync as they are now.
+    balances: list[tuple[str, int, int]] = field(default_factory=list)
     new: int = 0
     duplicates: int = 0
     rejected: int = 0
 
 
-def charged_event(usage_id: str, *, request_id: str, account_id: str, key_id: str, model: str, channel_id: str,
-                  wallet_part: int, cost: int, plan: int, balance: int) -> ev.UsageCharged:
+def charged_event(usage_id: str, *, request_id: str, account_id: str, key_id: str, model: str,
+                  channel_id: str, wallet_part: int, cost: int, plan: int, balance: int) -> ev.UsageCharged:
     return ev.UsageCharged(event_id=wallets.derived_id(usage_id, "charged"), request_id=request_id,
                            usage_event_id=usage_id, account_id=account_id, key_id=key_id, model=model,
                            channel_id=channel_id, amount_micros=wallet_part,
                            cost_micros=cost, plan_micros=plan, balance_micros=balance)
 
 
-async def apply_batch(pool: asyncpg.Pool, events: Sequence[ev.UsageRecorded], *, default_threshold: int) -> BatchResult:
+async def apply_batch(pool: asyncpg.Pool, events: Sequence[ev.UsageRecorded], *,
+                      default_threshold: int) -> BatchResult:
     """The database half: everything in one transaction. Returns what to do after commit."""
     out = BatchResult()
     async with pool.acquire() as conn, conn.transaction():
@@ -102,8 +105,8 @@ async def apply_batch(pool: asyncpg.Pool, events: Sequence[ev.UsageRecorded], *,
     return out
 
 
-async def _debit(conn: asyncpg.Connection, fresh: list[tuple[ev.UsageRecorded, int, int]], default_threshold: int,
-                 out: BatchResult) -> None:
+async def _debit(conn: asyncpg.Connection, fresh: list[tuple[ev.UsageRecorded, int, int]],
+                 default_threshold: int, out: BatchResult) -> None:
     accounts = sorted({e.account_id for e, _, _ in fresh})
     locked = await wallets.lock(conn, accounts)
     since = min(e.occurred_at for e, _, _ in fresh)
@@ -164,13 +167,14 @@ async def _debit(conn: asyncpg.Connection, fresh: list[tuple[ev.UsageRecorded, i
                                    versions[e.account_id], used.get(e.key_id, -1)))
         charged.append(charged_event(
             e.event_id, request_id=e.request_id, account_id=e.account_id, key_id=e.key_id, model=e.model,
-            channel_id=e.channel_id, wallet_part=sell - plan_part, cost=cost, plan=plan_part, balance=balance))
+            channel_id=e.channel_id, wallet_part=sell - plan_part, cost=cost, plan=plan_part,
+            balance=balance))
         CHARGED.inc(sell)
     out.outgoing = charged + out.outgoing
 
 
 async def _redo(conn: asyncpg.Connection, dupes: list[str], out: BatchResult) -> None:
-    """Events already in the ledger (a redelivery after commit): redo the after-commit steps, change nothing."""
+    """Events already in the ledger (a redelivery after commit): redo the after-commit steps only."""
     rows = await conn.fetch(repo.LEDGER_BY_EVENTS, dupes)
     if not rows:
         return
@@ -183,14 +187,15 @@ async def _redo(conn: asyncpg.Connection, dupes: list[str], out: BatchResult) ->
                                    used.get(r["key_id"], -1)))
         out.outgoing.append(charged_event(
             r["event_id"], request_id=r["request_id"], account_id=r["account_id"], key_id=r["key_id"],
-            model=r["model"], channel_id=r["channel_id"], wallet_part=-r["amount_micros"], cost=r["cost_micros"],
+            model=r["model"], channel_id=r["channel_id"], wallet_part=-r["amount_micros"],
+            cost=r["cost_micros"],
             plan=r["plan_micros"], balance=r["balance_after"]))
 
 
-async def announce(publisher: Publisher, outgoing: Sequence[ev.Event], timeout: float = 5.0) -> None:
-    """Publish a batch's events with every ack in flight at once (nats-py's publish_async: no task per message),
-    then wait for all the acks. Any that failed or timed out go through the publisher, which retries and spools to
-    disk; the same Nats-Msg-Id makes a second copy a duplicate JetStream drops."""
+async def announce(publisher: Publisher, outgoing: Sequence[ev.Event], wait_s: float = 5.0) -> None:
+    """Publish a batch's events with every ack in flight at once (nats-py's publish_async: no task per
+    message), then wait for all the acks. Any that failed or timed out go through the publisher, which retries
+    and spools to disk; the same Nats-Msg-Id makes a second copy a duplicate JetStream drops."""
     if not outgoing:
         return
     futures = []
@@ -198,19 +203,18 @@ async def announce(publisher: Publisher, outgoing: Sequence[ev.Event], timeout: 
         tag = ev.tag_of(type(e))
         futures.append(await publisher.js.publish_async(
             bus.subject(publisher.namespace, tag), ev.encode(e), headers={"Nats-Msg-Id": e.event_id}))
-    try:
-        results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout)
-    except TimeoutError:
-        results = [f.exception() if f.done() and not f.cancelled() and f.exception() else
-                   (f.result() if f.done() and not f.cancelled() else TimeoutError()) for f in futures]
-    failed = [e for e, r in zip(outgoing, results, strict=True) if isinstance(r, BaseException)]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), wait_s)
+    failed = [e for e, f in zip(outgoing, futures, strict=True)
+              if not f.done() or f.cancelled() or f.exception() is not None]
     for e in failed:
         await publisher.publish(e)
 
 
 async def after_commit(result: BatchResult, guard: BillingGuard, publisher: Publisher) -> None:
-    """Redis and the announcements, concurrently. Both finish before the batch is acked: an event that cannot be
-    published is spooled to disk by the publisher, never dropped, and a crash before the ack redoes both."""
+    """Redis and the announcements, concurrently. Both finish before the batch is acked: an event that cannot
+    be published is spooled to disk by the publisher, never dropped, and a crash before the ack redoes
+    both."""
 
     async def redis() -> None:
         await guard.apply(result.applied)
@@ -222,7 +226,8 @@ async def after_commit(result: BatchResult, guard: BillingGuard, publisher: Publ
 class UsageConsumer:
     """The handler `shared.bus.run_consumer` calls with each fetched batch."""
 
-    def __init__(self, pool: asyncpg.Pool, guard: BillingGuard, publisher: Publisher, default_threshold: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, guard: BillingGuard, publisher: Publisher,
+                 default_threshold: int) -> None:
         self.pool = pool
         self.guard = guard
         self.publisher = publisher

@@ -65,15 +65,17 @@ class Funding:
                 if e is not None:
                     await self.publisher.publish(e)
 
-    async def post(self, account_id: str, entry: wallets.Entry, receipt_kind: str | None = None) -> wallets.Posted | None:
-        """Post one entry in its own transaction; publish a WalletCredited receipt when `receipt_kind` is set."""
+    async def post(self, account_id: str, entry: wallets.Entry,
+                   receipt_kind: str | None = None) -> wallets.Posted | None:
+        """Post one entry in its own transaction; with `receipt_kind`, publish a WalletCredited receipt."""
         async with self.pool.acquire() as conn, conn.transaction():
             posted = await wallets.post(conn, account_id, [entry],
                                         default_threshold=self.settings.low_balance_default_micros)
         receipt = None
         if posted is not None and receipt_kind:
             receipt = ev.WalletCredited(
-                event_id=wallets.derived_id(entry.event_id, "credited"), account_id=account_id, kind=receipt_kind,
+                event_id=wallets.derived_id(entry.event_id, "credited"), account_id=account_id,
+                kind=receipt_kind,
                 amount_micros=entry.amount, bonus_micros=entry.bonus, paid_micros=entry.paid,
                 balance_micros=posted.balance, reference=entry.reference, reason=entry.reason)
         await self._after(posted, *([receipt] if receipt else []))
@@ -92,7 +94,8 @@ class Funding:
     async def set_bonus_tiers(self, tiers: list[tuple[int, int]]) -> None:
         for minimum, percent in tiers:
             if minimum <= 0 or not 0 <= percent <= 100:
-                raise ServiceError("a tier needs a positive minimum and a percent from 0 to 100", field="tiers")
+                raise ServiceError("a tier needs a positive minimum and a percent from 0 to 100",
+                                   field="tiers")
         async with self.pool.acquire() as conn:
             await conn.execute(repo.SET_OPTION, "bonus_tiers", msgspec.json.encode(sorted(tiers)).decode())
 
@@ -120,7 +123,8 @@ class Funding:
             bonus = ledger.bonus_for(amount_micros, await self.bonus_tiers())
         payment_id = new_id()
         async with self.pool.acquire() as conn:
-            await conn.execute(repo.INSERT_PAYMENT, payment_id, account_id, self.provider.name, purpose, plan_id,
+            await conn.execute(repo.INSERT_PAYMENT, payment_id, account_id, self.provider.name, purpose,
+                               plan_id,
                                amount_micros, bonus)
         checkout = await self.provider.create_checkout(payment_id, amount_micros, description)
         async with self.pool.acquire() as conn:
@@ -149,7 +153,8 @@ class Funding:
             event_id = wallets.derived_id("payment", pay["payment_id"])
             if pay["purpose"] == "plan":
                 plan = await self._plan(conn, pay["plan_id"])
-                grant_id, expires = await self._grant(conn, pay["account_id"], plan, reference=pay["payment_id"])
+                grant_id, expires = await self._grant(conn, pay["account_id"], plan,
+                                                      reference=pay["payment_id"])
                 posted = await wallets.post(conn, pay["account_id"], [wallets.Entry(
                     kind="plan", amount=0, event_id=event_id, reference=grant_id, paid=pay["amount_micros"],
                     reason=f"plan {plan['name']} paid by {pay['provider']}")], default_threshold=threshold)
@@ -157,11 +162,13 @@ class Funding:
                                                        pay["amount_micros"], posted)
             else:
                 entry = wallets.Entry(kind="topup", amount=pay["amount_micros"] + pay["bonus_micros"],
-                                      event_id=event_id, reference=pay["payment_id"], bonus=pay["bonus_micros"],
+                                      event_id=event_id, reference=pay["payment_id"],
+                                      bonus=pay["bonus_micros"],
                                       paid=pay["amount_micros"], reason=f"top-up via {pay['provider']}")
                 posted = await wallets.post(conn, pay["account_id"], [entry], default_threshold=threshold)
                 receipt = ev.WalletCredited(
-                    event_id=wallets.derived_id(event_id, "credited"), account_id=pay["account_id"], kind="topup",
+                    event_id=wallets.derived_id(event_id,
+                                                "credited"), account_id=pay["account_id"], kind="topup",
                     amount_micros=entry.amount, bonus_micros=entry.bonus, paid_micros=entry.paid,
                     balance_micros=posted.balance if posted else 0, reference=pay["payment_id"])
         await self._after(posted, receipt)
@@ -169,7 +176,8 @@ class Funding:
 
     # --- codes ---------------------------------------------------------------------------------------------
 
-    async def generate_codes(self, count: int, amount_micros: int, expires_at: datetime) -> tuple[str, list[str]]:
+    async def generate_codes(self, count: int, amount_micros: int, expires_at: datetime) -> tuple[str,
+                                                                                                  list[str]]:
         if not 1 <= count <= 10_000:
             raise ServiceError("count must be between 1 and 10000", field="count")
         if amount_micros <= 0:
@@ -179,7 +187,8 @@ class Funding:
         batch_id = new_id()
         codes = [new_code() for _ in range(count)]
         async with self.pool.acquire() as conn:
-            await conn.execute(repo.INSERT_CODES, [code_hash(c) for c in codes], batch_id, amount_micros, expires_at)
+            await conn.execute(repo.INSERT_CODES, [code_hash(c) for c in codes], batch_id, amount_micros,
+                               expires_at)
         return batch_id, codes
 
     async def redeem(self, account_id: str, code: str) -> wallets.Posted:
@@ -193,7 +202,8 @@ class Funding:
                 if state["redeemed_at"] is not None:
                     raise Conflict("this code was already redeemed", code="code_redeemed")
                 raise Gone("this code has expired", code="code_expired")
-            entry = wallets.Entry(kind="code", amount=row["amount_micros"], event_id=wallets.derived_id("code", h),
+            entry = wallets.Entry(kind="code", amount=row["amount_micros"],
+                                  event_id=wallets.derived_id("code", h),
                                   reference=row["batch_id"], reason="redemption code")
             posted = await wallets.post(conn, account_id, [entry],
                                         default_threshold=self.settings.low_balance_default_micros)
@@ -223,7 +233,8 @@ class Funding:
         grant_id = new_id()
         expires = wallets.utcnow() + timedelta(days=plan["validity_days"])
         await conn.execute(repo.INSERT_GRANT, grant_id, account_id, plan["plan_id"], plan["name"],
-                           plan["credit_micros"], list(plan["models"]), expires, plan["price_micros"], reference)
+                           plan["credit_micros"], list(plan["models"]), expires, plan["price_micros"],
+                           reference)
         return grant_id, expires
 
     def _plan_receipt(self, event_id: str, account_id: str, plan: asyncpg.Record, grant_id: str,
@@ -241,7 +252,8 @@ class Funding:
             wallet = (await wallets.lock(conn, [account_id]))[account_id]
             done = await conn.fetchrow(repo.LEDGER_BY_EVENT, event_id)
             if done is not None:
-                return {"grant_id": done["reference"], "balance_micros": wallet["balance_micros"], "repeated": True}
+                return {"grant_id": done["reference"], "balance_micros": wallet["balance_micros"],
+                        "repeated": True}
             if wallet["balance_micros"] < plan["price_micros"]:
                 raise PaymentRequired("the balance does not cover this plan")
             grant_id, expires = await self._grant(conn, account_id, plan, reference=event_id)
@@ -252,7 +264,8 @@ class Funding:
         await self._after(posted, self._plan_receipt(event_id, account_id, plan, grant_id, expires,
                                                      plan["price_micros"], posted))
         assert posted is not None
-        return {"grant_id": grant_id, "expires_at": expires, "balance_micros": posted.balance, "repeated": False}
+        return {"grant_id": grant_id, "expires_at": expires, "balance_micros": posted.balance,
+                "repeated": False}
 
     # --- admin ---------------------------------------------------------------------------------------------
 

@@ -47,7 +47,8 @@ class BillingGuard:
             keys: list[str] = []
             args: list[int] = []
             for it in items[start:start + chunk]:
-                keys += [self.keys.wallet(it.account_id), self.keys.quota(it.key_id), self.marker(it.event_id)]
+                keys += [self.keys.wallet(it.account_id), self.keys.quota(it.key_id),
+                         self.marker(it.event_id)]
                 args += [it.actual, it.spendable, it.version, it.key_used]
             applied += int(await self._apply(keys=keys, args=args))
         return applied

@@ -1,5 +1,6 @@
-"""Keeping Redis's spendable balances in step with the ledger outside the usage path: loading one wallet on the
-gateway's request, hydrating every wallet at start-up, and taking expired plans out of what a wallet may spend."""
+"""Keeping Redis's spendable balances in step with the ledger outside the usage path: loading one wallet on
+the gateway's request, hydrating every wallet at start-up, and taking expired plans out of what a wallet may
+spend."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ log = logging.getLogger("faregate.billing.hydrate")
 
 
 async def load(pool: asyncpg.Pool, guard: BillingGuard, account_id: str) -> int:
-    """Publish one wallet's spendable balance (creating an empty wallet for an account billing has not seen, so
-    the gateway gets a definite 0 instead of asking again) and return it."""
+    """Publish one wallet's spendable balance (creating an empty wallet for an account billing has not seen,
+    so the gateway gets a definite 0 instead of asking again) and return it."""
     async with pool.acquire() as conn:
         await conn.execute(repo.ENSURE_WALLETS, [account_id])
         rows = await wallets.spendable_now(conn, [account_id])

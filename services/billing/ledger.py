@@ -1,5 +1,6 @@
-"""The wallet as a fold over its ledger, and the pure rules billing applies: pricing a usage event, which plans pay
-for it, when a wallet counts as low, bonus tiers. No I/O here, so every rule is testable without a database.
+"""The wallet as a fold over its ledger, and the pure rules billing applies: pricing a usage event, which
+plans pay for it, when a wallet counts as low, bonus tiers. No I/O here, so every rule is testable without a
+database.
 
 Rounding: `shared.pricing.cost_micros` rounds once, half up, to a whole micro-USD; nothing here rounds again
 except the bonus, which is floored (the operator never gives away a fraction it did not mean to).
@@ -22,7 +23,8 @@ class InvalidUsage(ValueError):
 
 
 def price_of(event: UsageRecorded) -> tuple[int, int]:
-    """(sell price, operator cost) of one request, from the prices the event itself carries (replay-stable)."""
+    """(sell price, operator cost) of one request, from the prices the event itself carries (so a replay
+    prices it the same)."""
     if min(event.prompt_tokens, event.completion_tokens, event.cached_tokens) < 0:
         raise InvalidUsage("negative token count")
     if event.group_ratio_ppm < 0 or not 0 <= event.discount_ppm <= 1_000_000:
@@ -31,7 +33,8 @@ def price_of(event: UsageRecorded) -> tuple[int, int]:
               "cached_tokens": event.cached_tokens}
     sell = 0
     if event.price is not None:
-        sell = cost_micros(event.price, group_ratio_ppm=event.group_ratio_ppm, discount_ppm=event.discount_ppm,
+        sell = cost_micros(event.price, group_ratio_ppm=event.group_ratio_ppm,
+                           discount_ppm=event.discount_ppm,
                            **tokens)
     # The operator's cost is the channel's price to us: no group multiplier, no platform discount.
     cost = cost_micros(event.cost_price, **tokens) if event.cost_price is not None else 0
@@ -53,7 +56,8 @@ class Grant:
         return self.remaining > 0 and at < self.expires_at and (not self.models or model in self.models)
 
 
-def allocate(price: int, grants: Sequence[Grant], model: str, at: datetime) -> tuple[list[tuple[str, int]], int]:
+def allocate(price: int, grants: Sequence[Grant], model: str,
+             at: datetime) -> tuple[list[tuple[str, int]], int]:
     """Split a price between plans valid at `at` and the wallet. Model-restricted plans go first (they are the
     least flexible credit), then the soonest to expire. Mutates the grants' remaining amounts; returns
     [(grant_id, amount)] and the wallet's part."""
@@ -73,11 +77,13 @@ def allocate(price: int, grants: Sequence[Grant], model: str, at: datetime) -> t
 def spendable(balance: int, grants: Iterable[Grant], now: datetime) -> int:
     """The one number the gateway reserves against: the wallet plus plans usable for any model.
 
-    Model-restricted plans are left out: the gateway reserves before it knows which plan would pay, so counting
-    a plan for model A would let a request for model B overspend. They are still used first at debit time, so a
-    restricted plan lowers what a request costs the wallet; it just does not raise what the gateway lets through.
+    Model-restricted plans are left out: the gateway reserves before it knows which plan would pay, so
+    counting a plan for model A would let a request for model B overspend. They are still used first at debit
+    time, so a restricted plan lowers what a request costs the wallet; it just does not raise what the gateway
+    lets through.
     """
-    return balance + sum(g.remaining for g in grants if not g.models and g.remaining > 0 and now < g.expires_at)
+    usable = (g.remaining for g in grants if not g.models and g.remaining > 0 and now < g.expires_at)
+    return balance + sum(usable)
 
 
 def low_state(spendable_micros: int, threshold: int) -> int:
@@ -89,7 +95,8 @@ def low_state(spendable_micros: int, threshold: int) -> int:
 
 
 def bonus_for(paid: int, tiers: Sequence[tuple[int, int]]) -> int:
-    """Bonus micros for a payment: the highest tier (min_micros, percent) whose minimum the payment reaches."""
+    """Bonus micros for a payment: the highest tier (min_micros, percent) whose minimum the payment
+    reaches."""
     pct = 0
     for minimum, percent in sorted(tiers):
         if paid >= minimum:
@@ -135,6 +142,7 @@ def fold(rows: Iterable[Row]) -> Folded:
             state.problems.append(f"seq {row.seq} follows {state.seq}")
         state.balance += row.amount_micros
         if row.balance_after != state.balance:
-            state.problems.append(f"seq {row.seq}: balance_after {row.balance_after} != running {state.balance}")
+            state.problems.append(
+                f"seq {row.seq}: balance_after {row.balance_after} != running {state.balance}")
         state.seq = row.seq
     return state

@@ -1,6 +1,7 @@
 """Payment providers behind one small protocol: start a checkout for a payment, and turn a provider's webhook
-into a verified notice. The sandbox provider completes payments on request (demos and tests); the Stripe provider
-creates Checkout Sessions and verifies `Stripe-Signature` (`t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`).
+into a verified notice. The sandbox provider completes payments on request (demos and tests); the Stripe
+provider creates Checkout Sessions and verifies `Stripe-Signature` (`t=<unix>,v1=<hex HMAC-SHA256 of
+"t.body">`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Billing's SQL, as constants with $n parameters; a few helpers where a statement needs a little Python around it.
+"""Billing's SQL, as constants with $n parameters; a helper where a statement needs a little Python around it.
 
 Writers serialise per account on the `wallets` row (`FOR UPDATE`, taken in account order when a batch touches
-several); plan grants and key usage are only changed by a writer holding the wallet row, so they need no lock of
-their own. The ledger's (account_id, seq) primary key catches any writer that did not.
+several); plan grants and key usage are only changed by a writer holding the wallet row, so they need no lock
+of their own. The ledger's (account_id, seq) primary key catches any writer that did not.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import asyncpg
 SCHEMA = "billing"
 
 LEDGER_COLUMNS = (
-    "account_id", "seq", "kind", "amount_micros", "balance_after", "event_id", "request_id", "reference", "reason",
-    "key_id", "model", "channel_id", "price_micros", "plan_micros", "cost_micros", "bonus_micros", "paid_micros",
-    "occurred_at",
+    "account_id", "seq", "kind", "amount_micros", "balance_after", "event_id", "request_id", "reference",
+    "reason", "key_id", "model", "channel_id", "price_micros", "plan_micros", "cost_micros", "bonus_micros",
+    "paid_micros", "occurred_at",
 )
 
 ENSURE_WALLETS = (
@@ -33,7 +33,8 @@ FROM billing.wallets WHERE account_id = $1
 """
 UPDATE_WALLETS = """
 UPDATE billing.wallets w
-SET balance_micros = u.balance, seq = u.seq, low_state = u.low_state, version = w.version + 1, updated_at = now()
+SET balance_micros = u.balance, seq = u.seq, low_state = u.low_state, version = w.version + 1,
+    updated_at = now()
 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::smallint[]) AS u(account_id, balance, seq, low_state)
 WHERE w.account_id = u.account_id
 RETURNING w.account_id, w.version
@@ -51,12 +52,13 @@ FROM billing.plan_grants
 WHERE account_id = ANY($1::text[]) AND remaining_micros > 0 AND expires_at > $2
 """
 HELD_GRANTS = """
-SELECT grant_id, plan_id, plan_name, credit_micros, remaining_micros, models, expires_at, paid_micros, created_at
+SELECT grant_id, plan_id, plan_name, credit_micros, remaining_micros, models, expires_at, paid_micros,
+       created_at
 FROM billing.plan_grants WHERE account_id = $1 ORDER BY expires_at DESC
 """
 INSERT_GRANT = """
-INSERT INTO billing.plan_grants (grant_id, account_id, plan_id, plan_name, credit_micros, remaining_micros, models,
-                                 expires_at, paid_micros, reference)
+INSERT INTO billing.plan_grants (grant_id, account_id, plan_id, plan_name, credit_micros, remaining_micros,
+                                 models, expires_at, paid_micros, reference)
 VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9)
 """
 TAKE_FROM_GRANTS = """
@@ -130,7 +132,9 @@ INSERT_PAYMENT = """
 INSERT INTO billing.payments (payment_id, account_id, provider, purpose, plan_id, amount_micros, bonus_micros)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 """
-SET_PAYMENT_CHECKOUT = "UPDATE billing.payments SET provider_ref = $2, checkout_url = $3 WHERE payment_id = $1"
+SET_PAYMENT_CHECKOUT = (
+    "UPDATE billing.payments SET provider_ref = $2, checkout_url = $3 WHERE payment_id = $1"
+)
 GET_PAYMENT = "SELECT * FROM billing.payments WHERE payment_id = $1"
 # The one transition that credits: pending -> paid happens once, whatever number of webhooks arrive.
 MARK_PAID = """
@@ -165,7 +169,8 @@ FROM billing.ledger WHERE kind = 'usage' AND occurred_at >= $1 AND occurred_at <
 GROUP BY model ORDER BY sum(price_micros) - sum(cost_micros) DESC
 """
 MARGIN_BY_CHANNEL = """
-SELECT channel_id AS key, count(*) AS requests, sum(price_micros) AS sell_micros, sum(cost_micros) AS cost_micros
+SELECT channel_id AS key, count(*) AS requests, sum(price_micros) AS sell_micros,
+       sum(cost_micros) AS cost_micros
 FROM billing.ledger WHERE kind = 'usage' AND occurred_at >= $1 AND occurred_at < $2
 GROUP BY channel_id ORDER BY sum(price_micros) - sum(cost_micros) DESC
 """
@@ -182,22 +187,27 @@ FROM billing.ledger GROUP BY account_id
 """
 FOLDED_GRANTS = """
 SELECT g.grant_id, g.credit_micros - coalesce(sum(d.amount_micros), 0) AS remaining
-FROM billing.plan_grants g LEFT JOIN billing.plan_debits d USING (grant_id) GROUP BY g.grant_id, g.credit_micros
+FROM billing.plan_grants g LEFT JOIN billing.plan_debits d USING (grant_id)
+GROUP BY g.grant_id, g.credit_micros
 """
 FOLDED_KEY_USAGE = """
-SELECT key_id, sum(price_micros) AS used FROM billing.ledger WHERE kind = 'usage' AND key_id <> '' GROUP BY key_id
+SELECT key_id, sum(price_micros) AS used FROM billing.ledger
+WHERE kind = 'usage' AND key_id <> '' GROUP BY key_id
 """
 USAGE_SPLIT_MISMATCHES = """
 SELECT l.event_id FROM billing.ledger l
-LEFT JOIN (SELECT event_id, sum(amount_micros) AS plan FROM billing.plan_debits GROUP BY event_id) d USING (event_id)
-WHERE l.kind = 'usage' AND (l.amount_micros <> -(l.price_micros - l.plan_micros) OR l.plan_micros <> coalesce(d.plan, 0))
+LEFT JOIN (SELECT event_id, sum(amount_micros) AS plan FROM billing.plan_debits GROUP BY event_id) d
+    USING (event_id)
+WHERE l.kind = 'usage'
+  AND (l.amount_micros <> -(l.price_micros - l.plan_micros) OR l.plan_micros <> coalesce(d.plan, 0))
 """
 PROJECTED_WALLETS = "SELECT account_id, balance_micros AS balance, seq FROM billing.wallets"
 PROJECTED_GRANTS = "SELECT grant_id, remaining_micros AS remaining FROM billing.plan_grants"
 PROJECTED_KEY_USAGE = "SELECT key_id, used_micros AS used FROM billing.key_usage"
 REBUILD_WALLETS = """
 UPDATE billing.wallets w
-SET balance_micros = coalesce(f.balance, 0), seq = coalesce(f.seq, 0), version = w.version + 1, updated_at = now()
+SET balance_micros = coalesce(f.balance, 0), seq = coalesce(f.seq, 0), version = w.version + 1,
+    updated_at = now()
 FROM billing.wallets w2 LEFT JOIN (
     SELECT account_id, sum(amount_micros) AS balance, max(seq) AS seq FROM billing.ledger GROUP BY account_id
 ) f ON f.account_id = w2.account_id
@@ -212,7 +222,9 @@ REBUILD_GRANTS = """
 UPDATE billing.plan_grants g SET remaining_micros = g.credit_micros - coalesce(
     (SELECT sum(d.amount_micros) FROM billing.plan_debits d WHERE d.grant_id = g.grant_id), 0)
 """
-LOCK_PROJECTIONS = "LOCK TABLE billing.wallets, billing.plan_grants, billing.key_usage IN SHARE ROW EXCLUSIVE MODE"
+LOCK_PROJECTIONS = (
+    "LOCK TABLE billing.wallets, billing.plan_grants, billing.key_usage IN SHARE ROW EXCLUSIVE MODE"
+)
 REBUILD_KEY_USAGE_CLEAR = "DELETE FROM billing.key_usage"
 REBUILD_KEY_USAGE = """
 INSERT INTO billing.key_usage (key_id, used_micros)

@@ -18,8 +18,8 @@ _IDS = uuid.UUID("6d1f3c2e-93b5-4c53-8a53-0f6f2b7a1e11")
 
 
 def derived_id(*parts: str) -> str:
-    """A deterministic event id (a UUID5 hex): the same fact always gets the same id, so a retry is a duplicate
-    that the ledger's UNIQUE event_id, JetStream's de-duplication and every consumer recognise."""
+    """A deterministic event id (a UUID5 hex): the same fact always gets the same id, so a retry is a
+    duplicate that the ledger's UNIQUE event_id, JetStream's de-duplication and every consumer recognise."""
     return uuid.uuid5(_IDS, ":".join(parts)).hex
 
 
@@ -71,7 +71,8 @@ def grants_from(rows: Iterable[asyncpg.Record]) -> dict[str, list[ledger.Grant]]
     return out
 
 
-def low_event(account_id: str, old_state: int, spendable: int, threshold: int, cause: str) -> tuple[int, BalanceLow | None]:
+def low_event(account_id: str, old_state: int, spendable: int, threshold: int,
+              cause: str) -> tuple[int, BalanceLow | None]:
     """The wallet's new low state and, on a downward crossing, the event to publish (its id derived from the
     ledger event that caused it, so a redelivery republishes the same event)."""
     state = ledger.low_state(spendable, threshold)

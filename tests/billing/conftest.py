@@ -1,5 +1,5 @@
-"""Billing test fixtures: the real pool, Redis and NATS from `resources`, billing's own objects built on them, and
-a running `billing-usage` consumer when a test wants the whole path through JetStream."""
+"""Billing test fixtures: the real pool, Redis and NATS from `resources`, billing's own objects built on them,
+and a running `billing-usage` consumer when a test wants the whole path through JetStream."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ COST = ModelPrice(input=120_000, output=480_000, cached_input=60_000)
 
 def usage(account_id: str, **kw: Any) -> UsageRecorded:
     rid = kw.pop("request_id", None) or new_id()
-    fields: dict[str, Any] = {"event_id": rid, "request_id": rid, "account_id": account_id, "key_id": "k-" + account_id,
-                              "model": "gpt-4o-mini", "channel_id": "ch-1", "price": PRICE, "cost_price": COST,
-                              "prompt_tokens": 1000, "completion_tokens": 500}
+    fields: dict[str, Any] = {"event_id": rid, "request_id": rid, "account_id": account_id,
+                              "key_id": "k-" + account_id, "model": "gpt-4o-mini", "channel_id": "ch-1",
+                              "price": PRICE, "cost_price": COST, "prompt_tokens": 1000,
+                              "completion_tokens": 500}
     fields.update(kw)
     return UsageRecorded(**fields)
 
@@ -54,7 +55,8 @@ def spend_guard(resources: Resources) -> SpendGuard:
 @pytest.fixture
 def funding(resources: Resources, guard: BillingGuard, settings: BillingSettings) -> Funding:
     assert resources.pool
-    return Funding(resources.pool, guard, resources.publisher, settings, SandboxProvider("http://billing.test"))
+    return Funding(resources.pool, guard, resources.publisher, settings,
+                   SandboxProvider("http://billing.test"))
 
 
 async def credit(funding: Funding, account_id: str, amount: int) -> None:
@@ -83,9 +85,9 @@ async def running_consumer(resources: Resources, guard: BillingGuard,
         await task
 
 
-async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
+async def wait_for(predicate: Any, within_s: float = 15.0) -> None:
     """Poll an async predicate until it is true (a consumer applies events asynchronously)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within_s
     while True:
         if await predicate():
             return

@@ -40,7 +40,8 @@ async def _activity(resources: Resources, funding: Funding) -> str:
         " VALUES ($1, 'audit plan', 1000000, 1500000, 30)", f"audit-{account}")
     await funding.buy_plan_with_balance(account, f"audit-{account}")
     price = ModelPrice(input=1_000_000, output=2_000_000)
-    evs = [usage(account, price=price, prompt_tokens=100_000 * i, completion_tokens=50_000) for i in range(1, 15)]
+    evs = [usage(account, price=price, prompt_tokens=100_000 * i, completion_tokens=50_000)
+           for i in range(1, 15)]
     await consumer.apply_batch(resources.pool, evs, default_threshold=0)
     await funding.refund(evs[-1].event_id, None, "audit refund")
     return account

@@ -1,10 +1,10 @@
-"""The spend bound, end to end through the Redis spend guard and the billing consumer: many concurrent requests
-against a wallet that affords only a few. The gateway's half (reserve the worst case, settle the actual, publish
-usage.recorded) is played here with the real SpendGuard and the real publisher; billing's half is the real
-`billing-usage` consumer on JetStream.
+"""The spend bound, end to end through the Redis spend guard and the billing consumer: many concurrent
+requests against a wallet that affords only a few. The gateway's half (reserve the worst case, settle the
+actual, publish usage.recorded) is played here with the real SpendGuard and the real publisher; billing's half
+is the real `billing-usage` consumer on JetStream.
 
-Documented bound (shared/wallet.py): the final balance is never below zero by more than the sum of the amounts by
-which requests exceeded their reservation (upstreams that ignore max_tokens); with none, never below zero.
+Documented bound (shared/wallet.py): the final balance is never below zero by more than the sum of the amounts
+by which requests exceeded their reservation (upstreams that ignore max_tokens); with none, never below zero.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ async def _storm(resources: Resources, spend_guard: SpendGuard, account: str, n:
         await spend_guard.settle(rid, account, f"key-{account}", actual)
         admitted.append(actual)
         assert resources.publisher
-        resources.publisher.publish_nowait(usage(account, key_id=f"key-{account}", price=PRICE, prompt_tokens=0,
+        resources.publisher.publish_nowait(usage(account, key_id=f"key-{account}", price=PRICE,
+                                                 prompt_tokens=0,
                                                  completion_tokens=actual, reservation_id=rid,
                                                  reserved_micros=worst))
 
@@ -69,7 +70,7 @@ async def _settled(resources: Resources, account: str, admitted: int) -> None:
             "SELECT count(*) FROM billing.ledger WHERE account_id = $1 AND kind = 'usage'", account)
         return bool(n == admitted)
 
-    await wait_for(done, timeout=30)
+    await wait_for(done, within_s=30)
 
 
 async def test_concurrent_requests_never_overspend_and_the_ledger_is_exact(
@@ -81,7 +82,7 @@ async def test_concurrent_requests_never_overspend_and_the_ledger_is_exact(
         admitted, excess = await _storm(resources, spend_guard, account, n=150, worst=1_000, overshoot=0)
         await _settled(resources, account, len(admitted))
     assert excess == 0
-    assert len(admitted) >= 10  # at least what the balance covers at worst case; more as actual costs free room
+    assert len(admitted) >= 10  # what the balance covers at worst case; more as actual costs free room
     final = await balance(resources, account)
     assert final >= 0
     assert final == 10_000 - sum(admitted)

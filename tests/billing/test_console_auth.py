@@ -1,5 +1,5 @@
-"""A console user signed in with the keys service reaches their own wallet with the session cookie; writes need
-the CSRF token; a stale session is refused. The keys service runs for real (`faregate keys`)."""
+"""A console user signed in with the keys service reaches their own wallet with the session cookie; writes
+need the CSRF token; a stale session is refused. The keys service runs for real (`faregate keys`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def keys_service(common: CommonSettings) -> Iterator[procs.ServiceProcess]:
         yield sp
 
 
-async def test_session_cookie_csrf_and_expiry(common: CommonSettings, keys_service: procs.ServiceProcess) -> None:
+async def test_session_cookie_csrf_and_expiry(common: CommonSettings,
+                                              keys_service: procs.ServiceProcess) -> None:
     async with httpx.AsyncClient(base_url=keys_service.url) as keys:
         r = await keys.post("/api/auth/register", json={"email": "payer@example.com",
                                                         "password": "correct horse battery"})

@@ -1,5 +1,5 @@
-"""Kill the billing process (SIGKILL, no goodbye) in the middle of a stream of usage events and start it again:
-every event is charged exactly once, and Redis ends where the ledger is."""
+"""Kill the billing process (SIGKILL, no goodbye) in the middle of a stream of usage events and start it
+again: every event is charged exactly once, and Redis ends where the ledger is."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(resources: R
             n = sum([await charged_count(resources, a) for a in accounts])
             return n >= 300
 
-        await wait_for(partly_applied, timeout=60)
+        await wait_for(partly_applied, within_s=60)
         billing.kill()  # SIGKILL: mid-batch, mid-publish, before acks — wherever it was
         killed_at = sum([await charged_count(resources, a) for a in accounts])
         assert killed_at < len(evs), "the stream was already fully applied; the kill proved nothing"
@@ -58,7 +58,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(resources: R
         async def all_applied() -> bool:
             return sum([await charged_count(resources, a) for a in accounts]) >= len(evs)
 
-        await wait_for(all_applied, timeout=120)
+        await wait_for(all_applied, within_s=120)
         await asyncio.sleep(1.0)  # anything doubled would land now
     finally:
         billing.stop()

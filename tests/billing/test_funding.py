@@ -34,13 +34,14 @@ ADMIN = {"X-Internal-Token": "dev-internal-token", "X-Role": "admin"}
 
 
 class FakeStripe:
-    """Stands in for api.stripe.com (the one external paid API here): records checkout sessions it was asked for."""
+    """Stands in for api.stripe.com (the one external paid API here): records the checkout sessions made."""
 
     def __init__(self) -> None:
         self.sessions: list[dict[str, str]] = []
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/checkout/sessions" and request.headers["authorization"] == "Bearer sk_test_x":
+        authorised = request.headers["authorization"] == "Bearer sk_test_x"
+        if request.url.path == "/v1/checkout/sessions" and authorised:
             form = dict(httpx.QueryParams(request.content.decode()))
             self.sessions.append(form)
             sid = f"cs_test_{len(self.sessions)}"
@@ -61,7 +62,8 @@ async def client(common: CommonSettings) -> AsyncIterator[AsyncTestClient[Any]]:
 
 
 @pytest.fixture
-async def stripe_client(common: CommonSettings, fake_stripe: FakeStripe) -> AsyncIterator[AsyncTestClient[Any]]:
+async def stripe_client(common: CommonSettings,
+                        fake_stripe: FakeStripe) -> AsyncIterator[AsyncTestClient[Any]]:
     settings = BillingSettings(payment_provider="stripe", stripe_secret_key="sk_test_x",
                                stripe_webhook_secret=WEBHOOK_SECRET, plan_expiry_scan_s=3600)
     http = httpx.AsyncClient(transport=httpx.MockTransport(fake_stripe.handler))
@@ -83,10 +85,12 @@ async def test_sandbox_topup_with_bonus_tier_credits_once(client: AsyncTestClien
     r = await client.post("/v1/billing/topups", json={"amount_usd": "50"}, headers=as_user(account))
     assert r.status_code == 201, r.text
     pay = r.json()
-    assert (pay["amount_micros"], pay["bonus_micros"], pay["status"]) == (50_000_000, 7_500_000, "pending")  # +15%
+    assert (pay["amount_micros"], pay["bonus_micros"], pay["status"]) == (50_000_000, 7_500_000,
+                                                                          "pending")  # +15%
     assert pay["bonus_usd"] == "$7.500000"
     for _ in range(2):  # paying twice (a double click) credits once
-        r = await client.post(f"/v1/billing/sandbox/payments/{pay['payment_id']}/pay", headers=as_user(account))
+        r = await client.post(f"/v1/billing/sandbox/payments/{pay['payment_id']}/pay",
+                              headers=as_user(account))
         assert r.status_code == 200 and r.json()["status"] == "paid"
     assert (await wallet(client, account))["balance_micros"] == 57_500_000
     # Redis holds the same number for the gateway.
@@ -119,7 +123,8 @@ def _signed(body: bytes, secret: str = WEBHOOK_SECRET, at: int | None = None) ->
 
 
 def _completed(payment_id: str, cents: int, session: str = "cs_test_1") -> bytes:
-    return msgspec.json.encode({"id": f"evt_{new_id()}", "type": "checkout.session.completed", "data": {"object": {
+    return msgspec.json.encode({"id": f"evt_{new_id()}", "type": "checkout.session.completed",
+                                "data": {"object": {
         "id": session, "client_reference_id": payment_id, "amount_total": cents, "currency": "usd",
         "payment_status": "paid"}}})
 
@@ -148,7 +153,8 @@ async def test_stripe_webhook_is_verified_and_idempotent(stripe_client: AsyncTes
     assert (await wallet(c, account))["balance_micros"] == 0
 
     # The genuine one credits $20 + 10%, once, however often Stripe retries it.
-    results = await asyncio.gather(*(c.post("/v1/billing/webhooks/stripe", content=body, headers=_signed(body))
+    results = await asyncio.gather(*(c.post("/v1/billing/webhooks/stripe", content=body,
+                                            headers=_signed(body))
                                      for _ in range(5)))
     assert all(r.status_code == 200 for r in results)
     assert sorted(r.json()["credited"] for r in results) == [False] * 4 + [True]
@@ -165,7 +171,8 @@ async def test_stripe_webhook_is_verified_and_idempotent(stripe_client: AsyncTes
 
 
 async def test_a_code_redeems_once_even_when_raced(client: AsyncTestClient[Any]) -> None:
-    r = await client.post("/v1/admin/billing/codes", json={"count": 3, "amount_micros": 5_000_000, "valid_days": 7},
+    r = await client.post("/v1/admin/billing/codes", json={"count": 3, "amount_micros": 5_000_000,
+                                                           "valid_days": 7},
                           headers=ADMIN)
     assert r.status_code == 201, r.text
     codes = r.json()["codes"]
@@ -177,7 +184,8 @@ async def test_a_code_redeems_once_even_when_raced(client: AsyncTestClient[Any])
     winner = users[[r.status_code for r in results].index(200)]
     assert (await wallet(client, winner))["balance_micros"] == 5_000_000
     assert sum([(await wallet(client, u))["balance_micros"] for u in users]) == 5_000_000
-    r = await client.post("/v1/billing/redeem", json={"code": "NOPE-NOPE-NOPE-NOPE"}, headers=as_user(users[0]))
+    r = await client.post("/v1/billing/redeem", json={"code": "NOPE-NOPE-NOPE-NOPE"},
+                          headers=as_user(users[0]))
     assert r.status_code == 404 and r.json()["error"]["code"] == "invalid_code"
     # Users cannot mint codes.
     r = await client.post("/v1/admin/billing/codes", json={"count": 1, "amount_micros": 1, "valid_days": 1},
@@ -187,7 +195,8 @@ async def test_a_code_redeems_once_even_when_raced(client: AsyncTestClient[Any])
 
 async def test_an_expired_code_is_refused(client: AsyncTestClient[Any], resources: Resources) -> None:
     assert resources.pool
-    codes = (await client.post("/v1/admin/billing/codes", json={"count": 1, "amount_micros": 1_000, "valid_days": 1},
+    codes = (await client.post("/v1/admin/billing/codes", json={"count": 1, "amount_micros": 1_000,
+                                                                "valid_days": 1},
                                headers=ADMIN)).json()["codes"]
     await resources.pool.execute("UPDATE billing.codes SET expires_at = now() - interval '1 second'"
                                  " WHERE redeemed_at IS NULL AND amount_micros = 1000")
@@ -196,7 +205,8 @@ async def test_an_expired_code_is_refused(client: AsyncTestClient[Any], resource
 
 
 async def _put_plan(c: AsyncTestClient[Any], plan_id: str, **kw: Any) -> None:
-    body = {"name": plan_id, "price_micros": 8_000_000, "credit_micros": 10_000_000, "validity_days": 30, **kw}
+    body = {"name": plan_id, "price_micros": 8_000_000, "credit_micros": 10_000_000, "validity_days": 30,
+            **kw}
     r = await c.put(f"/v1/admin/billing/plans/{plan_id}", json=body, headers=ADMIN)
     assert r.status_code == 200, r.text
 
@@ -213,8 +223,8 @@ async def test_plans_are_used_before_the_balance_and_expired_remainders_are_not(
     r = await client.post(f"/v1/admin/billing/wallets/{account}/adjust",
                           json={"amount_micros": 20_000_000, "reason": "welcome"}, headers=ADMIN)
     assert r.status_code == 200
-    r = await client.post(f"/v1/billing/plans/{plan_id}/buy", json={"pay_with": "balance",
-                                                                      "idempotency_key": "k1"}, headers=as_user(account))
+    buy = {"pay_with": "balance", "idempotency_key": "k1"}
+    r = await client.post(f"/v1/billing/plans/{plan_id}/buy", json=buy, headers=as_user(account))
     assert r.status_code == 200, r.text
     again = await client.post(f"/v1/billing/plans/{plan_id}/buy", json={"pay_with": "balance",
                                                                           "idempotency_key": "k1"},
@@ -232,21 +242,25 @@ async def test_plans_are_used_before_the_balance_and_expired_remainders_are_not(
     evs = [usage(account, model="gpt-4o-mini", price=price, prompt_tokens=0, completion_tokens=2_500_000),
            usage(account, model="other", price=price, prompt_tokens=0, completion_tokens=9_000_000)]
     await consumer.apply_batch(resources.pool, evs, default_threshold=0)
-    held = {p["name"]: p for p in (await client.get("/v1/billing/plans/held", headers=as_user(account))).json()}
-    assert held[plan_id + "-mini"]["remaining_micros"] + held[plan_id]["remaining_micros"] == 12_000_000 - 11_500_000
+    held = {p["name"]: p for p in (await client.get("/v1/billing/plans/held",
+                                                    headers=as_user(account))).json()}
+    left = held[plan_id + "-mini"]["remaining_micros"] + held[plan_id]["remaining_micros"]
+    assert left == 12_000_000 - 11_500_000
     assert (await wallet(client, account))["balance_micros"] == 11_000_000  # plans paid for everything
 
     # Time passes: the unrestricted plan expires with credit left. It shows as expired and is not charged.
     await resources.pool.execute("UPDATE billing.plan_grants SET expires_at = now() - interval '1 second'"
                                  " WHERE account_id = $1 AND plan_id = $2", account, plan_id)
     assert await hydrate.expire_plans_once(resources.pool, guard, None, 0) == 1
-    held = {p["name"]: p for p in (await client.get("/v1/billing/plans/held", headers=as_user(account))).json()}
+    held = {p["name"]: p for p in (await client.get("/v1/billing/plans/held",
+                                                    headers=as_user(account))).json()}
     assert held[plan_id]["status"] == "expired" and held[plan_id]["remaining_micros"] > 0
     assert (await SpendGuard(resources.redis, resources.keys).snapshot(account))["balance"] == 11_000_000
     await consumer.apply_batch(resources.pool, [usage(account, model="other", price=price, prompt_tokens=0,
                                                       completion_tokens=1_000_000)], default_threshold=0)
     assert (await wallet(client, account))["balance_micros"] == 10_000_000
-    held_after = {p["name"]: p for p in (await client.get("/v1/billing/plans/held", headers=as_user(account))).json()}
+    held_after = {p["name"]: p for p in (await client.get("/v1/billing/plans/held",
+                                                          headers=as_user(account))).json()}
     assert held_after[plan_id]["remaining_micros"] == held[plan_id]["remaining_micros"]
 
 
@@ -261,13 +275,15 @@ async def test_a_plan_paid_by_payment_is_granted_once(client: AsyncTestClient[An
     plan_id = f"p-{new_id()[:8]}"
     await _put_plan(client, plan_id)
     account = new_id()
-    r = await client.post(f"/v1/billing/plans/{plan_id}/buy", json={"pay_with": "payment"}, headers=as_user(account))
+    r = await client.post(f"/v1/billing/plans/{plan_id}/buy", json={"pay_with": "payment"},
+                          headers=as_user(account))
     pay = r.json()
     assert (pay["purpose"], pay["amount_micros"], pay["bonus_micros"]) == ("plan", 8_000_000, 0)
     for _ in range(2):
         await client.post(f"/v1/billing/sandbox/payments/{pay['payment_id']}/pay", headers=as_user(account))
     held = (await client.get("/v1/billing/plans/held", headers=as_user(account))).json()
-    assert [(p["name"], p["remaining_micros"], p["status"]) for p in held] == [(plan_id, 10_000_000, "active")]
+    assert [(p["name"], p["remaining_micros"], p["status"]) for p in held] == [(plan_id, 10_000_000,
+                                                                                "active")]
     w = await wallet(client, account)
     assert (w["balance_micros"], w["spendable_micros"]) == (0, 10_000_000)
 
@@ -289,7 +305,8 @@ async def test_admin_adjusts_with_a_reason_and_refunds_a_charge_once(client: Asy
     assert await balance(resources, account) == 1_000_000 - 450
     charge = (await client.get(f"/v1/admin/billing/charges/{e.request_id}", headers=ADMIN)).json()
     assert (charge["sell_micros"], charge["cost_micros"], charge["margin_micros"]) == (450, 360, 90)
-    r = await client.post("/v1/admin/billing/refunds", json={"request_id": e.request_id, "reason": "bad answer"},
+    r = await client.post("/v1/admin/billing/refunds", json={"request_id": e.request_id,
+                                                             "reason": "bad answer"},
                           headers=ADMIN)
     assert r.status_code == 200 and r.json()["balance_micros"] == 1_000_000
     r = await client.post("/v1/admin/billing/refunds", json={"usage_event_id": e.event_id}, headers=ADMIN)
@@ -308,7 +325,8 @@ async def test_admin_adjusts_with_a_reason_and_refunds_a_charge_once(client: Asy
     assert r.status_code == 403
 
 
-async def test_the_gateway_load_call_hydrates_redis(client: AsyncTestClient[Any], resources: Resources) -> None:
+async def test_the_gateway_load_call_hydrates_redis(client: AsyncTestClient[Any],
+                                                    resources: Resources) -> None:
     assert resources.redis
     account = new_id()
     await client.post(f"/v1/admin/billing/wallets/{account}/adjust",
@@ -316,17 +334,20 @@ async def test_the_gateway_load_call_hydrates_redis(client: AsyncTestClient[Any]
     await resources.redis.delete(resources.keys.wallet(account))  # Redis lost it
     r = await client.post(f"/internal/wallets/{account}/load")
     assert r.status_code == 401
-    r = await client.post(f"/internal/wallets/{account}/load", headers={"X-Internal-Token": "dev-internal-token"})
+    r = await client.post(f"/internal/wallets/{account}/load",
+                          headers={"X-Internal-Token": "dev-internal-token"})
     assert r.json() == {"balance_micros": 3_000_000}
     assert (await SpendGuard(resources.redis, resources.keys).snapshot(account))["balance"] == 3_000_000
-    r = await client.post(f"/internal/wallets/{new_id()}/load", headers={"X-Internal-Token": "dev-internal-token"})
+    r = await client.post(f"/internal/wallets/{new_id()}/load",
+                          headers={"X-Internal-Token": "dev-internal-token"})
     assert r.json() == {"balance_micros": 0}
 
 
 async def test_threshold_is_per_account(client: AsyncTestClient[Any]) -> None:
     account = new_id()
     assert (await wallet(client, account))["low_threshold_micros"] == 1_000_000  # the default
-    r = await client.put("/v1/billing/threshold", json={"threshold_micros": 5_000_000}, headers=as_user(account))
+    r = await client.put("/v1/billing/threshold", json={"threshold_micros": 5_000_000},
+                         headers=as_user(account))
     assert r.status_code == 200
     assert (await wallet(client, account))["low_threshold_usd"] == "$5.000000"
     r = await client.put("/v1/billing/threshold", json={"threshold_micros": -1}, headers=as_user(account))

@@ -1,5 +1,5 @@
-"""Usage events become exact, once-only debits: priced from the event's own prices, applied in batches, released
-in the Redis spend guard, announced as usage.charged and, on a downward crossing, balance.low."""
+"""Usage events become exact, once-only debits: priced from the event's own prices, applied in batches,
+released in the Redis spend guard, announced as usage.charged and, on a downward crossing, balance.low."""
 
 from __future__ import annotations
 
@@ -43,11 +43,11 @@ async def test_each_token_kind_and_the_group_multiplier_are_charged_exactly(reso
     price = ModelPrice(input=3_000_000, output=15_000_000, cached_input=300_000)  # $3 / $15 / $0.30 per M
     cases = [
         # (prompt, cached, completion, group ppm, discount ppm) -> expected micro-USD
-        ((1_000, 0, 0, 1_000_000, 0), 3_000),          # input only: 1000 × $3/M
+        ((1_000, 0, 0, 1_000_000, 0), 3_000),          # input only: 1000 x $3/M
         ((0, 0, 1_000, 1_000_000, 0), 15_000),         # output only
         ((1_000, 1_000, 0, 1_000_000, 0), 300),        # fully cached input at the cached price
         ((1_000, 400, 200, 1_000_000, 0), 1_800 + 120 + 3_000),
-        ((1_000, 400, 200, 1_500_000, 0), 7_380),      # group ×1.5
+        ((1_000, 400, 200, 1_500_000, 0), 7_380),      # group x1.5
         ((1_000, 400, 200, 1_500_000, 100_000), 6_642),  # and 10% platform discount
         ((1, 0, 0, 1_000_000, 0), 3),                  # 3 micros exactly
         ((0, 0, 1, 1_000_000, 0), 15),
@@ -61,8 +61,8 @@ async def test_each_token_kind_and_the_group_multiplier_are_charged_exactly(reso
     usage_rows = [r for r in rows if r["kind"] == "usage"]
     assert [r["price_micros"] for r in usage_rows] == [want for _, want in cases]
     assert [-r["amount_micros"] for r in usage_rows] == [want for _, want in cases]
-    # The operator's cost is kept apart: list price × channel discount, no group multiplier, no discount.
-    assert usage_rows[0]["cost_micros"] == 120  # 1000 × $0.12/M (COST)
+    # The operator's cost is kept apart: list price x channel discount, no group multiplier, no discount.
+    assert usage_rows[0]["cost_micros"] == 120  # 1000 x $0.12/M (COST)
     assert await balance(resources, account) == 10_000_000 - sum(want for _, want in cases)
     # The balance_after chain is the running balance.
     running = 0
@@ -86,8 +86,9 @@ async def test_the_same_event_twice_debits_once(resources: Resources, funding: F
 
 async def test_through_jetstream_redelivery_after_commit_does_not_double_charge(
         resources: Resources, funding: Funding, guard: BillingGuard, spend_guard: SpendGuard) -> None:
-    """The gateway reserves and settles; billing commits the debit but dies before acking; JetStream redelivers;
-    the restarted consumer changes nothing in Postgres, releases Redis's pending once and the wallet ends exact."""
+    """The gateway reserves and settles; billing commits the debit but dies before acking; JetStream
+    redelivers; the restarted consumer changes nothing in Postgres, releases Redis's pending once and the
+    wallet ends exact."""
     assert resources.js and resources.pool and resources.publisher
     ns = resources.common.namespace
     account = new_id()
@@ -120,7 +121,8 @@ async def test_through_jetstream_redelivery_after_commit_does_not_double_charge(
 
     async with running_consumer(resources, guard):
         async def redelivered() -> bool:
-            info = await resources.js.consumer_info(bus.stream_name(ns, bus.STREAMS[0]), spec.durable)  # type: ignore[union-attr]
+            assert resources.js
+            info = await resources.js.consumer_info(bus.stream_name(ns, bus.STREAMS[0]), spec.durable)
             return info.num_ack_pending == 0 and info.num_pending == 0
         await wait_for(redelivered)
     assert await charged_count(resources, account) == 1
@@ -172,7 +174,8 @@ async def test_charges_are_announced_and_a_low_balance_is_announced_once_per_cro
     assert pub
     small = ModelPrice(input=0, output=1_000_000)  # 1 micro per output token
     for tokens in (600, 600, 600, 600):  # 2000 -> 1400 -> 800 (low) -> 200 -> -400 (exhausted)
-        result = await consumer.apply_batch(resources.pool, [usage(account, price=small, completion_tokens=tokens,
+        result = await consumer.apply_batch(resources.pool, [usage(account, price=small,
+                                                                   completion_tokens=tokens,
                                                                    prompt_tokens=0)], default_threshold=1_000)
         await consumer.after_commit(result, guard, pub)
     await asyncio.sleep(0.3)
@@ -184,7 +187,8 @@ async def test_charges_are_announced_and_a_low_balance_is_announced_once_per_cro
     assert [(b.balance_micros, b.exhausted) for b in lows] == [(800, False), (-400, True)]
 
 
-async def test_margin_is_queryable_per_request_model_and_channel(resources: Resources, funding: Funding) -> None:
+async def test_margin_is_queryable_per_request_model_and_channel(resources: Resources,
+                                                                 funding: Funding) -> None:
     assert resources.pool
     account = new_id()
     await credit(funding, account, 1_000_000)
@@ -194,7 +198,7 @@ async def test_margin_is_queryable_per_request_model_and_channel(resources: Reso
     rows = await resources.pool.fetch(
         "SELECT model, sum(price_micros) - sum(cost_micros) AS margin FROM billing.ledger "
         "WHERE account_id = $1 AND kind = 'usage' GROUP BY model ORDER BY model", account)
-    # sell 450 vs cost 360 per request (COST is 80% of PRICE); the ×2 group doubles only the sell side.
+    # sell 450 vs cost 360 per request (COST is 80% of PRICE); the x2 group doubles only the sell side.
     assert [(r["model"], r["margin"]) for r in rows] == [("m-a", 2 * (450 - 360)), ("m-b", 900 - 360)]
     assert COST.input * 5 == PRICE.input * 4
 
