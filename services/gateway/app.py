@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
@@ -29,6 +30,9 @@ from services.gateway.errors import (
     error_body,
     headers_for,
 )
+from services.gateway import clients
+from services.gateway.dialects import openai as oai_dialect
+from services.gateway.dialects.errors import TranslationError
 from services.gateway.providers import openai as oai
 from services.gateway.relay import Call
 from services.gateway.usage import Usage
@@ -38,6 +42,7 @@ from shared.runtime import open_resources
 from shared.web import ServiceError, Unauthorized, ops_handlers, request_id_middleware, service_error_handler
 
 log = logging.getLogger("faregate.gateway")
+_json = msgspec.json.Encoder().encode
 
 CATALOG_SAFETY_RELOAD_S = 30.0  # events keep the catalog fresh; this only bounds the damage of a missed one
 
@@ -109,17 +114,27 @@ async def guarded(gw: Gateway, call: Call, work: Any) -> Response[Any]:
 # --- OpenAI: chat completions ------------------------------------------------------------------------------
 
 
-async def _chat(gw: Gateway, call: Call, request: Request[Any, Any, Any]) -> Response[Any]:
+async def _chat(gw: Gateway, call: Call, request: Request[Any, Any, Any], path_model: str | None = None,
+                path_stream: bool | None = None) -> Response[Any]:
+    """One chat request in any client dialect. Gemini puts the model and streaming in the URL."""
     raw = await read_body(request, gw.settings.max_body_bytes)
     snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
     body = relay.parse_json_object(raw)
-    model = relay.resolve_model(gw, call, snap, body.get("model"), "chat")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise BadRequest("'messages' must be a non-empty array.", param="messages")
-    stream = body.get("stream") is True
+    name = path_model if path_model is not None else body.get("model")
+    model = relay.resolve_model(gw, call, snap, name, "chat")
+    stream = path_stream if path_stream is not None else body.get("stream") is True
     call.stream = stream
-    max_out = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    n = body.get("n") or 1
+    if call.dialect == "openai":
+        internal = body
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise BadRequest("'messages' must be a non-empty array.", param="messages")
+    else:
+        try:
+            internal = clients.to_internal(call.dialect, body, model.name, stream)
+        except TranslationError as exc:
+            raise BadRequest(exc.message, param=exc.field) from None
+    max_out = internal.get("max_completion_tokens") or internal.get("max_tokens") or 0
+    n = internal.get("n") or 1
     if not isinstance(max_out, int) or max_out < 0:
         raise BadRequest("'max_tokens' must be a positive integer.", param="max_tokens")
     if not isinstance(n, int) or not 1 <= n <= 128:
@@ -130,23 +145,43 @@ async def _chat(gw: Gateway, call: Call, request: Request[Any, Any, Any]) -> Res
     amount = relay.worst_case(gw, model, call, prompt_estimate, max_out, n)
     call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
-    opened = await relay.open_upstream(gw, call, model, "/chat/completions", body, stream)
+    plan = relay.Plan(call.dialect, body, internal, "/chat/completions", stream)
+    opened = await relay.open_upstream(gw, call, model, plan)
     headers = ratelimit_headers(call, snap.rpm_limit, snap.tpm_limit)
     if stream:
-        opts = body.get("stream_options")
-        wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         headers["cache-control"] = "no-cache"
-        return Stream(relay.stream_body(gw, call, opened, wants_usage, body["messages"]),
-                      media_type="text/event-stream", headers=headers)
+        if opened.translated:
+            content = relay.translated_stream_body(gw, call, opened, plan)
+        else:
+            content = relay.stream_body(gw, call, opened, oai_dialect.wants_usage(body), body["messages"])
+        return Stream(content, media_type="text/event-stream", headers=headers)
     await relay._close(opened.resp)
     call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
+    if not opened.translated:
+        try:
+            usage = oai.response_usage(opened.body)
+        except Exception:
+            raise BadUpstream("The upstream sent a response that is not valid JSON.") from None
+        call.usage = usage or Usage(prompt_tokens=tokenizer.count_chat_prompt(body["messages"]),
+                                    completion_tokens=tokenizer.count_text(oai.response_text(opened.body)))
+        return Response(opened.body, media_type="application/json", headers=headers)
     try:
-        usage = oai.response_usage(opened.body)
+        answer = opened.provider.response_to_internal(opened.body, opened.upstream_model)
+        reported = oai_dialect.response_usage(answer)
+        texts: list[str] = []
+        if reported is None:
+            for choice in answer.get("choices") or ():
+                message = choice.get("message") or {}
+                texts.append(message.get("content") or "")
     except Exception:
-        raise BadUpstream("The upstream sent a response that is not valid JSON.") from None
-    call.usage = usage or Usage(prompt_tokens=tokenizer.count_chat_prompt(body["messages"]),
-                                completion_tokens=tokenizer.count_text(oai.response_text(opened.body)))
-    return Response(opened.body, media_type="application/json", headers=headers)
+        raise BadUpstream("The upstream sent a response that could not be read.") from None
+    call.usage = (relay._usage_of(reported) if reported is not None
+                  else Usage(prompt_tokens=tokenizer.count_chat_prompt(internal.get("messages")),
+                             completion_tokens=tokenizer.count_text("".join(texts))))
+    if reported is None:
+        answer["usage"] = oai_dialect.usage_to_openai(relay._token_usage(call.usage))
+    out = clients.response_from_internal(call.dialect, answer, body, model.name)
+    return Response(_json(out), media_type="application/json", headers=headers)
 
 
 @post("/v1/chat/completions", status_code=200)
@@ -154,6 +189,62 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     gw = gateway_of(request)
     call = new_call(request, "openai", "chat")
     return await guarded(gw, call, _chat(gw, call, request))
+
+
+# --- Anthropic, Gemini and Responses clients (translated to and from the internal chat form) ------------------
+
+
+@post("/v1/messages", status_code=200)
+async def anthropic_messages(request: Request[Any, Any, Any]) -> Response[Any]:
+    gw = gateway_of(request)
+    call = new_call(request, "anthropic", "messages")
+    return await guarded(gw, call, _chat(gw, call, request))
+
+
+@post("/v1/responses", status_code=200)
+async def openai_responses(request: Request[Any, Any, Any]) -> Response[Any]:
+    gw = gateway_of(request)
+    call = new_call(request, "responses", "responses")
+    return await guarded(gw, call, _chat(gw, call, request))
+
+
+@post(["/v1beta/models/{target:str}", "/v1/models/{target:str}"], status_code=200)
+async def gemini_generate(request: Request[Any, Any, Any], target: FromPath[str]) -> Response[Any]:
+    gw = gateway_of(request)
+    call = new_call(request, "gemini", "chat")
+    # (Litestar hands this parameter over with a leading slash when a :path route shares the prefix.)
+    model, _, action = target.lstrip("/").rpartition(":")
+    if action not in ("generateContent", "streamGenerateContent") or not model:
+        bad = GatewayError(f"Unknown method '{action}'; use generateContent or streamGenerateContent.",
+                           status=404, code="not_found")
+        call.fail(bad)
+        gw.spawn(relay.record(gw, call))
+        return error_response("gemini", bad)
+    return await guarded(gw, call, _chat(gw, call, request, model, action == "streamGenerateContent"))
+
+
+@post("/v1/messages/count_tokens", status_code=200)
+async def anthropic_count_tokens(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Counted here with the tokenizer: no upstream call, nothing to bill, so no usage event."""
+    gw = gateway_of(request)
+    call = Call(request_id="", dialect="anthropic", endpoint="count_tokens",
+                client_ip=request.client.host if request.client else "")
+    try:
+        raw = await read_body(request, gw.settings.max_body_bytes)
+        snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
+        body = relay.parse_json_object(raw)
+        relay.resolve_model(gw, call, snap, body.get("model"), "chat")
+        try:
+            internal = clients.to_internal("anthropic", {**body, "max_tokens": 1}, str(body.get("model")), False)
+        except TranslationError as exc:
+            raise BadRequest(exc.message, param=exc.field) from None
+        tools = internal.get("tools")
+        count = tokenizer.count_chat_prompt(internal["messages"])
+        if tools:
+            count += tokenizer.count_text(_json(tools).decode())
+    except GatewayError as exc:
+        return error_response("anthropic", exc)
+    return Response({"input_tokens": count})
 
 
 # --- OpenAI: embeddings and images (no stream, plain passthrough) -------------------------------------------
@@ -287,7 +378,8 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
 
     ready_checks: dict[str, Any] = {}
     return Litestar(
-        route_handlers=[*ops_handlers(ready_checks), chat_completions, embeddings, images, list_models, get_model,
+        route_handlers=[*ops_handlers(ready_checks), chat_completions, anthropic_messages, anthropic_count_tokens,
+                        openai_responses, gemini_generate, embeddings, images, list_models, get_model,
                         channels_health],
         lifespan=[lifespan],
         middleware=[request_id_middleware],

@@ -42,6 +42,13 @@ from services.gateway.errors import (
     UpstreamTimeout,
     stream_error_event,
 )
+from services.gateway import clients
+from services.gateway.dialects import openai as dialect_openai
+from services.gateway.dialects.errors import TranslationError, UpstreamStreamError
+from services.gateway.dialects.openai import TokenUsage
+from services.gateway.sse import SSEParser
+from services.gateway.providers import anthropic as p_anthropic
+from services.gateway.providers import gemini as p_gemini
 from services.gateway.providers import openai as oai
 from services.gateway.routing import candidates
 from services.gateway.usage import Usage, cost_of
@@ -113,6 +120,11 @@ class Opened:
     chunks: AsyncIterator[bytes] | None = None
     first: bytes = b""
     body: bytes = b""
+    translated: bool = False  # the channel speaks another dialect than the client
+
+    @property
+    def provider(self) -> Any:
+        return PROVIDERS[self.channel.channel.provider]
 
 
 # --- step 1-3: authenticate and admit ----------------------------------------------------------------------
@@ -225,18 +237,54 @@ def _classify(status: int, headers: httpx.Headers) -> AttemptFailed:
                                            code="upstream_rejected_request"))
 
 
-async def _attempt(gw: Gateway, call: Call, model: Model, channel: ChannelView, endpoint_path: str,
-                   body: dict[str, Any], stream: bool, deadline: float) -> Opened:
+@dataclass(frozen=True)
+class Plan:
+    """What to send upstream: the client's own body (for the OpenAI passthrough) and the internal form (for a
+    channel of another dialect), the OpenAI path, and whether it streams."""
+
+    client_dialect: str
+    body: dict[str, Any]
+    internal: dict[str, Any]
+    endpoint_path: str  # OpenAI path after /v1: /chat/completions, /embeddings, /images/generations
+    stream: bool
+
+
+PROVIDERS: dict[str, Any] = {"openai": oai, "anthropic": p_anthropic, "gemini": p_gemini}
+
+
+def _build(plan: Plan, channel: ChannelView, upstream_model: str, api_key: str, request_id: str,
+           ) -> tuple[str, dict[str, str], bytes, bool]:
+    """(url, headers, body, translated) for one channel."""
+    provider = channel.channel.provider
+    if provider == "openai" and plan.client_dialect == "openai":
+        content = (oai.chat_body(plan.body, upstream_model, plan.stream) if plan.endpoint_path == "/chat/completions"
+                   else oai.plain_body(plan.body, upstream_model))
+        return (oai.url(channel.channel.base_url, plan.endpoint_path), oai.headers(api_key, request_id), content,
+                False)
+    module = PROVIDERS.get(provider)
+    if module is None or plan.endpoint_path != "/chat/completions":
+        raise AttemptFailed(f"unsupported_provider:{provider}", retryable=True, breaker=False,
+                            client=NoChannel("No channel is available to serve this request right now."))
+    try:
+        url, headers, content = module.build(channel.channel.base_url, api_key, upstream_model, plan.internal,
+                                             plan.stream, request_id)
+    except TranslationError as exc:
+        raise AttemptFailed("untranslatable", retryable=False, breaker=False,
+                            client=BadRequest(exc.message, param=exc.field)) from None
+    return url, headers, content, True
+
+
+async def _attempt(gw: Gateway, call: Call, model: Model, channel: ChannelView, plan: Plan,
+                   deadline: float) -> Opened:
     s = gw.settings
+    stream = plan.stream
     upstream_model = channel.channel.model_map.get(model.name, model.name)
     if not channel.api_keys:
         raise AttemptFailed("no_upstream_key", retryable=True, breaker=False,
                             client=NoChannel("No channel is available to serve this request right now."))
     api_key = channel.api_keys[hash(call.request_id) % len(channel.api_keys)]
-    content = (oai.chat_body(body, upstream_model, stream) if endpoint_path == "/chat/completions"
-               else oai.plain_body(body, upstream_model))
-    request = gw.http.build_request("POST", oai.url(channel.channel.base_url, endpoint_path),
-                                    headers=oai.headers(api_key, call.request_id), content=content)
+    url, headers, content, translated = _build(plan, channel, upstream_model, api_key, call.request_id)
+    request = gw.http.build_request("POST", url, headers=headers, content=content)
     first_byte = min(s.first_byte_timeout_s, max(deadline - time.monotonic(), 0.001) + s.first_byte_timeout_s)
     resp: httpx.Response | None = None
     try:
@@ -245,7 +293,7 @@ async def _attempt(gw: Gateway, call: Call, model: Model, channel: ChannelView, 
             if resp.status_code != 200:
                 await _read_capped(resp)
                 raise _classify(resp.status_code, resp.headers)
-            opened = Opened(resp, channel, model, upstream_model)
+            opened = Opened(resp, channel, model, upstream_model, translated=translated)
             if stream:
                 opened.chunks = resp.aiter_raw()
                 opened.first = await anext(opened.chunks)
@@ -293,8 +341,7 @@ async def _close(resp: httpx.Response | None) -> None:
             pass
 
 
-async def open_upstream(gw: Gateway, call: Call, model: Model, endpoint_path: str, body: dict[str, Any],
-                        stream: bool) -> Opened:
+async def open_upstream(gw: Gateway, call: Call, model: Model, plan: Plan) -> Opened:
     s = gw.settings
     deadline = time.monotonic() + s.retry_budget_s
     tried: set[str] = set()
@@ -313,7 +360,7 @@ async def open_upstream(gw: Gateway, call: Call, model: Model, endpoint_path: st
         try:
             with tracer.start_as_current_span("upstream attempt") as span:
                 span.set_attribute("faregate.channel_id", channel.id)
-                opened = await _attempt(gw, call, served, channel, endpoint_path, body, stream, deadline)
+                opened = await _attempt(gw, call, served, channel, plan, deadline)
         except AttemptFailed as failure:
             metrics.UPSTREAM_ERRORS.labels(channel.id, failure.reason.split(":")[0]).inc()
             log.warning("upstream attempt failed: %s", failure.reason, extra={"channel_id": channel.id})
@@ -448,6 +495,104 @@ async def _finish_stream(gw: Gateway, call: Call, opened: Opened, sse: SSEUsageF
         # No usage report (the stream was cut, or the upstream does not send one): count with the tokenizer.
         call.usage = Usage(prompt_tokens=tokenizer.count_chat_prompt(prompt_messages),
                            completion_tokens=tokenizer.count_text(sse.counted_text()))
+    await record(gw, call)
+
+
+def _usage_of(u: TokenUsage) -> Usage:
+    return Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                 cached_tokens=u.cached_tokens)
+
+
+def _token_usage(u: Usage) -> TokenUsage:
+    return TokenUsage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                      cached_tokens=u.cached_tokens)
+
+
+def _delta_text(chunk: dict[str, Any], into: list[str]) -> None:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict):
+            for name in ("content", "reasoning_content"):
+                if isinstance(delta.get(name), str):
+                    into.append(delta[name])
+            for tc in delta.get("tool_calls") or ():
+                fn = tc.get("function") if isinstance(tc, dict) else None
+                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                    into.append(fn["arguments"])
+
+
+def translated_stream_body(gw: Gateway, call: Call, opened: Opened, plan: Plan) -> AsyncIterator[bytes]:
+    """A stream between different dialects: upstream events -> internal chunks -> the client's events."""
+    idle = gw.settings.idle_timeout_s
+    parser = SSEParser()
+    upstream = opened.provider.Stream(opened.upstream_model)
+    out = clients.stream_out(call.dialect, plan.body, call.model)
+    texts: list[str] = []
+    reported: list[TokenUsage] = []
+
+    def convert(events: list[tuple[str, bytes]], extra: list[dict[str, Any]] | None = None) -> bytes:
+        frames: list[bytes] = []
+        chunks = [c for name, data in events for c in upstream.feed(name, data)] + (extra or [])
+        for c in chunks:
+            u = dialect_openai.chunk_usage(c)
+            if u is not None:
+                reported.append(u)
+            _delta_text(c, texts)
+            frames += out.feed(c)
+        return b"".join(frames)
+
+    def final_usage() -> Usage:
+        if reported:
+            return _usage_of(reported[-1])
+        return Usage(prompt_tokens=tokenizer.count_chat_prompt(plan.internal.get("messages")),
+                     completion_tokens=tokenizer.count_text("".join(texts)))
+
+    async def generate() -> AsyncIterator[bytes]:
+        assert opened.chunks is not None
+        ended = False
+        try:
+            data = convert(parser.feed(opened.first))
+            call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
+            metrics.TTFT.labels(call.model).observe(call.ttft_ms / 1000)
+            if data:
+                yield data
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        chunk = await anext(opened.chunks)
+                except StopAsyncIteration:
+                    break
+                data = convert(parser.feed(chunk))
+                if data:
+                    yield data
+            data = convert(parser.close(), upstream.finish())
+            call.usage = final_usage()
+            u = call.usage
+            yield data + b"".join(out.finish(TokenUsage(prompt_tokens=u.prompt_tokens,
+                                                        completion_tokens=u.completion_tokens,
+                                                        cached_tokens=u.cached_tokens)))
+            ended = True
+        except (TimeoutError, httpx.HTTPError, UpstreamStreamError, msgspec.DecodeError) as exc:
+            failed: GatewayError = (UpstreamTimeout("The upstream stopped sending mid-stream.")
+                                    if isinstance(exc, TimeoutError | httpx.TimeoutException)
+                                    else BadUpstream("The upstream stream broke or reported an error mid-stream."))
+            call.fail(failed)
+            metrics.UPSTREAM_ERRORS.labels(call.channel_id, "mid_stream").inc()
+            gw.breaker.failure(call.channel_id, "mid_stream")
+            yield b"".join(out.error(failed.message, failed.status))
+            ended = True
+        finally:
+            if not ended:
+                call.status, call.error_code = 499, "client_disconnected"
+            if not call.usage.total:
+                call.usage = final_usage()
+            gw.spawn(_close_and_record(gw, call, opened))
+
+    return generate()
+
+
+async def _close_and_record(gw: Gateway, call: Call, opened: Opened) -> None:
+    await _close(opened.resp)
     await record(gw, call)
 
 

@@ -36,6 +36,36 @@ def mock_upstream(common: CommonSettings) -> Iterator[procs.ServiceProcess]:
         yield sp
 
 
+@pytest.fixture(scope="session")
+def gateways(common: CommonSettings, mock_upstream: procs.ServiceProcess) -> Iterator[list[procs.ServiceProcess]]:
+    """Two real `faregate gateway` processes (granian) sharing this session's Redis and NATS."""
+    dead = f"http://127.0.0.1:{procs.free_port()}"  # no keys/billing here: the tests write Redis themselves
+    env = {"FAREGATE_KEYS_URL": dead, "FAREGATE_BILLING_URL": dead, "FAREGATE_LOG_LEVEL": "WARNING"}
+    started = [procs.start("gateway", env, ready_path="/readyz") for _ in range(2)]
+    try:
+        yield started
+    finally:
+        for sp in started:
+            sp.stop()
+
+
+async def use_catalog(world: World, gateways: list[procs.ServiceProcess], channels: list[Any],
+                      models: list[Any] | None = None) -> None:
+    """Publish a catalog and wait until every gateway process has loaded it."""
+    await world.set_catalog(channels, models)
+    ids = {c.id for c in channels}
+    async with httpx.AsyncClient() as client:
+        async def loaded() -> bool:
+            for gw in gateways:
+                r = await client.get(f"{gw.url}/internal/channels/health",
+                                     headers={"x-internal-token": world.common.internal_token})
+                if {c["channel_id"] for c in r.json()["channels"]} != ids:
+                    return False
+            return True
+
+        await eventually(loaded)
+
+
 def channel(mock: procs.ServiceProcess, cid: str, *, models: tuple[str, ...] = ("gpt-4o-mini",),
             fault: str = "", priority: int = 0, weight: int = 1, base_url: str | None = None,
             secret: str = "", key: str = MOCK_KEY) -> cat.Channel:

@@ -5,44 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
-from shared.config import CommonSettings
 from tests import procs
-from tests.gateway.conftest import World, channel, eventually, usage_events
+from tests.gateway.conftest import World, channel, eventually, usage_events, use_catalog
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Count slowly to fifty."}]
-
-
-@pytest.fixture(scope="session")
-def gateways(common: CommonSettings, mock_upstream: procs.ServiceProcess) -> Iterator[list[procs.ServiceProcess]]:
-    dead = f"http://127.0.0.1:{procs.free_port()}"  # no keys/billing here: the test writes Redis itself
-    env = {"FAREGATE_KEYS_URL": dead, "FAREGATE_BILLING_URL": dead, "FAREGATE_LOG_LEVEL": "WARNING"}
-    started = [procs.start("gateway", env, ready_path="/readyz") for _ in range(2)]
-    try:
-        yield started
-    finally:
-        for sp in started:
-            sp.stop()
-
-
-async def use(world: World, gateways: list[procs.ServiceProcess], channels: list[Any]) -> None:
-    await world.set_catalog(channels)
-    ids = {c.id for c in channels}
-    async with httpx.AsyncClient() as client:
-        async def loaded() -> bool:
-            for gw in gateways:
-                r = await client.get(f"{gw.url}/internal/channels/health",
-                                     headers={"x-internal-token": world.common.internal_token})
-                if {c["channel_id"] for c in r.json()["channels"]} != ids:
-                    return False
-            return True
-
-        await eventually(loaded)
 
 
 def auth(secret: str) -> dict[str, str]:
@@ -51,7 +21,7 @@ def auth(secret: str) -> dict[str, str]:
 
 async def test_client_disconnect_cancels_the_upstream_and_records_what_was_generated(
         world: World, gateways: list[procs.ServiceProcess]) -> None:
-    await use(world, gateways, [channel(world.mock, "slow-stream", fault="delay_chunk_ms=200;chunks=40",
+    await use_catalog(world, gateways, [channel(world.mock, "slow-stream", fault="delay_chunk_ms=200;chunks=40",
                                         secret=world.common.secret_key)])
     secret, snap = await world.add_key()
     async with httpx.AsyncClient(timeout=30) as client:
@@ -87,7 +57,7 @@ async def test_client_disconnect_cancels_the_upstream_and_records_what_was_gener
 
 async def test_101st_concurrent_request_on_a_default_key_is_429(world: World,
                                                                 gateways: list[procs.ServiceProcess]) -> None:
-    await use(world, gateways, [channel(world.mock, "slow-start", fault="delay_first_ms=2500",
+    await use_catalog(world, gateways, [channel(world.mock, "slow-start", fault="delay_first_ms=2500",
                                         secret=world.common.secret_key)])
     secret, snap = await world.add_key()
     assert snap.concurrency_limit == 100
@@ -112,7 +82,7 @@ async def test_101st_concurrent_request_on_a_default_key_is_429(world: World,
 
 
 async def test_rpm_holds_across_two_gateways(world: World, gateways: list[procs.ServiceProcess]) -> None:
-    await use(world, gateways, [channel(world.mock, "main", secret=world.common.secret_key)])
+    await use_catalog(world, gateways, [channel(world.mock, "main", secret=world.common.secret_key)])
     secret, _ = await world.add_key(rpm_limit=5)
     payload = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 5}
     if time.time() % 60 > 50:  # a fixed one-minute window: do not straddle its edge
@@ -128,7 +98,7 @@ async def test_rpm_holds_across_two_gateways(world: World, gateways: list[procs.
 
 
 async def test_tpm_holds_across_two_gateways(world: World, gateways: list[procs.ServiceProcess]) -> None:
-    await use(world, gateways, [channel(world.mock, "main", secret=world.common.secret_key)])
+    await use_catalog(world, gateways, [channel(world.mock, "main", secret=world.common.secret_key)])
     secret, snap = await world.add_key(tpm_limit=300)
     payload = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 30}
     if time.time() % 60 > 45:
