@@ -56,15 +56,28 @@ ANTHROPIC_RESPONSE = {
     "role": "assistant",
     "model": "claude-sonnet-4-6",
     "content": [
-        {"type": "thinking", "thinking": "The user wants weather.", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"},
+        {
+            "type": "thinking",
+            "thinking": "The user wants weather.",
+            "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h",
+        },
         {"type": "text", "text": "I'll check."},
-        {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather",
-         "input": {"location": "Paris", "unit": "c"}},
+        {
+            "type": "tool_use",
+            "id": "toolu_01A09q90qw90lq917835lq9",
+            "name": "get_weather",
+            "input": {"location": "Paris", "unit": "c"},
+        },
     ],
     "stop_reason": "tool_use",
     "stop_sequence": None,
-    "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2048,
-              "output_tokens": 60, "service_tier": "standard"},
+    "usage": {
+        "input_tokens": 12,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 2048,
+        "output_tokens": 60,
+        "service_tier": "standard",
+    },
 }
 
 # OpenAI: a streamed reply that calls a tool, with include_usage (captured from api.openai.com).
@@ -110,20 +123,38 @@ OPENAI_TOOL_RESPONSE = {
     "object": "chat.completion",
     "created": 1741570283,
     "model": "gpt-4o-2024-08-06",
-    "choices": [{
-        "index": 0,
-        "message": {
-            "role": "assistant", "content": "Checking.", "refusal": None, "annotations": [],
-            "tool_calls": [{"id": "call_62136354", "type": "function",
-                            "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\"}"}}],
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Checking.",
+                "refusal": None,
+                "annotations": [],
+                "tool_calls": [
+                    {
+                        "id": "call_62136354",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'},
+                    }
+                ],
+            },
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 1117,
+        "completion_tokens": 46,
+        "total_tokens": 1163,
+        "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
         },
-        "logprobs": None,
-        "finish_reason": "tool_calls",
-    }],
-    "usage": {"prompt_tokens": 1117, "completion_tokens": 46, "total_tokens": 1163,
-              "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
-              "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
+    },
     "service_tier": "default",
     "system_fingerprint": "fp_fc9f1d7035",
 }
@@ -139,15 +170,24 @@ data: {"candidates": [{"content": {"parts": [{"functionCall": {"name": "get_weat
 """
 
 GEMINI_RESPONSE = {
-    "candidates": [{
-        "content": {"parts": [{"text": "Weighing it up.", "thought": True}, {"text": "It is sunny."}],
-                    "role": "model"},
-        "finishReason": "MAX_TOKENS",
-        "index": 0,
-    }],
-    "usageMetadata": {"promptTokenCount": 2000, "candidatesTokenCount": 5, "totalTokenCount": 2025,
-                      "cachedContentTokenCount": 1500, "thoughtsTokenCount": 20,
-                      "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 2000}]},
+    "candidates": [
+        {
+            "content": {
+                "parts": [{"text": "Weighing it up.", "thought": True}, {"text": "It is sunny."}],
+                "role": "model",
+            },
+            "finishReason": "MAX_TOKENS",
+            "index": 0,
+        }
+    ],
+    "usageMetadata": {
+        "promptTokenCount": 2000,
+        "candidatesTokenCount": 5,
+        "totalTokenCount": 2025,
+        "cachedContentTokenCount": 1500,
+        "thoughtsTokenCount": 20,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 2000}],
+    },
     "modelVersion": "gemini-2.5-flash",
     "responseId": "Bq2n1dkPmKdRaOWx",
 }

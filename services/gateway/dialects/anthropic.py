@@ -13,9 +13,16 @@ from typing import Any
 
 import msgspec
 
-from services.gateway.dialects import media
+from services.gateway.dialects import media, shape
 from services.gateway.dialects.errors import InvalidField, UnsupportedField, UpstreamStreamError
-from services.gateway.dialects.openai import TokenUsage, now, usage_from_openai, usage_to_openai
+from services.gateway.dialects.openai import (
+    TokenUsage,
+    normal_chunk,
+    normal_completion,
+    now,
+    usage_from_openai,
+    usage_to_openai,
+)
 
 DIALECT = "anthropic"
 # Anthropic requires max_tokens; an OpenAI request may leave it out.
@@ -104,7 +111,7 @@ def _text_of_system(system: Any) -> str:
 
 
 def _image_part(block: dict[str, Any], field: str) -> dict[str, Any]:
-    source = block.get("source") or {}
+    source = shape.obj(block.get("source"), f"{field}.source")
     if source.get("type") == "base64":
         return {
             "type": "image_url",
@@ -269,7 +276,7 @@ def request_to_openai(body: dict[str, Any], *, counting: bool = False) -> dict[s
         chat += _user_messages(blocks, i) if msg["role"] == "user" else [_assistant_message(blocks, i)]
     out["messages"] = chat
     if body.get("stop_sequences"):
-        out["stop"] = list(body["stop_sequences"])
+        out["stop"] = shape.strings(body["stop_sequences"], "stop_sequences")
     for name in ("temperature", "top_p", "top_k"):
         if body.get(name) is not None:
             out[name] = body[name]
@@ -391,8 +398,12 @@ def _tool_choice_from_openai(choice: Any, parallel: Any) -> dict[str, Any] | Non
         out = {"type": "any"}
     elif choice == "none":
         out = {"type": "none"}
-    elif isinstance(choice, dict) and (choice.get("function") or {}).get("name"):
-        out = {"type": "tool", "name": choice["function"]["name"]}
+    elif (
+        isinstance(choice, dict)
+        and isinstance(choice.get("function"), dict)
+        and choice["function"].get("name")
+    ):
+        out = {"type": "tool", "name": str(choice["function"]["name"])}
     else:
         raise InvalidField("tool_choice", "unknown tool_choice")
     if parallel is False and out["type"] != "none":
@@ -434,8 +445,9 @@ def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, 
             add("user", _blocks_from_openai_content(msg.get("content"), f"{field}.content"))
         elif role == "assistant":
             blocks = _blocks_from_openai_content(msg.get("content"), f"{field}.content")
-            for k, call in enumerate(msg.get("tool_calls") or []):
-                fn = call.get("function") or {}
+            for k, call in enumerate(shape.arr(msg.get("tool_calls"), f"{field}.tool_calls")):
+                call = shape.obj(call, f"{field}.tool_calls[{k}]")
+                fn = shape.obj(call.get("function"), f"{field}.tool_calls[{k}].function")
                 blocks.append(
                     {
                         "type": "tool_use",
@@ -470,10 +482,10 @@ def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, 
         out["system"] = "\n\n".join(system)
     stop = body.get("stop")
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        out["stop_sequences"] = shape.strings(stop, "stop")
     temperature = body.get("temperature")
     if temperature is not None:
-        if temperature > 1:
+        if shape.number(temperature, "temperature") > 1:
             raise UnsupportedField("temperature", DIALECT, "Anthropic accepts 0 to 1")
         out["temperature"] = temperature
     for name in ("top_p", "top_k"):
@@ -481,16 +493,17 @@ def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, 
             out[name] = body[name]
     if body.get("tools"):
         tools = []
-        for i, tool in enumerate(body["tools"]):
-            fn = tool.get("function") if isinstance(tool, dict) else None
-            if tool.get("type") != "function" or not isinstance(fn, dict) or not fn.get("name"):
+        for i, tool in enumerate(shape.arr(body["tools"], "tools")):
+            tool = shape.obj(tool, f"tools[{i}]")
+            spec = tool.get("function")
+            if tool.get("type") != "function" or not isinstance(spec, dict) or not spec.get("name"):
                 raise UnsupportedField(f"tools[{i}]", DIALECT, "only function tools")
             t: dict[str, Any] = {
-                "name": fn["name"],
-                "input_schema": fn.get("parameters") or {"type": "object"},
+                "name": spec["name"],
+                "input_schema": spec.get("parameters") or {"type": "object"},
             }
-            if fn.get("description"):
-                t["description"] = fn["description"]
+            if spec.get("description"):
+                t["description"] = spec["description"]
             tools.append(t)
         out["tools"] = tools
         choice = _tool_choice_from_openai(body.get("tool_choice"), body.get("parallel_tool_calls"))
@@ -518,8 +531,8 @@ def _message_parts(blocks: list[Any]) -> tuple[str | None, str | None, list[dict
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for block in blocks:
-        kind = block.get("type") if isinstance(block, dict) else None
+    for block in shape.dicts(blocks):
+        kind = block.get("type")
         if kind == "text":
             texts.append(str(block.get("text", "")))
         elif kind == "thinking":
@@ -569,6 +582,7 @@ def response_to_openai(resp: dict[str, Any]) -> dict[str, Any]:
 
 def response_from_openai(resp: dict[str, Any], model: str) -> dict[str, Any]:
     """An OpenAI chat completion -> the Anthropic Messages response a client expects (first choice)."""
+    resp = normal_completion(resp)
     choices = resp.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     msg = choice.get("message") or {}
@@ -655,16 +669,17 @@ class StreamToOpenAI:
     def feed(self, event_name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         kind = data.get("type") or event_name
         if kind == "message_start":
-            message = data.get("message") or {}
+            message = shape.as_dict(data.get("message"))
             self.model = str(message.get("model") or "")
             if message.get("id"):
                 self.id = "chatcmpl-" + str(message["id"]).removeprefix("msg_")
-            self._input = dict(message.get("usage") or {})
-            self._output_tokens = int(self._input.pop("output_tokens", 0) or 0)
+            usage = shape.as_dict(message.get("usage"))
+            self._input = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+            self._output_tokens = self._input.pop("output_tokens", 0)
             self._refresh_usage()
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
-            block = data.get("content_block") or {}
+            block = shape.as_dict(data.get("content_block"))
             if block.get("type") == "tool_use":
                 self._tool_index += 1
                 return [
@@ -673,42 +688,42 @@ class StreamToOpenAI:
                             "tool_calls": [
                                 {
                                     "index": self._tool_index,
-                                    "id": block.get("id"),
+                                    "id": str(block.get("id") or ""),
                                     "type": "function",
-                                    "function": {"name": block.get("name"), "arguments": ""},
+                                    "function": {"name": str(block.get("name") or ""), "arguments": ""},
                                 }
                             ]
                         }
                     )
                 ]
-            if block.get("type") == "text" and block.get("text"):
+            if block.get("type") == "text" and isinstance(block.get("text"), str) and block["text"]:
                 return [self._chunk({"content": block["text"]})]
             return []
         if kind == "content_block_delta":
-            delta = data.get("delta") or {}
-            if delta.get("type") == "text_delta":
-                return [self._chunk({"content": delta.get("text", "")})]
+            delta = shape.as_dict(data.get("delta"))
+            if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                return [self._chunk({"content": delta["text"]})]
             if delta.get("type") == "input_json_delta":
-                piece = delta.get("partial_json", "")
-                if not piece:
+                piece = delta.get("partial_json")
+                if not isinstance(piece, str) or not piece:
                     return []
                 return [
                     self._chunk(
                         {"tool_calls": [{"index": self._tool_index, "function": {"arguments": piece}}]}
                     )
                 ]
-            if delta.get("type") == "thinking_delta":
-                return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
+            if delta.get("type") == "thinking_delta" and isinstance(delta.get("thinking"), str):
+                return [self._chunk({"reasoning_content": delta["thinking"]})]
             return []
         if kind == "message_delta":
-            usage = data.get("usage") or {}
+            usage = shape.as_dict(data.get("usage"))
             if isinstance(usage.get("output_tokens"), int):
                 self._output_tokens = usage["output_tokens"]
             for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
                 if isinstance(usage.get(key), int):
                     self._input[key] = usage[key]
             self._refresh_usage()
-            reason = (data.get("delta") or {}).get("stop_reason")
+            reason = shape.as_dict(data.get("delta")).get("stop_reason")
             if reason:
                 return [self._chunk({}, STOP_TO_OPENAI.get(str(reason), "stop"))]
             return []
@@ -724,7 +739,7 @@ class StreamToOpenAI:
                 }
             ]
         if kind == "error":
-            err = data.get("error") or {}
+            err = shape.as_dict(data.get("error"))
             raise UpstreamStreamError(
                 str(err.get("type", "api_error")), str(err.get("message", "upstream error"))
             )
@@ -794,6 +809,7 @@ class StreamFromOpenAI:
         )
 
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        chunk = normal_chunk(chunk)
         out = self._start()
         if chunk.get("usage"):
             self.usage = usage_from_openai(chunk["usage"])

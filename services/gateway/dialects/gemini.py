@@ -16,9 +16,16 @@ from typing import Any
 
 import msgspec
 
-from services.gateway.dialects import media
+from services.gateway.dialects import media, shape
 from services.gateway.dialects.errors import InvalidField, UnsupportedField, UpstreamStreamError
-from services.gateway.dialects.openai import TokenUsage, now, usage_from_openai, usage_to_openai
+from services.gateway.dialects.openai import (
+    TokenUsage,
+    normal_chunk,
+    normal_completion,
+    now,
+    usage_from_openai,
+    usage_to_openai,
+)
 
 DIALECT = "gemini"
 EFFORT_BUDGET = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
@@ -189,6 +196,7 @@ def _user_parts(parts: list[Any], i: int, ids: _CallIds) -> list[dict[str, Any]]
         if "text" in part:
             content.append({"type": "text", "text": str(part["text"])})
         elif inline is not None:
+            inline = shape.obj(inline, f"{field}.inlineData")
             mime = str(pick(inline, "mimeType") or "")
             url = media.data_url(mime, str(inline.get("data", "")))
             if mime.startswith("image/"):
@@ -196,11 +204,13 @@ def _user_parts(parts: list[Any], i: int, ids: _CallIds) -> list[dict[str, Any]]
             else:
                 content.append({"type": "file", "file": {"filename": "document", "file_data": url}})
         elif file_data is not None:
+            file_data = shape.obj(file_data, f"{field}.fileData")
             mime = str(pick(file_data, "mimeType") or "")
             if not mime.startswith("image/"):
                 raise UnsupportedField(f"{field}.fileData", "openai", "only images by URL")
             content.append({"type": "image_url", "image_url": {"url": str(pick(file_data, "fileUri"))}})
         elif reply is not None:
+            reply = shape.obj(reply, f"{field}.functionResponse")
             name = str(reply.get("name", ""))
             response = reply.get("response")
             out.append(
@@ -230,6 +240,7 @@ def _model_message(parts: list[Any], i: int, ids: _CallIds) -> dict[str, Any]:
             if not part.get("thought"):
                 texts.append(str(part["text"]))
         elif call is not None:
+            call = shape.obj(call, f"contents[{i}].parts[{j}].functionCall")
             name = str(call.get("name", ""))
             calls.append(
                 {
@@ -269,7 +280,7 @@ def _generation_to_openai(gen: dict[str, Any], out: dict[str, Any]) -> None:
             out[name] = value
     stops = pick(gen, "stopSequences")
     if stops:
-        out["stop"] = list(stops)
+        out["stop"] = shape.strings(stops, "generationConfig.stopSequences")
     mime = pick(gen, "responseMimeType")
     schema = pick(gen, "responseJsonSchema") or pick(gen, "responseSchema")
     if mime == "application/json":
@@ -322,11 +333,13 @@ def request_to_openai(body: dict[str, Any], model: str, stream: bool) -> dict[st
     if isinstance(gen, dict):
         _generation_to_openai(gen, out)
     tools: list[dict[str, Any]] = []
-    for i, tool in enumerate(body.get("tools") or []):
+    for i, tool in enumerate(shape.arr(body.get("tools"), "tools")):
+        tool = shape.obj(tool, f"tools[{i}]")
         decls = pick(tool, "functionDeclarations")
         if not isinstance(decls, list) or set(tool) - {"functionDeclarations", "function_declarations"}:
             raise UnsupportedField(f"tools[{i}]", "openai", "only functionDeclarations")
-        for decl in decls:
+        for k, decl in enumerate(decls):
+            decl = shape.obj(decl, f"tools[{i}].functionDeclarations[{k}]")
             fn: dict[str, Any] = {
                 "name": decl.get("name"),
                 "parameters": schema_to_openai(
@@ -448,9 +461,7 @@ def _parts_from_openai(content: Any, field: str) -> list[dict[str, Any]]:
 
 def _function_response(content: Any) -> dict[str, Any]:
     text = (
-        content
-        if isinstance(content, str)
-        else "".join(str(p.get("text", "")) for p in content or [] if isinstance(p, dict))
+        content if isinstance(content, str) else "".join(str(p.get("text", "")) for p in shape.dicts(content))
     )
     try:
         parsed = json.loads(text)
@@ -493,8 +504,9 @@ def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, 
             add("user", _parts_from_openai(msg.get("content"), f"{field}.content"))
         elif role == "assistant":
             parts = _parts_from_openai(msg.get("content"), f"{field}.content")
-            for k, call in enumerate(msg.get("tool_calls") or []):
-                fn = call.get("function") or {}
+            for k, call in enumerate(shape.arr(msg.get("tool_calls"), f"{field}.tool_calls")):
+                call = shape.obj(call, f"{field}.tool_calls[{k}]")
+                fn = shape.obj(call.get("function"), f"{field}.tool_calls[{k}].function")
                 try:
                     args = json.loads(fn.get("arguments") or "{}")
                 except (TypeError, ValueError):
@@ -544,13 +556,14 @@ def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, 
             gen[camel] = body[name]
     stop = body.get("stop")
     if stop:
-        gen["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+        gen["stopSequences"] = shape.strings(stop, "stop")
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         gen["responseMimeType"] = "application/json"
     elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         gen["responseMimeType"] = "application/json"
-        gen["responseJsonSchema"] = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+        schema = shape.obj(fmt.get("json_schema"), "response_format.json_schema").get("schema")
+        gen["responseJsonSchema"] = schema or {"type": "object"}
     effort = body.get("reasoning_effort")
     if effort:
         if str(effort) not in EFFORT_BUDGET:
@@ -560,15 +573,16 @@ def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, 
         out["generationConfig"] = gen
     if body.get("tools"):
         decls = []
-        for i, tool in enumerate(body["tools"]):
-            fn = tool.get("function") if isinstance(tool, dict) else None
-            if tool.get("type") != "function" or not isinstance(fn, dict) or not fn.get("name"):
+        for i, tool in enumerate(shape.arr(body["tools"], "tools")):
+            tool = shape.obj(tool, f"tools[{i}]")
+            spec = tool.get("function")
+            if tool.get("type") != "function" or not isinstance(spec, dict) or not spec.get("name"):
                 raise UnsupportedField(f"tools[{i}]", DIALECT, "only function tools")
-            decl: dict[str, Any] = {"name": fn["name"]}
-            if fn.get("description"):
-                decl["description"] = fn["description"]
-            if fn.get("parameters"):
-                decl["parameters"] = schema_from_openai(fn["parameters"])
+            decl: dict[str, Any] = {"name": spec["name"]}
+            if spec.get("description"):
+                decl["description"] = spec["description"]
+            if spec.get("parameters"):
+                decl["parameters"] = schema_from_openai(spec["parameters"])
             decls.append(decl)
         out["tools"] = [{"functionDeclarations": decls}]
         choice = body.get("tool_choice")
@@ -596,11 +610,11 @@ def _candidate_message(cand: dict[str, Any], salt: str) -> tuple[dict[str, Any],
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for k, part in enumerate((cand.get("content") or {}).get("parts") or []):
+    for k, part in enumerate(shape.dicts(shape.as_dict(cand.get("content")).get("parts"))):
         call = pick(part, "functionCall")
         if "text" in part:
             (thoughts if part.get("thought") else texts).append(str(part["text"]))
-        elif call is not None:
+        elif isinstance(call, dict):
             calls.append(
                 {
                     "id": _call_id(call, f"{salt}{k}"),
@@ -626,7 +640,7 @@ def response_to_openai(resp: dict[str, Any], model: str) -> dict[str, Any]:
     """A Gemini generateContent response from an upstream -> an OpenAI chat completion."""
     rid = str(pick(resp, "responseId") or uuid.uuid4().hex[:24])
     choices = []
-    for n, cand in enumerate(resp.get("candidates") or []):
+    for n, cand in enumerate(shape.dicts(resp.get("candidates"))):
         msg, finish = _candidate_message(cand, f"{rid[:8]}_{n}_")
         choices.append(
             {"index": cand.get("index", n), "message": msg, "logprobs": None, "finish_reason": finish}
@@ -672,6 +686,7 @@ def _parts_of_message(msg: dict[str, Any]) -> list[dict[str, Any]]:
 
 def response_from_openai(resp: dict[str, Any], model: str) -> dict[str, Any]:
     """An OpenAI chat completion -> the Gemini generateContent response a client expects."""
+    resp = normal_completion(resp)
     candidates = []
     for choice in resp.get("choices") or []:
         candidates.append(
@@ -746,17 +761,18 @@ class StreamToOpenAI:
         if pick(data, "usageMetadata"):
             self.usage = usage_to_openai_usage(pick(data, "usageMetadata"))
         out: list[dict[str, Any]] = []
-        for n, cand in enumerate(data.get("candidates") or []):
-            index = int(cand.get("index", n))
+        for n, cand in enumerate(shape.dicts(data.get("candidates"))):
+            given = cand.get("index")
+            index = given if isinstance(given, int) and not isinstance(given, bool) else n
             if index not in self._started:
                 self._started.add(index)
                 out.append(self._chunk(index, {"role": "assistant", "content": ""}))
-            for part in (cand.get("content") or {}).get("parts") or []:
+            for part in shape.dicts(shape.as_dict(cand.get("content")).get("parts")):
                 call = pick(part, "functionCall")
-                if part.get("text"):
+                if isinstance(part.get("text"), str) and part["text"]:
                     key = "reasoning_content" if part.get("thought") else "content"
                     out.append(self._chunk(index, {key: part["text"]}))
-                elif call is not None:
+                elif isinstance(call, dict):
                     k = self._tool_counts[index]
                     self._tool_counts[index] += 1
                     out.append(
@@ -813,6 +829,7 @@ class StreamFromOpenAI:
         return {"candidates": candidates, "modelVersion": self.model, "responseId": self.response_id}
 
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        chunk = normal_chunk(chunk)
         if chunk.get("usage"):
             self.usage = usage_from_openai(chunk["usage"])
         out: list[bytes] = []

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from services.gateway.dialects import shape
 from services.gateway.dialects.errors import UnsupportedField
 
 # Fields a translator may leave in the internal form although OpenAI's API lacks them (they came from an
@@ -150,3 +151,75 @@ def chunk(
 
 def now() -> int:
     return int(time.time())
+
+
+# --- lenient reading: what an upstream sent, reduced to the shapes the converters use ---
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _index(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _normal_call(call: Any) -> dict[str, Any] | None:
+    if not isinstance(call, dict):
+        return None
+    fn = shape.as_dict(call.get("function"))
+    return {
+        "index": _index(call.get("index")),
+        "id": _opt_str(call.get("id")),
+        "type": "function",
+        "function": {"name": _opt_str(fn.get("name")), "arguments": _opt_str(fn.get("arguments")) or ""},
+    }
+
+
+def _normal_message(msg: Any) -> dict[str, Any]:
+    m = msg if isinstance(msg, dict) else {}
+    out: dict[str, Any] = {
+        "role": "assistant",
+        "content": _opt_str(m.get("content")),
+        "reasoning_content": _opt_str(m.get("reasoning_content")),
+    }
+    calls = [c for c in map(_normal_call, shape.as_list(m.get("tool_calls"))) if c is not None]
+    out["tool_calls"] = calls
+    return out
+
+
+def normal_chunk(chunk: Any) -> dict[str, Any]:
+    """A chat chunk with every field the stream converters read present and of the right type."""
+    c = chunk if isinstance(chunk, dict) else {}
+    choices = []
+    for choice in shape.dicts(c.get("choices")):
+        delta = _normal_message(choice.get("delta"))
+        choices.append(
+            {
+                "index": _index(choice.get("index")),
+                "delta": delta,
+                "finish_reason": _opt_str(choice.get("finish_reason")),
+            }
+        )
+    return {"choices": choices, "usage": c.get("usage") if isinstance(c.get("usage"), dict) else None}
+
+
+def normal_completion(resp: Any) -> dict[str, Any]:
+    """A whole chat completion with every field the answer converters read present and of the right type."""
+    r = resp if isinstance(resp, dict) else {}
+    choices = []
+    for choice in shape.dicts(r.get("choices")):
+        choices.append(
+            {
+                "index": _index(choice.get("index")),
+                "message": _normal_message(choice.get("message")),
+                "finish_reason": _opt_str(choice.get("finish_reason")),
+            }
+        )
+    return {
+        "id": _opt_str(r.get("id")),
+        "model": _opt_str(r.get("model")),
+        "created": r.get("created") if isinstance(r.get("created"), int) else None,
+        "choices": choices or [{"index": 0, "message": _normal_message(None), "finish_reason": None}],
+        "usage": r.get("usage") if isinstance(r.get("usage"), dict) else None,
+    }

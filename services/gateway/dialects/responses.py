@@ -13,8 +13,15 @@ from typing import Any
 
 import msgspec
 
+from services.gateway.dialects import shape
 from services.gateway.dialects.errors import InvalidField, UnsupportedField
-from services.gateway.dialects.openai import TokenUsage, now, usage_from_openai
+from services.gateway.dialects.openai import (
+    TokenUsage,
+    normal_chunk,
+    normal_completion,
+    now,
+    usage_from_openai,
+)
 
 _enc = msgspec.json.Encoder()
 
@@ -135,7 +142,7 @@ def _input_messages(items: Any) -> list[dict[str, Any]]:
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
-    for i, tool in enumerate(tools or []):
+    for i, tool in enumerate(shape.arr(tools, "tools")):
         if not isinstance(tool, dict) or tool.get("type") != "function":
             raise UnsupportedField(
                 f"tools[{i}].type", "chat", f"tool {tool.get('type') if isinstance(tool, dict) else tool!r}"
@@ -285,6 +292,7 @@ def _reasoning_item(text: str, item_id: str | None = None) -> dict[str, Any]:
 
 def response_from_chat(chat: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     """An internal chat completion -> the Responses object a client expects (first choice)."""
+    chat = normal_completion(chat)
     choice = (chat.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     output: list[dict[str, Any]] = []
@@ -470,6 +478,7 @@ class StreamFromChat:
         return out
 
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        chunk = normal_chunk(chunk)
         out = self._start()
         if chunk.get("usage"):
             self.usage = usage_from_openai(chunk["usage"])
