@@ -1,10 +1,12 @@
 """Who is calling the usage API, and which accounts they may see.
 
 Two ways in:
-  - a console session: the session cookie's value goes to keys' `GET /internal/whoami` (with the internal
-    token), which answers {account_id, user_id, role, email} or 401;
+  - a console session: the session cookie's value (cookie `fg_session`, or an `X-Session` header from a
+    non-browser client) goes to keys' `GET /internal/whoami` (with the internal token), which answers
+    {account_id, user_id, role, email} or 401;
   - a service call (another Faregate service, or the console backend acting for a user): `X-Internal-Token`
     plus `X-Account-Id` and `X-Role` (`user` unless said otherwise; an `admin` may omit the account).
+The API only reads (GET), so a session cookie needs no CSRF token here.
 A user sees only their own account; an admin sees every account, or one they name with `account_id`.
 """
 
@@ -66,7 +68,7 @@ class Authenticator:
             if not account and role != ADMIN:
                 raise Unauthorized("X-Account-Id is required with the internal token")
             return Principal(account, headers.get("x-user-id") or "", role)
-        session = cookies.get(self.session_cookie)
+        session = cookies.get(self.session_cookie) or headers.get("x-session")
         if not session:
             raise Unauthorized("sign in first")
         return await self._whoami(session)

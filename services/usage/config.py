@@ -18,8 +18,8 @@ class UsageSettings(ServerSettings, frozen=True, kw_only=True):
     pool_size: int = 10
     # Messages the usage-log consumer writes per transaction: large batches keep up with a busy gateway.
     batch_size: int = 500
-    # Cookie holding the console session; its value is passed to keys' /internal/whoami as X-Session.
-    session_cookie: str = "faregate_session"
+    # Cookie holding the console session (the keys service sets it); its value goes to keys' /internal/whoami.
+    session_cookie: str = "fg_session"
     # Log API: most rows one page may hold; CSV export is streamed and unbounded.
     max_page_size: int = 500
     # Time-series API: most buckets one query may return (e.g. 90 days of hours is 2160).

@@ -119,17 +119,20 @@ async def test_a_console_session_is_checked_with_keys(clean_usage: Resources, fa
     common = msgspec.structs.replace(clean_usage.common, keys_url=fake_keys)
     app = create_app(UsageSettings(retention_interval_s=0), common, consumers=False)
     async with AsyncTestClient(app=app) as client:
-        client.cookies.set("faregate_session", "good-session")
+        client.cookies.set("fg_session", "good-session")
         page = await client.get("/api/usage/logs")
         assert page.status_code == 200
         assert [i["account_id"] for i in page.json()["items"]] == ["acct-a"]
-        client.cookies.set("faregate_session", "stolen-or-expired")
+        client.cookies.set("fg_session", "stolen-or-expired")
         assert (await client.get("/api/usage/logs")).status_code == 401
+        client.cookies.clear()
+        by_header = await client.get("/api/usage/logs", headers={"X-Session": "good-session"})
+        assert [i["account_id"] for i in by_header.json()["items"]] == ["acct-a"]
 
     down = msgspec.structs.replace(clean_usage.common, keys_url="http://127.0.0.1:9")  # nothing listens there
     async with AsyncTestClient(app=create_app(UsageSettings(retention_interval_s=0), down,
                                               consumers=False)) as client:
-        client.cookies.set("faregate_session", "good-session")
+        client.cookies.set("fg_session", "good-session")
         refused = await client.get("/api/usage/logs")
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "auth_unavailable"
 
