@@ -146,6 +146,9 @@ class Funding:
                 raise NotFound("no such payment")
             if pay["status"] == "paid":
                 return False
+            if not notice.paid:  # the checkout expired unpaid: nothing to credit, ever
+                await conn.execute(repo.MARK_FAILED, notice.payment_id)
+                return False
             if notice.amount_micros != pay["amount_micros"]:
                 raise ServiceError("paid amount does not match the payment", code="amount_mismatch")
             await conn.execute(repo.MARK_PAID, notice.payment_id)

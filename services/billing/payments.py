@@ -33,11 +33,12 @@ class Checkout:
 
 @dataclass(frozen=True)
 class PaymentNotice:
-    """A verified statement from the provider that a payment succeeded."""
+    """A verified statement from the provider that a payment succeeded (or, `paid=False`, will never)."""
 
     payment_id: str
     provider_ref: str
     amount_micros: int
+    paid: bool = True
 
 
 class PaymentProvider(Protocol):
@@ -150,6 +151,9 @@ class StripeProvider:
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
         obj = event.data.object
+        if event.type == "checkout.session.expired" and obj.client_reference_id:
+            return PaymentNotice(payment_id=obj.client_reference_id, provider_ref=obj.id, amount_micros=0,
+                                 paid=False)
         if (event.type not in ("checkout.session.completed", "checkout.session.async_payment_succeeded")
                 or obj.payment_status != "paid" or not obj.client_reference_id or obj.amount_total is None
                 or obj.currency.lower() != "usd"):

@@ -162,6 +162,16 @@ async def test_stripe_webhook_is_verified_and_idempotent(stripe_client: AsyncTes
     status = (await c.get(f"/v1/billing/topups/{pay['payment_id']}", headers=as_user(account))).json()
     assert status["status"] == "paid"
 
+    # A checkout that expires unpaid marks the payment failed and credits nothing.
+    r = await c.post("/v1/billing/topups", json={"amount_micros": 5_000_000}, headers=as_user(account))
+    expired_id = r.json()["payment_id"]
+    expired = msgspec.json.encode({"id": "evt_x", "type": "checkout.session.expired", "data": {"object": {
+        "id": "cs_test_x", "client_reference_id": expired_id, "payment_status": "unpaid"}}})
+    r = await c.post("/v1/billing/webhooks/stripe", content=expired, headers=_signed(expired))
+    assert r.status_code == 200 and r.json()["credited"] is False
+    status = (await c.get(f"/v1/billing/topups/{expired_id}", headers=as_user(account))).json()
+    assert status["status"] == "failed"
+
     # A correctly signed notice for a different amount than the payment is refused.
     r = await c.post("/v1/billing/topups", json={"amount_micros": 30_000_000}, headers=as_user(account))
     other = _completed(r.json()["payment_id"], 100)

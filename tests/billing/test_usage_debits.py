@@ -236,3 +236,23 @@ async def test_key_totals_survive_a_redis_flush(resources: Resources, funding: F
     await hydrate.hydrate_all(resources.pool, guard)
     assert int(await resources.redis.hget(resources.keys.quota(f"cap-{account}"), "used")) == 1_350
     assert int(await resources.redis.hget(resources.keys.wallet(account), "balance")) == 1_000_000 - 1_350
+
+
+async def test_a_top_up_rearms_the_low_balance_alert(resources: Resources, funding: Funding,
+                                                     guard: BillingGuard) -> None:
+    """Below the threshold once: one alert. Topped up above it and spent down again: a second alert."""
+    assert resources.pool
+    account = new_id()
+    await funding.set_threshold(account, 1_000)
+    await credit(funding, account, 1_500)
+    small = ModelPrice(input=0, output=1_000_000)
+
+    async def spend(tokens: int) -> list[events.BalanceLow]:
+        result = await consumer.apply_batch(resources.pool, [usage(  # type: ignore[arg-type]
+            account, price=small, prompt_tokens=0, completion_tokens=tokens)], default_threshold=1_000)
+        return [e for e in result.outgoing if isinstance(e, events.BalanceLow)]
+
+    assert [e.balance_micros for e in await spend(600)] == [900]  # crossed
+    assert await spend(100) == []  # still below: no second alert
+    await credit(funding, account, 5_000)  # back above the threshold
+    assert [e.balance_micros for e in await spend(5_000)] == [800]  # a new crossing
