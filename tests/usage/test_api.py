@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import secrets
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 
+import httpx
 import msgspec
 import pytest
 from litestar import Litestar
@@ -24,6 +26,7 @@ from services.usage.config import UsageSettings
 from services.usage.periods import Range
 from shared.config import CommonSettings
 from shared.runtime import Resources
+from tests import procs
 from tests.usage.conftest import as_admin, as_user, charged, recorded
 
 Client = AsyncTestClient[Litestar]
@@ -135,6 +138,34 @@ async def test_a_console_session_is_checked_with_keys(clean_usage: Resources, fa
         client.cookies.set("fg_session", "good-session")
         refused = await client.get("/api/usage/logs")
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "auth_unavailable"
+
+
+async def test_a_real_keys_session_sees_only_its_own_account(clean_usage: Resources) -> None:
+    """Against the keys service itself (a real `faregate keys` process): register, then read usage with the
+    session cookie keys set; log out, and the same cookie is refused."""
+    email = f"usage-{secrets.token_hex(4)}@example.com"
+    with procs.running("keys", ready_path="/readyz") as keys:
+        async with httpx.AsyncClient(base_url=keys.url, timeout=10) as http:
+            reg = await http.post("/api/auth/register",
+                                  json={"email": email, "password": "correct horse 42!"})
+            assert reg.status_code == 201, reg.text
+            account_id = reg.json()["account"]["id"]
+            session, csrf = reg.cookies["fg_session"], reg.json()["csrf_token"]
+            await _seed(clean_usage, recorded(account_id), recorded(account_id),
+                        recorded("acct-someone-else"))
+
+            common = msgspec.structs.replace(clean_usage.common, keys_url=keys.url)
+            app = create_app(UsageSettings(retention_interval_s=0), common, consumers=False)
+            async with AsyncTestClient(app=app) as client:
+                client.cookies.set("fg_session", session)
+                page = await client.get("/api/usage/logs")
+                assert page.status_code == 200, page.text
+                assert [i["account_id"] for i in page.json()["items"]] == [account_id, account_id]
+                assert (await client.get("/api/usage/logs", params={"account_id": "acct-someone-else"})
+                        ).status_code == 403
+                out = await http.post("/api/auth/logout", headers={"X-CSRF-Token": csrf})  # cookie: the jar
+                assert out.status_code == 204, out.text
+                assert (await client.get("/api/usage/summary")).status_code == 401
 
 
 # --- dashboard --------------------------------------------------------------------------------------------
