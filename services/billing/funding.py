@@ -6,6 +6,7 @@ ledger; after commit the new spendable balance goes to Redis and the receipt eve
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,8 @@ from shared.bus import Publisher
 from shared.events import new_id
 from shared.money import parse_usd
 from shared.web import Conflict, NotFound, ServiceError
+
+log = logging.getLogger("faregate.billing.funding")
 
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: codes get typed by hand
 
@@ -59,7 +62,12 @@ class Funding:
     async def _after(self, posted: wallets.Posted | None, *receipts: ev.Event) -> None:
         if posted is None:
             return
-        await self.guard.sync([(posted.account_id, posted.spendable, posted.version)])
+        try:
+            await self.guard.sync([(posted.account_id, posted.spendable, posted.version)])
+        except Exception:
+            # The credit is committed; the gateway keeps the older (lower) balance until the next write for
+            # this wallet (a debit, a credit, a load or a restart's hydration), which carries a newer version.
+            log.exception("could not publish a balance to Redis", extra={"account_id": posted.account_id})
         if self.publisher is not None:
             for e in (*receipts, posted.low):
                 if e is not None:
