@@ -240,8 +240,12 @@ async def ensure_admin(ctx: Ctx, email: str, password: str) -> tuple[str, bool]:
     async with ctx.pool.acquire() as conn:
         row = await conn.fetchrow(repo.ACCOUNT_BY_EMAIL, norm)
     if row is None:
-        account, _, _ = await register(ctx, email, password, role="admin", default_key=False)
-        return account["id"], True
+        try:
+            account, _, _ = await register(ctx, email, password, role="admin", default_key=False)
+            return account["id"], True
+        except Conflict:  # another worker starting at the same moment created it
+            async with ctx.pool.acquire() as conn:
+                row = await conn.fetchrow(repo.ACCOUNT_BY_EMAIL, norm)
     if row["role"] != "admin" or row["status"] != "active":
         async with ctx.pool.acquire() as conn:
             await conn.execute(repo.UPDATE_ACCOUNT, row["id"], "active", row["group"], "admin")

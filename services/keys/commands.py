@@ -8,21 +8,28 @@ import getpass
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from services.keys import accounts, apikeys, catalog_admin
-from services.keys.config import KeysSettings
-from services.keys.context import Ctx
-from services.keys.errors import InvalidInput
-from shared import config
 from shared.config import CommonSettings
-from shared.runtime import open_resources
-from shared.web import ServiceError
+
+if TYPE_CHECKING:
+    from services.keys.context import Ctx
+
+# The CLI builds its parser for every `faregate ...` run, including the one that starts the servers: the
+# service modules (and their Prometheus metrics) are imported only when a command runs.
+DEFAULT_CATALOG = Path(__file__).with_name("catalog") / "default.json"
 
 T = TypeVar("T")
 
 
 def _run(common: CommonSettings, work: Callable[[Ctx], Awaitable[T]]) -> T:
+    from services.keys.config import KeysSettings
+    from services.keys.context import Ctx
+    from services.keys.errors import InvalidInput
+    from shared import config
+    from shared.runtime import open_resources
+    from shared.web import ServiceError
+
     async def main() -> T:
         settings = config.load(KeysSettings)
         async with open_resources(common, "keys-cli", pool_size=2) as res:
@@ -37,6 +44,8 @@ def _run(common: CommonSettings, work: Callable[[Ctx], Awaitable[T]]) -> T:
 
 
 def create_admin(args: argparse.Namespace, common: CommonSettings) -> None:
+    from services.keys import accounts
+
     # Never a command-line argument: those show up in `ps` and shell history.
     if sys.stdin.isatty():
         password = getpass.getpass("password for the new admin: ")
@@ -47,6 +56,8 @@ def create_admin(args: argparse.Namespace, common: CommonSettings) -> None:
 
 
 def import_catalog(args: argparse.Namespace, common: CommonSettings) -> None:
+    from services.keys import catalog_admin
+
     raw = Path(args.file).read_bytes()
 
     async def work(ctx: Ctx) -> int:
@@ -56,6 +67,8 @@ def import_catalog(args: argparse.Namespace, common: CommonSettings) -> None:
 
 
 def republish(args: argparse.Namespace, common: CommonSettings) -> None:
+    from services.keys import apikeys, catalog_admin
+
     async def work(ctx: Ctx) -> int:
         await catalog_admin.ensure_published(ctx)
         return await apikeys.republish_all(ctx)
@@ -70,7 +83,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.set_defaults(func=create_admin)
     p = subparsers.add_parser("import-catalog",
                               help="import a catalog file (models, groups, channels); idempotent")
-    p.add_argument("file", nargs="?", default=str(catalog_admin.DEFAULT_FILE))
+    p.add_argument("file", nargs="?", default=str(DEFAULT_CATALOG))
     p.set_defaults(func=import_catalog)
     p = subparsers.add_parser("republish", help="rewrite every key snapshot and the catalog in Redis and "
                               "publish them (after Redis lost its data)")
