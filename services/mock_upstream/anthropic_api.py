@@ -134,7 +134,7 @@ class Block(msgspec.Struct, kw_only=True):
 def chosen_tool(body: dict[str, Any], parts: PromptParts) -> tuple[dict[str, Any] | None, bool]:
     """The tool to call and whether the model was forced to (then it says nothing before the call)."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name")]
-    choice = body.get("tool_choice") or {"type": "auto"}
+    choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), dict) else {"type": "auto"}
     if not tools or choice.get("type") == "none":
         return None, False
     if choice.get("type") == "tool":
@@ -154,7 +154,7 @@ def decide(
     budget = int(body["max_tokens"])
     blocks: list[Block] = []
     used = 0
-    thinking = body.get("thinking") or {}
+    thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else {}
     if thinking.get("type") in ("enabled", "adaptive"):
         text, _ = content.truncate_to_tokens(content.reasoning_text(seed), budget)
         blocks.append(Block(kind="thinking", text=text))

@@ -144,14 +144,15 @@ def fake_value(schema: Any, name: str, seed: int) -> Any:
     """A value that satisfies a (simple) JSON schema: what the model "decides" as tool arguments."""
     if not isinstance(schema, dict):
         return VOCABULARY[seed % len(VOCABULARY)]
-    if schema.get("enum"):
-        return schema["enum"][0]
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
     kind = schema.get("type", "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
     kind = str(kind).lower()  # Gemini spells types in capitals
     if kind == "object":
-        props = schema.get("properties") or {}
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
         return {k: fake_value(v, k, seed + i) for i, (k, v) in enumerate(sorted(props.items()))}
     if kind == "array":
         return [fake_value(schema.get("items") or {}, name, seed)]

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 
 from services.mock_upstream import content
 from services.mock_upstream.exchange import Exchange, fail, open_exchange
@@ -65,6 +66,10 @@ def api_key(request: Request[Any, Any, Any]) -> str | None:
     return request.headers.get("x-goog-api-key") or request.query_params.get("key") or None
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def pick(d: Any, camel: str) -> Any:
     """A field by its camelCase name or its snake_case twin."""
     if not isinstance(d, dict):
@@ -89,7 +94,7 @@ def read_prompt(body: dict[str, Any]) -> PromptParts | str:
     if system is not None:
         if not isinstance(system, dict):
             return "Invalid value at 'system_instruction'"
-        texts += [str(p.get("text", "")) for p in system.get("parts") or [] if isinstance(p, dict)]
+        texts += [str(p.get("text", "")) for p in _list(system.get("parts")) if isinstance(p, dict)]
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         return "* GenerateContentRequest.contents: contents is not specified"
@@ -110,10 +115,10 @@ def read_prompt(body: dict[str, Any]) -> PromptParts | str:
                     own.append(str(part["text"]))
             elif pick(part, "inlineData") is not None or pick(part, "fileData") is not None:
                 images += 1
-            elif pick(part, "functionCall") is not None:
+            elif isinstance(pick(part, "functionCall"), dict):
                 call = pick(part, "functionCall")
                 own += [str(call.get("name", "")), json.dumps(call.get("args") or {})]
-            elif pick(part, "functionResponse") is not None:
+            elif isinstance(pick(part, "functionResponse"), dict):
                 reply = pick(part, "functionResponse")
                 own += [str(reply.get("name", "")), json.dumps(reply.get("response") or {})]
                 answered = True
@@ -131,14 +136,15 @@ def read_prompt(body: dict[str, Any]) -> PromptParts | str:
 
 def declarations(body: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for tool in body.get("tools") or []:
-        out += [d for d in pick(tool, "functionDeclarations") or [] if isinstance(d, dict) and d.get("name")]
+    for tool in _list(body.get("tools")):
+        out += [d for d in _list(pick(tool, "functionDeclarations")) if isinstance(d, dict) and d.get("name")]
     return out
 
 
 def chosen_function(body: dict[str, Any], parts: PromptParts) -> dict[str, Any] | None:
     fns = declarations(body)
-    config = pick(pick(body, "toolConfig") or {}, "functionCallingConfig") or {}
+    config = pick(pick(body, "toolConfig"), "functionCallingConfig")
+    config = config if isinstance(config, dict) else {}
     mode = str(config.get("mode", "AUTO")).upper()
     allowed = pick(config, "allowedFunctionNames") or []
     if allowed:
@@ -164,7 +170,7 @@ def decide(body: dict[str, Any], model: str, parts: PromptParts, index: int, min
     seed = content.seed_of(model, pick(body, "systemInstruction"), body.get("contents"), index)
     gen = pick(body, "generationConfig") or {}
     limit = pick(gen, "maxOutputTokens")
-    budget = int(limit) if limit else 1 << 30
+    budget = limit if isinstance(limit, int) and limit > 0 else 1 << 30
     fn = chosen_function(body, parts)
     if fn is not None:
         schema = pick(fn, "parameters") or pick(fn, "parametersJsonSchema") or {}
@@ -179,7 +185,7 @@ def decide(body: dict[str, Any], model: str, parts: PromptParts, index: int, min
         text = content.json_reply(seed, pick(gen, "responseSchema") or pick(gen, "responseJsonSchema"))
     else:
         text = content.reply_text(seed, min_tokens)
-    hits = [text.find(s) for s in pick(gen, "stopSequences") or [] if s and s in text]
+    hits = [text.find(s) for s in _list(pick(gen, "stopSequences")) if isinstance(s, str) and s and s in text]
     if hits:
         text = text[: min(hits)]
     text, cut = content.truncate_to_tokens(text, budget)
@@ -241,7 +247,7 @@ def stream_payloads(
 # The SDK uses v1beta by default and v1 for some calls; the parameter shares its name with OpenAI's
 # GET /v1/models/{model_id} so both live on one path.
 @post(["/v1beta/models/{model_id:str}", "/v1/models/{model_id:str}"], status_code=200)
-async def model_action(request: Request[Any, Any, Any], model_id: str) -> Response[Any]:
+async def model_action(request: Request[Any, Any, Any], model_id: FromPath[str]) -> Response[Any]:
     model, _, action = model_id.rpartition(":")
     if action not in ACTIONS:
         return error_response(404, f"Method {action!r} is not found for model {model!r}.")

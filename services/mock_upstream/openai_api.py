@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 
 from services.mock_upstream import content
 from services.mock_upstream.exchange import Exchange, open_exchange
@@ -72,6 +73,10 @@ def bearer(request: Request[Any, Any, Any]) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def sse(payload: Any) -> bytes:
     return b"data: " + msgspec.json.encode(payload) + b"\n\n"
 
@@ -124,8 +129,10 @@ def read_messages(messages: Any) -> ChatInput | str:
                     return f"messages[{i}].content[{j}].type {part.get('type')!r} is not supported"
         elif parts is not None:
             return f"messages[{i}].content must be a string or an array"
-        for call in msg.get("tool_calls") or []:
-            fn = call.get("function") or {} if isinstance(call, dict) else {}
+        calls = msg.get("tool_calls")
+        for call in calls if isinstance(calls, list) else []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            fn = fn if isinstance(fn, dict) else {}
             own += [str(fn.get("name", "")), str(fn.get("arguments", ""))]
         texts += own
         if msg["role"] == "user":
@@ -202,11 +209,11 @@ def decide(body: dict[str, Any], model: str, chat: ChatInput, index: int, min_to
         choice.reasoning = reasoning
         choice.reasoning_tokens = content.count_tokens(reasoning)
         budget -= choice.reasoning_tokens
-    fmt = body.get("response_format") or {}
+    fmt = _dict(body.get("response_format"))
     if fmt.get("type") == "json_object":
         text = content.json_reply(seed)
     elif fmt.get("type") == "json_schema":
-        text = content.json_reply(seed, (fmt.get("json_schema") or {}).get("schema"))
+        text = content.json_reply(seed, _dict(fmt.get("json_schema")).get("schema"))
     else:
         text = content.reply_text(seed, min_tokens)
     stops = body.get("stop")
@@ -283,9 +290,7 @@ def message_of(choice: Choice) -> dict[str, Any]:
 def stream_frames(
     ex: Exchange, cid: str, created: int, choices: list[Choice], usage: dict[str, Any]
 ) -> list[bytes]:
-    include_usage = (
-        bool((ex.body.get("stream_options") or {}).get("include_usage")) and not ex.faults.no_usage
-    )
+    include_usage = bool(_dict(ex.body.get("stream_options")).get("include_usage")) and not ex.faults.no_usage
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
         payload: dict[str, Any] = {
@@ -498,7 +503,7 @@ async def images_generations(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @get("/_mock/images/{name:str}", include_in_schema=False)
-async def image_file(name: str) -> Response[bytes]:
+async def image_file(name: FromPath[str]) -> Response[bytes]:
     try:
         seed = int(name.removesuffix(".png"), 16)
     except ValueError:
@@ -514,7 +519,7 @@ def model_object(name: str) -> dict[str, Any]:
 
 
 @get("/v1/models/{model_id:str}")
-async def get_model(model_id: str) -> Response[Any]:
+async def get_model(model_id: FromPath[str]) -> Response[Any]:
     if model_id not in MODELS:
         return error_response(404, f"The model '{model_id}' does not exist", None, None, param="model")
     return Response(model_object(model_id))
