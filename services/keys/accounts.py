@@ -224,8 +224,10 @@ async def update_account(ctx: Ctx, who: Principal, account_id: str, patch: Accou
             new = await conn.fetchrow(repo.UPDATE_ACCOUNT, account_id, status, group, role)
             if status != "active":
                 await conn.execute(repo.DELETE_ACCOUNT_SESSIONS, account_id)
+            if group != row["group"]:
+                await conn.execute(repo.MOVE_ACCOUNT_KEYS, account_id, row["group"], group)
     # Key snapshots first: a gateway that drops its cached keys on account.changed re-reads the new ones.
-    if status != row["status"]:
+    if status != row["status"] or group != row["group"]:
         await apikeys.publish_keys_of_account(ctx, account_id)
     if (status, group, role) != (row["status"], row["group"], row["role"]):
         await ctx.publisher.publish(ev.AccountChanged(account_id=account_id, status=status, group=group,

@@ -118,6 +118,12 @@ SELECT {KEY_COLUMNS} FROM keys.api_keys k JOIN keys.accounts a ON a.id = k.accou
 WHERE k.account_id = $1 AND k.status <> 'deleted'
 """
 
+# An account's keys follow it when it changes group (a demoted account keeps no better-priced keys).
+MOVE_ACCOUNT_KEYS = """
+UPDATE keys.api_keys SET "group" = $3, updated_at = now()
+WHERE account_id = $1 AND "group" = $2 AND status <> 'deleted'
+"""
+
 COUNT_LIVE_KEYS = "SELECT count(*) FROM keys.api_keys WHERE account_id = $1 AND status <> 'deleted'"
 
 UPDATE_KEY = """

@@ -244,8 +244,15 @@ async def test_admin_lists_searches_disables_regroups_and_promotes(client: Async
     await tap.wait_for(lambda e: isinstance(e, ev.AccountChanged) and e.account_id == alice.account_id
                        and e.group == "vip")
     assert (await admin.patch(url, json={"group": "no-such-group"})).status_code == 400
-    # A user of group vip may now put keys in it.
-    assert (await alice.patch(f"/api/keys/{alice.key_id}", json={"group": "vip"})).status_code == 200
+    # The account's keys in its old group moved with it, and gateways were told.
+    assert (await alice.get(f"/api/keys/{alice.key_id}")).json()["group"] == "vip"
+    await tap.wait_for(lambda e: isinstance(e, ev.KeyChanged) and e.key.key_id == alice.key_id
+                       and e.key.group == "vip")
+    # Moved back to default, a key it had put in vip comes back too: no better-priced key is left behind.
+    await admin.patch(url, json={"group": "default"})
+    assert (await alice.get(f"/api/keys/{alice.key_id}")).json()["group"] == "default"
+    assert (await alice.patch(f"/api/keys/{alice.key_id}", json={"group": "vip"})).status_code == 400
+    await admin.patch(url, json={"group": "vip"})
 
     r = await admin.patch(url, json={"status": "disabled"})
     assert r.status_code == 200 and r.json()["status"] == "disabled"
