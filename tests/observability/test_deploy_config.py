@@ -203,3 +203,16 @@ def test_the_dashboard_is_well_formed() -> None:
     scrape = yaml.safe_load(PROMETHEUS.read_text())
     assert scrape["rule_files"] == ["alerts.yml"]
     assert {j["job_name"] for j in scrape["scrape_configs"]} >= {"faregate-gateway", "faregate-usage"}
+
+
+def test_kubernetes_gets_the_same_rules_and_dashboard() -> None:
+    """deploy/prometheus and deploy/grafana render (kustomize, offline) to a PrometheusRule with exactly the
+    groups of alerts.yml and a ConfigMap the Grafana sidecar loads, holding the dashboard file as it is."""
+    from tests.deploy.conftest import render
+
+    [rule] = render(ROOT / "deploy" / "prometheus")
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+    [dashboard] = render(ROOT / "deploy" / "grafana")
+    assert dashboard["kind"] == "ConfigMap" and dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["data"]["faregate-overview.json"] == DASHBOARD.read_text()
