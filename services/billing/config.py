@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from decimal import InvalidOperation
+
 from shared.config import ServerSettings, register
+from shared.money import parse_usd
 
 
 @register("BILLING")
@@ -51,3 +54,22 @@ class BillingSettings(ServerSettings, frozen=True, kw_only=True):
             raise ValueError("FAREGATE_BILLING_USAGE_BATCH must be at least 1")
         if self.usage_consumers < 1:
             raise ValueError("FAREGATE_BILLING_USAGE_CONSUMERS must be at least 1")
+        if self.payment_provider == "stripe" and not (self.stripe_secret_key and self.stripe_webhook_secret):
+            raise ValueError("the stripe provider needs FAREGATE_BILLING_STRIPE_SECRET_KEY and "
+                             "FAREGATE_BILLING_STRIPE_WEBHOOK_SECRET")
+        for name in ("topup_min_usd", "topup_max_usd"):
+            try:
+                parse_usd(getattr(self, name))
+            except (ValueError, InvalidOperation):
+                raise ValueError(f"FAREGATE_BILLING_{name.upper()} must be an amount in USD") from None
+        try:
+            [parse_usd(p) for p in self.topup_presets_usd]
+        except (ValueError, InvalidOperation):
+            raise ValueError("FAREGATE_BILLING_TOPUP_PRESETS_USD must be USD amounts") from None
+        for tier in self.bonus_tiers:
+            usd, _, pct = tier.partition("=")
+            try:
+                parse_usd(usd)
+                int(pct)
+            except (ValueError, InvalidOperation):
+                raise ValueError(f"FAREGATE_BILLING_BONUS_TIERS: {tier!r} is not <USD>=<percent>") from None

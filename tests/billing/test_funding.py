@@ -364,3 +364,14 @@ async def test_threshold_is_per_account(client: AsyncTestClient[Any]) -> None:
     assert r.status_code == 400
     r = await client.put("/v1/billing/threshold", json={"threshold": 5}, headers=as_user(account))
     assert r.status_code == 400
+
+
+def test_malformed_billing_settings_fail_at_start_naming_the_variable() -> None:
+    from shared import config
+
+    for env, name in [({"FAREGATE_BILLING_BONUS_TIERS": "20=ten"}, "FAREGATE_BILLING_BONUS_TIERS"),
+                      ({"FAREGATE_BILLING_TOPUP_MIN_USD": "one"}, "FAREGATE_BILLING_TOPUP_MIN_USD"),
+                      ({"FAREGATE_BILLING_PAYMENT_PROVIDER": "stripe"}, "FAREGATE_BILLING_STRIPE_SECRET_KEY"),
+                      ({"FAREGATE_BILLING_PAYMENT_PROVIDER": "paypal"}, "FAREGATE_BILLING_PAYMENT_PROVIDER")]:
+        with pytest.raises(ValueError, match=name):
+            config.load(BillingSettings, env)
