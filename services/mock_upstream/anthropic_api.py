@@ -134,7 +134,8 @@ class Block(msgspec.Struct, kw_only=True):
 def chosen_tool(body: dict[str, Any], parts: PromptParts) -> tuple[dict[str, Any] | None, bool]:
     """The tool to call and whether the model was forced to (then it says nothing before the call)."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name")]
-    choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), dict) else {"type": "auto"}
+    raw_choice = body.get("tool_choice")
+    choice: dict[str, Any] = raw_choice if isinstance(raw_choice, dict) else {"type": "auto"}
     if not tools or choice.get("type") == "none":
         return None, False
     if choice.get("type") == "tool":
@@ -154,7 +155,8 @@ def decide(
     budget = int(body["max_tokens"])
     blocks: list[Block] = []
     used = 0
-    thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else {}
+    raw_thinking = body.get("thinking")
+    thinking: dict[str, Any] = raw_thinking if isinstance(raw_thinking, dict) else {}
     if thinking.get("type") in ("enabled", "adaptive"):
         text, _ = content.truncate_to_tokens(content.reasoning_text(seed), budget)
         blocks.append(Block(kind="thinking", text=text))

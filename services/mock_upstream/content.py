@@ -152,7 +152,9 @@ def fake_value(schema: Any, name: str, seed: int) -> Any:
         kind = next((k for k in kind if k != "null"), "string")
     kind = str(kind).lower()  # Gemini spells types in capitals
     if kind == "object":
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        props = schema.get("properties")
+        if not isinstance(props, dict):
+            return {}
         return {k: fake_value(v, k, seed + i) for i, (k, v) in enumerate(sorted(props.items()))}
     if kind == "array":
         return [fake_value(schema.get("items") or {}, name, seed)]
