@@ -98,6 +98,9 @@ async def guarded(gw: Gateway, call: Call, work: Any) -> Response[Any]:
     except GatewayError as exc:
         call.fail(exc)
         return error_response(call.dialect, exc)
+    except relay.ClientGone:
+        call.status, call.error_code = 499, "client_disconnected"
+        return Response(b"", status_code=499)
     except Exception:
         log.exception("request failed unexpectedly")
         failed = GatewayError("The gateway failed to process the request.")
@@ -146,7 +149,7 @@ async def _chat(gw: Gateway, call: Call, request: Request[Any, Any, Any], path_m
     call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
     plan = relay.Plan(call.dialect, body, internal, "/chat/completions", stream)
-    opened = await relay.open_upstream(gw, call, model, plan)
+    opened = await relay.open_upstream_for(request.receive, gw, call, model, plan)
     headers = ratelimit_headers(call, snap.rpm_limit, snap.tpm_limit)
     if stream:
         headers["cache-control"] = "no-cache"
@@ -259,7 +262,8 @@ async def _plain(gw: Gateway, call: Call, request: Request[Any, Any, Any], kind:
     amount = relay.worst_case(gw, model, call, prompt_estimate, 1)
     call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
-    opened = await relay.open_upstream(gw, call, model, path, body, False)
+    opened = await relay.open_upstream_for(request.receive, gw, call, model,
+                                           relay.Plan("openai", body, body, path, False))
     await relay._close(opened.resp)
     try:
         usage = oai.response_usage(opened.body)

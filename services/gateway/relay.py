@@ -389,6 +389,31 @@ async def open_upstream(gw: Gateway, call: Call, model: Model, plan: Plan) -> Op
     raise last.client
 
 
+class ClientGone(Exception):
+    """The client hung up before the answer started; the upstream call was cancelled."""
+
+
+async def _disconnected(receive: Any) -> None:
+    # With the body read, the next ASGI message is http.disconnect, and it arrives only when the client leaves.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def open_upstream_for(receive: Any, gw: Gateway, call: Call, model: Model, plan: Plan) -> Opened:
+    """`open_upstream`, abandoned at once (and the upstream request cancelled) if the client disconnects."""
+    work = asyncio.ensure_future(open_upstream(gw, call, model, plan))
+    watch = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done():
+            work.cancel()
+        watch.cancel()
+    if work.done() and not work.cancelled():
+        return work.result()
+    raise ClientGone()
+
+
 # --- step 5: forwarding ------------------------------------------------------------------------------------
 
 

@@ -117,3 +117,33 @@ async def test_tpm_holds_across_two_gateways(world: World, gateways: list[procs.
             raise AssertionError("the TPM limit never refused a request")
     assert len(served) >= 2  # both gateways served before the shared window filled
     assert sum(served[:-1]) < 300 <= sum(served)  # refused exactly once the real counts filled the window
+
+
+async def test_client_leaving_before_the_answer_cancels_the_upstream(world: World,
+                                                                     gateways: list[procs.ServiceProcess]) -> None:
+    await use_catalog(world, gateways, [channel(world.mock, "thinking", fault="delay_first_ms=4000",
+                                                secret=world.common.secret_key)])
+    secret, snap = await world.add_key()
+    rid = "leaver-" + str(time.time_ns())
+    async with httpx.AsyncClient(timeout=0.8) as client:
+        try:
+            await client.post(f"{gateways[1].url}/v1/chat/completions", headers={**auth(secret), "x-request-id": rid},
+                              json={"model": "gpt-4o-mini", "messages": MESSAGES})
+        except httpx.ReadTimeout:
+            pass
+        else:
+            raise AssertionError("the mock answered before the client gave up")
+
+    async def cancelled() -> bool:
+        entries = [e for e in world.mock_stats()["requests"] if e["request_id"] == rid]
+        return bool(entries) and entries[0]["outcome"] == "cancelled"
+
+    await eventually(cancelled, 2.5)  # well before the 4 s the upstream would have taken
+    [event] = await usage_events(world.res, {rid})
+    assert event.status == 499 and event.error_code == "client_disconnected"
+
+    async def released() -> bool:
+        w = await world.wallet(snap.account_id)
+        return w.get("reserved") == 0
+
+    await eventually(released)
