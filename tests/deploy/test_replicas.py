@@ -1,0 +1,227 @@
+"""Several replicas on one set of engines (issue 9): two gateways, two billing and two usage processes share
+one Postgres, Redis and NATS, as the Kubernetes Deployments do. Traffic goes through both gateways; every
+request is debited once and logged once, the wallet moves by exactly the priced cost, the two replicas of each
+consumer split the work between them (one durable consumer per service), and when one replica of each stops,
+the other takes over the rest.
+
+Every part is a real `faregate <service>` process; each has its own data directory, as each pod has its own
+emptyDir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import openai
+import pytest
+
+from services.billing import seed as billing_seed
+from services.keys import seed as keys_seed
+from shared import cache, catalog
+from shared.config import CommonSettings
+from shared.pricing import cost_micros
+from tests import procs
+
+MODEL = "gpt-4o-mini"
+FIRST_WAVE = 24
+SECOND_WAVE = 12
+
+
+@dataclass
+class Stack:
+    mock: procs.ServiceProcess
+    keys: procs.ServiceProcess
+    gateways: list[procs.ServiceProcess]
+    billing: list[procs.ServiceProcess]
+    usage: list[procs.ServiceProcess]
+
+
+def _start(name: str, env: dict[str, str], started: list[procs.ServiceProcess]) -> procs.ServiceProcess:
+    own = {**env, "FAREGATE_DATA_DIR": tempfile.mkdtemp(prefix=f"faregate-replica-{name}-")}
+    sp = procs.start(name, own, ready_path="/readyz")
+    started.append(sp)
+    return sp
+
+
+@pytest.fixture(scope="module")
+def stack(common: CommonSettings) -> Iterator[Stack]:
+    started: list[procs.ServiceProcess] = []
+    try:
+        mock = _start("mock-upstream", {}, started)
+        keys = _start("keys", {}, started)
+        # Like the Services in the cluster, each URL names one address: here the replica that keeps running.
+        billing = [_start("billing", {"FAREGATE_KEYS_URL": keys.url}, started) for _ in range(2)]
+        usage = [_start("usage", {"FAREGATE_KEYS_URL": keys.url}, started) for _ in range(2)]
+        urls = {"FAREGATE_KEYS_URL": keys.url, "FAREGATE_BILLING_URL": billing[1].url,
+                "FAREGATE_USAGE_URL": usage[1].url}
+        gateways = [_start("gateway", urls, started) for _ in range(2)]
+        yield Stack(mock, keys, gateways, billing, usage)
+    finally:
+        for sp in reversed(started):
+            sp.stop()
+
+
+@dataclass(frozen=True)
+class Sent:
+    request_id: str
+    gateway: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+async def _one(client: openai.AsyncOpenAI, gateway: int, n: int) -> Sent:
+    messages = [{"role": "user", "content": f"Request {n}: tell me about rivers."}]
+    if n % 2:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=messages, max_tokens=48)  # type: ignore[arg-type]
+        usage = raw.parse().usage
+    else:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=messages, max_tokens=48, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True})
+        usage = None
+        async for chunk in raw.parse():
+            usage = chunk.usage or usage
+    assert usage is not None and usage.completion_tokens > 0
+    details = usage.prompt_tokens_details
+    return Sent(raw.headers["x-request-id"], gateway, usage.prompt_tokens, usage.completion_tokens,
+                (details.cached_tokens or 0) if details else 0)
+
+
+async def _traffic(stack: Stack, api_key: str, count: int, start: int) -> list[Sent]:
+    """`count` requests, alternating between the two gateways, half of them streamed, four at a time."""
+    clients = [openai.AsyncOpenAI(base_url=g.url + "/v1", api_key=api_key, max_retries=0)
+               for g in stack.gateways]
+    limit = asyncio.Semaphore(4)
+
+    async def send(n: int) -> Sent:
+        async with limit:
+            return await _one(clients[n % 2], n % 2, n)
+
+    try:
+        return list(await asyncio.gather(*(send(n) for n in range(start, start + count))))
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def _count(pool: asyncpg.Pool, sql: str, ids: list[str], want: int, seconds: float = 30) -> int:
+    deadline = time.monotonic() + seconds
+    got = -1
+    while time.monotonic() < deadline:
+        got = int(await pool.fetchval(sql, ids))
+        if got >= want:
+            return got
+        await asyncio.sleep(0.2)
+    return got
+
+
+def _metric(sp: procs.ServiceProcess, name: str, labels: str = "") -> float:
+    text = httpx.get(sp.url + "/metrics", timeout=5).text
+    pattern = rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _settled(read: Callable[[], float], want: float, seconds: float = 10) -> float:
+    """A counter is bumped just after its transaction commits: give it a moment to reach `want`."""
+    deadline = time.monotonic() + seconds
+    got = read()
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.1)
+        got = read()
+    return float(got)
+
+
+def _debited(sp: procs.ServiceProcess) -> float:
+    return _metric(sp, "faregate_billing_usage_events_total", '{outcome="debited"}')
+
+
+def _logged(sp: procs.ServiceProcess) -> float:
+    return _metric(sp, "faregate_usage_log_rows_total")
+
+
+async def _price(common: CommonSettings, sent: list[Sent]) -> int:
+    r = cache.client(common.redis_url)
+    try:
+        raw = await r.get(cache.Keys(common.namespace).catalog())
+    finally:
+        await r.aclose()
+    assert raw is not None
+    cat = catalog.decode(bytes(raw))
+    price = next(m.price for m in cat.models if m.name == MODEL)
+    ratio = next((g.ratio_ppm for g in cat.groups if g.name == "default"), 1_000_000)
+    return sum(cost_micros(price, prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens,
+                           cached_tokens=s.cached_tokens, group_ratio_ppm=ratio,
+                           discount_ppm=cat.discount_ppm)
+               for s in sent)
+
+
+LEDGER = "SELECT count(*) FROM billing.ledger WHERE request_id = ANY($1)"
+LOG = "SELECT count(*) FROM usage.request_log WHERE request_id = ANY($1)"
+PER_REQUEST = """
+    SELECT r.id,
+           (SELECT count(*) FROM billing.ledger l WHERE l.request_id = r.id) AS debits,
+           (SELECT count(*) FROM usage.request_log u WHERE u.request_id = r.id) AS rows
+    FROM unnest($1::text[]) AS r(id)
+"""
+
+
+async def test_two_of_everything_debit_and_log_each_request_once(common: CommonSettings,
+                                                                 stack: Stack) -> None:
+    demo = await keys_seed.seed_demo(common, upstream_base_url=stack.mock.url)
+    await billing_seed.seed_demo(common, account_id=demo.account_id, amount_micros=50_000_000)
+    pool = await asyncpg.create_pool(common.database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        before = int(await pool.fetchval("SELECT balance_micros FROM billing.wallets WHERE account_id = $1",
+                                         demo.account_id))
+
+        # Both gateways serve; both replicas of each consumer are up.
+        first = await _traffic(stack, demo.api_key, FIRST_WAVE, 0)
+        assert {s.gateway for s in first} == {0, 1}
+        ids = [s.request_id for s in first]
+        assert len(set(ids)) == FIRST_WAVE
+        assert await _count(pool, LEDGER, ids, FIRST_WAVE) == FIRST_WAVE
+        assert await _count(pool, LOG, ids, FIRST_WAVE) == FIRST_WAVE
+
+        # Each event was applied by exactly one replica: the per-process counters add up to the traffic.
+        _settled(lambda: sum(_debited(sp) for sp in stack.billing), FIRST_WAVE)
+        _settled(lambda: sum(_logged(sp) for sp in stack.usage), FIRST_WAVE)
+        billing_first = [_debited(sp) for sp in stack.billing]
+        usage_first = [_logged(sp) for sp in stack.usage]
+        assert sum(billing_first) == FIRST_WAVE, billing_first
+        assert sum(usage_first) == FIRST_WAVE, usage_first
+
+        # One replica of each consumer stops (a rollout, a node drain); the other takes the rest.
+        for stopping in (stack.billing[0], stack.usage[0]):
+            code = stopping.stop()
+            assert code == 0, f"{stopping.name} exited {code}:\n{stopping.log()[-3000:]}"
+        second = await _traffic(stack, demo.api_key, SECOND_WAVE, FIRST_WAVE)
+        sent = first + second
+        ids = [s.request_id for s in sent]
+        assert len(set(ids)) == len(sent)
+        assert await _count(pool, LEDGER, ids, len(sent)) == len(sent)
+        assert await _count(pool, LOG, ids, len(sent)) == len(sent)
+        want_billing, want_usage = billing_first[1] + SECOND_WAVE, usage_first[1] + SECOND_WAVE
+        assert _settled(lambda: _debited(stack.billing[1]), want_billing) == want_billing
+        assert _settled(lambda: _logged(stack.usage[1]), want_usage) == want_usage
+
+        # Once each, and the wallet moved by exactly the priced cost of what was sent.
+        rows = await pool.fetch(PER_REQUEST, ids)
+        assert {(r["debits"], r["rows"]) for r in rows} == {(1, 1)}
+        after = int(await pool.fetchval("SELECT balance_micros FROM billing.wallets WHERE account_id = $1",
+                                        demo.account_id))
+        expected = await _price(common, sent)
+        assert expected > 0
+        assert before - after == expected
+    finally:
+        await pool.close()
