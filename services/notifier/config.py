@@ -7,37 +7,35 @@ from shared.config import ConfigError, ServerSettings, register
 
 @register("NOTIFIER")
 class NotifierSettings(ServerSettings, frozen=True, kw_only=True):
-    port: int = 8104
+    port: int = 8104  # HTTP API (preferences, delivery history) and /healthz, /readyz, /metrics
 
     # --- SMTP -----------------------------------------------------------------------------------------------
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
-    # none (plain), starttls (upgrade after connecting; refused if the server does not offer it) or tls
-    # (implicit).
+    # none (plain), starttls (upgrade after connecting; fails if the server lacks it) or tls (implicit).
     smtp_security: str = "none"
     smtp_username: str = ""  # empty: no AUTH
-    smtp_password: str = ""
-    smtp_timeout_s: float = 20.0  # per message; must stay well below lease_s
-    smtp_validate_certs: bool = True
-    mail_from: str = "Faregate <no-reply@faregate.local>"
+    smtp_password: str = ""  # with smtp_username
+    smtp_timeout_s: float = 20.0  # whole conversation per message; must stay well below lease_s
+    smtp_validate_certs: bool = True  # false only for a test server with a self-signed certificate
+    mail_from: str = "Faregate <no-reply@faregate.local>"  # the From header and envelope sender
     # Right-hand side of the Message-ID we derive from each outbox key (receivers de-duplicate on it).
     message_id_domain: str = "faregate.local"
 
     # --- Webhooks -------------------------------------------------------------------------------------------
     webhook_timeout_s: float = 10.0  # per attempt; must stay well below lease_s
     webhook_max_attempts: int = 10  # then the delivery is recorded as failed, visible to the owner
-    # Allow account webhooks to loopback/private addresses (tests, a private deployment). Off: a webhook
-    # must not
-    # be a way to reach the operator's internal network.
+    # Allow account webhooks to loopback/private addresses (tests, a private deployment). Off: a webhook must
+    # not be a way to reach the operator's internal network.
     webhook_allow_private: bool = False
     # Operators' own webhook for admin alerts (channel out of rotation); empty: none. Secret signs its bodies.
     admin_webhook_url: str = ""
-    admin_webhook_secret: str = ""
+    admin_webhook_secret: str = ""  # signs admin webhook bodies (WEBHOOKS.md)
 
     # --- Sending --------------------------------------------------------------------------------------------
     email_max_attempts: int = 20  # SMTP transient failures (down, 4xx); a 5xx for the message fails at once
     backoff_base_s: float = 5.0  # retry n waits about base * 2^(n-1), jittered, capped by backoff_max_s
-    backoff_max_s: float = 3600.0
+    backoff_max_s: float = 3600.0  # the longest wait between two attempts
     # How long a sender owns a claimed row; a sender killed mid-send leaves it to be retried after this.
     lease_s: float = 60.0
     # Concurrent senders per channel in this process (each claims one row at a time).
@@ -55,7 +53,7 @@ class NotifierSettings(ServerSettings, frozen=True, kw_only=True):
     admin_emails: tuple[str, ...] = ()
     # Base URL of the web console, used for links in e-mails.
     console_url: str = "http://127.0.0.1:8101"
-    product_name: str = "Faregate"
+    product_name: str = "Faregate"  # the name e-mails are signed with
 
     def __post_init__(self) -> None:
         # ConfigError rather than ValueError: `config.load` passes it through, naming the variable.

@@ -137,8 +137,8 @@ def plan(event: ev.AnyEvent, prefs: Prefs | None, ctx: Context) -> list[Planned]
                     "expires_at": _when(event.expires_at)}
             data = {"account_id": event.account_id, "key_id": event.key_id, "label": event.label,
                     "expires_at": event.expires_at.isoformat()}
-            # Keys' scan may publish again (a restart, a second replica): one notice per key and
-            # expiry instant.
+            # Keys' scan may publish again (a restart, a second replica): one notice per key and expiry
+            # instant.
             once = f"key.expiring:{event.key_id}:{event.expires_at.isoformat()}"
             return _account_alert(event, account_id=event.account_id, alert="key_expiring",
                                   kind="key_expiring", prefs=p, vars=vars, data=data, dedupe_key=once)

@@ -157,9 +157,8 @@ class Sender:
                            "delay_s": round(delay, 1), "error": exc.message})
 
     async def _no_address(self, row: Mapping[str, Any], token: str, message: str) -> None:
-        # The account's account.registered may simply not have been consumed yet (another stream):
-        # wait for it,
-        # without spending the row's attempts, for a while; then give up visibly.
+        # The account's account.registered may simply not have been consumed yet (another stream): wait for
+        # it, without spending the row's attempts, for a while; then give up visibly.
         created: datetime = row["created_at"]
         if datetime.now(UTC) - created > timedelta(seconds=self.settings.address_wait_s):
             await self._record(repo.MARK_FAILED, row, token, message, None)
