@@ -37,7 +37,10 @@ from services.gateway.providers import openai as oai
 from services.gateway.relay import Call
 from services.gateway.usage import Usage
 from shared import config, logs, telemetry
+from shared.catalog import Model
 from shared.config import CommonSettings
+from shared.events import ModelPrice
+from shared.pricing import cost_micros
 from shared.runtime import open_resources
 from shared.web import ServiceError, Unauthorized, ops_handlers, request_id_middleware, service_error_handler
 
@@ -253,13 +256,31 @@ async def anthropic_count_tokens(request: Request[Any, Any, Any]) -> Response[An
 # --- OpenAI: embeddings and images (no stream, plain passthrough) -------------------------------------------
 
 
+class _Images(msgspec.Struct):
+    data: list[Any] = []
+
+
+def per_image_price(model: Model) -> ModelPrice:
+    """A per-image price carried in the token-price fields billing already understands: one "output token" per
+    image at image_price × 1e6 per million, so `cost_micros` gives exactly images × image_price (× group ratio
+    × (1 − discount)) without a new event field."""
+    return ModelPrice(input=0, output=model.image_price_micros * 1_000_000)
+
+
 async def _plain(gw: Gateway, call: Call, request: Request[Any, Any, Any], kind: str, path: str) -> Response[Any]:
     raw = await read_body(request, gw.settings.max_body_bytes)
     snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
     body = relay.parse_json_object(raw)
     model = relay.resolve_model(gw, call, snap, body.get("model"), kind)
     prompt_estimate = len(raw) // 2 + 16
-    amount = relay.worst_case(gw, model, call, prompt_estimate, 1)
+    n = body.get("n") or 1
+    if kind == "image" and (not isinstance(n, int) or not 1 <= n <= 10):
+        raise BadRequest("'n' must be an integer between 1 and 10.", param="n")
+    if kind == "image" and model.image_price_micros:
+        amount = cost_micros(per_image_price(model), prompt_tokens=0, completion_tokens=n,
+                             group_ratio_ppm=call.group_ratio_ppm, discount_ppm=call.discount_ppm)
+    else:
+        amount = relay.worst_case(gw, model, call, prompt_estimate, 1 if kind == "embedding" else 0, n)
     call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
     opened = await relay.open_upstream_for(request.receive, gw, call, model,
@@ -267,12 +288,17 @@ async def _plain(gw: Gateway, call: Call, request: Request[Any, Any, Any], kind:
     await relay._close(opened.resp)
     try:
         usage = oai.response_usage(opened.body)
+        images = msgspec.json.decode(opened.body, type=_Images).data if kind == "image" else []
     except Exception:
         raise BadUpstream("The upstream sent a response that is not valid JSON.") from None
     if usage is None and kind == "embedding":
         inputs = body.get("input")
         texts = [inputs] if isinstance(inputs, str) else [t for t in inputs or () if isinstance(t, str)]
         usage = Usage(prompt_tokens=sum(tokenizer.count_text(t) for t in texts))
+    if kind == "image" and model.image_price_micros:
+        call.price = per_image_price(model)
+        call.cost_price = None
+        usage = Usage(completion_tokens=len(images))
     call.usage = usage or Usage()
     return Response(opened.body, media_type="application/json",
                     headers=ratelimit_headers(call, snap.rpm_limit, snap.tpm_limit))

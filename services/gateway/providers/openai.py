@@ -26,6 +26,9 @@ class _Usage(msgspec.Struct):
     completion_tokens: int | None = 0
     total_tokens: int | None = 0
     prompt_tokens_details: _Details | None = None
+    # the images API (gpt-image-1) reports input/output tokens under these names
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 class _WithUsage(msgspec.Struct):
@@ -62,8 +65,8 @@ def plain_body(body: dict[str, Any], upstream_model: str) -> bytes:
 
 def _usage(u: _Usage) -> Usage:
     cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
-    prompt = u.prompt_tokens or 0
-    completion = u.completion_tokens or 0
+    prompt = u.prompt_tokens or u.input_tokens or 0
+    completion = u.completion_tokens or u.output_tokens or 0
     if not completion and u.total_tokens and u.total_tokens > prompt:
         completion = u.total_tokens - prompt
     return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached or 0)
