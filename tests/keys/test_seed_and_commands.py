@@ -8,6 +8,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import redis.asyncio as aioredis
 
 from services.keys import seed
 from services.keys.context import Ctx
@@ -66,9 +67,25 @@ async def test_create_admin_and_import_catalog_commands(common: CommonSettings) 
     try:
         role = await conn.fetchval("SELECT role FROM keys.accounts WHERE email_norm = 'ops@example.com'")
         models = await conn.fetchval("SELECT count(*) FROM keys.models")
+        live_keys = await conn.fetch("SELECT key_hash FROM keys.api_keys WHERE status <> 'deleted'")
     finally:
         await conn.close()
     assert role == "admin" and models >= 17
+
+    # Redis lost everything: `republish` puts every key snapshot and the catalog back.
+    r = aioredis.Redis.from_url(common.redis_url)
+    try:
+        for row in live_keys:
+            await r.delete(f"{common.namespace}:key:{row['key_hash']}")
+        await r.delete(f"{common.namespace}:catalog")
+        done = faregate("keys", "republish")
+        assert done.returncode == 0, done.stderr
+        assert f"{len(live_keys)} key snapshot(s)" in done.stdout
+        for row in live_keys:
+            assert await r.exists(f"{common.namespace}:key:{row['key_hash']}")
+        assert await r.exists(f"{common.namespace}:catalog")
+    finally:
+        await r.aclose()
 
 
 def test_the_service_runs_as_a_process_with_ops_endpoints_and_openapi() -> None:
