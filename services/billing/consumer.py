@@ -163,8 +163,9 @@ async def _debit(conn: asyncpg.Connection, fresh: list[tuple[ev.UsageRecorded, i
         [lows[a] for a in accounts])}
     charged: list[ev.Event] = []
     for e, sell, cost, plan_part, balance in charges:
-        out.applied.append(Applied(e.event_id, e.account_id, e.key_id, sell, spend[e.account_id],
-                                   versions[e.account_id], used.get(e.key_id, -1)))
+        if sell:  # a free request left nothing pending in Redis
+            out.applied.append(Applied(e.event_id, e.account_id, e.key_id, sell, spend[e.account_id],
+                                       versions[e.account_id], used.get(e.key_id, -1)))
         charged.append(charged_event(
             e.event_id, request_id=e.request_id, account_id=e.account_id, key_id=e.key_id, model=e.model,
             channel_id=e.channel_id, wallet_part=sell - plan_part, cost=cost, plan=plan_part,

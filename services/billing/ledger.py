@@ -31,6 +31,9 @@ def price_of(event: UsageRecorded) -> tuple[int, int]:
         raise InvalidUsage("group ratio or discount out of range")
     tokens = {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
               "cached_tokens": event.cached_tokens}
+    if event.price is None and event.prompt_tokens + event.completion_tokens > 0:
+        # Charging nothing would be a silent loss; refusing keeps it visible (rejected_events, logs).
+        raise InvalidUsage("tokens used but no price on the event")
     sell = 0
     if event.price is not None:
         sell = cost_micros(event.price, group_ratio_ppm=event.group_ratio_ppm,

@@ -256,3 +256,16 @@ async def test_a_top_up_rearms_the_low_balance_alert(resources: Resources, fundi
     assert await spend(100) == []  # still below: no second alert
     await credit(funding, account, 5_000)  # back above the threshold
     assert [e.balance_micros for e in await spend(5_000)] == [800]  # a new crossing
+
+
+async def test_tokens_without_a_price_are_rejected_not_given_away(resources: Resources,
+                                                                   funding: Funding) -> None:
+    assert resources.pool
+    account = new_id()
+    await credit(funding, account, 1_000_000)
+    unpriced = usage(account, price=None)
+    result = await consumer.apply_batch(resources.pool, [unpriced], default_threshold=0)
+    assert (result.new, result.rejected) == (0, 1)
+    reason = await resources.pool.fetchval("SELECT reason FROM billing.rejected_events WHERE event_id = $1",
+                                           unpriced.event_id)
+    assert reason == "tokens used but no price on the event"
