@@ -189,8 +189,7 @@ async def _redo(conn: asyncpg.Connection, dupes: list[str], out: BatchResult) ->
         out.outgoing.append(charged_event(
             r["event_id"], request_id=r["request_id"], account_id=r["account_id"], key_id=r["key_id"],
             model=r["model"], channel_id=r["channel_id"], wallet_part=-r["amount_micros"],
-            cost=r["cost_micros"],
-            plan=r["plan_micros"], balance=r["balance_after"]))
+            cost=r["cost_micros"], plan=r["plan_micros"], balance=r["balance_after"]))
 
 
 async def announce(publisher: Publisher, outgoing: Sequence[ev.Event], wait_s: float = 5.0) -> None:

@@ -132,8 +132,7 @@ class Funding:
         payment_id = new_id()
         async with self.pool.acquire() as conn:
             await conn.execute(repo.INSERT_PAYMENT, payment_id, account_id, self.provider.name, purpose,
-                               plan_id,
-                               amount_micros, bonus)
+                               plan_id, amount_micros, bonus)
         checkout = await self.provider.create_checkout(payment_id, amount_micros, description)
         async with self.pool.acquire() as conn:
             await conn.execute(repo.SET_PAYMENT_CHECKOUT, payment_id, checkout.provider_ref, checkout.url)
@@ -174,12 +173,12 @@ class Funding:
             else:
                 entry = wallets.Entry(kind="topup", amount=pay["amount_micros"] + pay["bonus_micros"],
                                       event_id=event_id, reference=pay["payment_id"],
-                                      bonus=pay["bonus_micros"],
-                                      paid=pay["amount_micros"], reason=f"top-up via {pay['provider']}")
+                                      bonus=pay["bonus_micros"], paid=pay["amount_micros"],
+                                      reason=f"top-up via {pay['provider']}")
                 posted = await wallets.post(conn, pay["account_id"], [entry], default_threshold=threshold)
                 receipt = ev.WalletCredited(
-                    event_id=wallets.derived_id(event_id,
-                                                "credited"), account_id=pay["account_id"], kind="topup",
+                    event_id=wallets.derived_id(event_id, "credited"), account_id=pay["account_id"],
+                    kind="topup",
                     amount_micros=entry.amount, bonus_micros=entry.bonus, paid_micros=entry.paid,
                     balance_micros=posted.balance if posted else 0, reference=pay["payment_id"])
         await self._after(posted, receipt)

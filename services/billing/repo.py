@@ -136,10 +136,11 @@ SET_PAYMENT_CHECKOUT = (
     "UPDATE billing.payments SET provider_ref = $2, checkout_url = $3 WHERE payment_id = $1"
 )
 GET_PAYMENT = "SELECT * FROM billing.payments WHERE payment_id = $1"
-# The one transition that credits: pending -> paid happens once, whatever number of webhooks arrive.
+# The one transition that credits: -> paid happens once, whatever number of webhooks arrive (the caller holds
+# the row lock and has seen it unpaid).
 MARK_PAID = """
 UPDATE billing.payments SET status = 'paid', paid_at = now()
-WHERE payment_id = $1 AND status = 'pending' RETURNING *
+WHERE payment_id = $1 AND status <> 'paid' RETURNING *
 """
 MARK_FAILED = "UPDATE billing.payments SET status = 'failed' WHERE payment_id = $1 AND status = 'pending'"
 
