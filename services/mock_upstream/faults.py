@@ -11,6 +11,7 @@ must not silently turn into a passing happy path.
 - `delay_first_ms=N`   wait N ms before the response starts (no byte is sent before)
 - `delay_chunk_ms=N`   wait N ms between stream events
 - `disconnect_after=N` drop the connection after N stream events (a non-stream reply: after half its body)
+                       (the server logs a traceback for each: that is how an ASGI app aborts a response)
 - `chunks=N`           number of content pieces a streamed reply is cut into (default 20)
 - `cached=N`           report N prompt tokens as read from the provider's cache
 - `no_usage=1`         report no usage at all (as some OpenAI-compatible servers do): the caller must count

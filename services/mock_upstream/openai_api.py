@@ -196,9 +196,10 @@ def decide(body: dict[str, Any], model: str, chat: ChatInput, index: int, min_to
     choice = Choice(index=index)
     fn = chosen_function(body.get("tools") or [], body.get("tool_choice"), chat.last_user_text)
     if fn is not None:
-        args = json.dumps(content.fake_value(fn.get("parameters") or {}, "", seed))
-        args, cut = content.truncate_to_tokens(args, budget)
         choice.tool_name = str(fn.get("name", "tool"))
+        args = json.dumps(content.fake_value(fn.get("parameters") or {}, "", seed))
+        # The function's name is generated too: it counts against the limit.
+        args, cut = content.truncate_to_tokens(args, max(budget - content.count_tokens(choice.tool_name), 0))
         choice.tool_id = "call_" + hashlib.sha256(f"{seed}".encode()).hexdigest()[:24]
         choice.tool_args = args
         choice.finish = "length" if cut else "tool_calls"

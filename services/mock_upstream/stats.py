@@ -2,6 +2,8 @@
 
 The mock is test equipment: it keeps the last request bodies it saw so a test can check what a gateway
 forwarded (translated fields, `stream_options`, the upstream key). Faregate itself never stores content.
+Stats live in the worker process that served the request: run the mock with one worker (the default) when a
+test reads them.
 """
 
 from __future__ import annotations

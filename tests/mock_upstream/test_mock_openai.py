@@ -320,3 +320,10 @@ def test_no_usage_and_garbage_faults(client: openai.OpenAI, mock_url: str) -> No
     assert json.loads(good.removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
     with pytest.raises(ValueError):
         json.loads(bad.removeprefix("data: "))
+
+
+def test_a_tool_call_never_exceeds_max_tokens(client: openai.OpenAI) -> None:
+    ask = [{"role": "user", "content": "What's the weather in Paris?"}]
+    resp = client.chat.completions.create(model="gpt-4o", messages=ask, tools=[WEATHER_TOOL], max_tokens=6)  # type: ignore[arg-type,list-item]
+    assert resp.usage and resp.usage.completion_tokens <= 6
+    assert resp.choices[0].finish_reason == "length"
