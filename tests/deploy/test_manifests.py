@@ -7,6 +7,8 @@ are long enough."""
 from __future__ import annotations
 
 import copy
+import json
+import re
 from typing import Any
 
 import kubernetes_validate
@@ -15,7 +17,7 @@ import pytest
 from faregate.cli import SERVICES, load_all_configs, settings_class
 from shared import config
 from shared.config import CommonSettings
-from tests.deploy.conftest import Manifest, Rendered
+from tests.deploy.conftest import ROOT, Manifest, Rendered
 
 # Oldest Kubernetes we support (matchLabelKeys in topology spread is on by default from 1.27) and the
 # newest the validator knows.
@@ -24,6 +26,21 @@ CRD_KINDS = {"ServiceMonitor", "Cluster", "ObjectStore", "ScheduledBackup", "Pro
 # The services a cluster runs (mock-upstream is a dev-only fake provider).
 DEPLOYED = ("gateway", "keys", "billing", "usage", "notifier")
 CONSUMERS = ("billing", "usage", "notifier")
+
+
+# What each Secret the manifests reference but do not generate holds (listed in base/kustomization.yaml),
+# with stand-in values to check the settings parse once the Secret is there.
+SECRETS: dict[str, dict[str, str]] = {
+    "faregate-secrets": {"FAREGATE_SECRET_KEY": "s" * 48, "FAREGATE_INTERNAL_TOKEN": "t" * 32,
+                         "FAREGATE_REDIS_URL": "redis://:pw@redis-master:6379/0"},
+    "faregate-keys-secrets": {"FAREGATE_KEYS_ADMIN_EMAIL": "ops@example.com",
+                              "FAREGATE_KEYS_ADMIN_PASSWORD": "p" * 16},
+    "faregate-billing-secrets": {"FAREGATE_BILLING_STRIPE_SECRET_KEY": "sk_test_x",
+                                 "FAREGATE_BILLING_STRIPE_WEBHOOK_SECRET": "whsec_x"},
+    "faregate-notifier-secrets": {"FAREGATE_NOTIFIER_SMTP_USERNAME": "u",
+                                  "FAREGATE_NOTIFIER_SMTP_PASSWORD": "p",
+                                  "FAREGATE_NOTIFIER_ADMIN_WEBHOOK_SECRET": "w"},
+}
 
 
 def _env_prefix(service: str) -> str:
@@ -90,7 +107,7 @@ def test_the_strict_validator_rejects_a_misspelled_field(rendered: dict[str, Ren
 
 def test_only_known_custom_resources_escape_schema_validation(overlay: Rendered) -> None:
     custom = {d["kind"] for d in overlay.docs if d["kind"] in CRD_KINDS}
-    expected = {"ServiceMonitor", "Cluster", "ObjectStore", "ScheduledBackup"}
+    expected = {"ServiceMonitor", "PrometheusRule", "Cluster", "ObjectStore", "ScheduledBackup"}
     if overlay.name == "dev":
         expected = set()
     assert custom == expected
@@ -110,6 +127,33 @@ def test_service_monitor_scrapes_metrics_of_every_service(rendered: dict[str, Re
         assert endpoint["path"] == "/metrics"
         for service in scraped:
             assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_alert_rules_and_dashboard_ship_with_monitoring(rendered: dict[str, Rendered]) -> None:
+    prod = rendered["production"]
+    rules = [rule for doc in prod.of_kind("PrometheusRule") for group in doc["spec"]["groups"]
+             for rule in group["rules"]]
+    names = {rule["alert"] for rule in rules}
+    assert {"FaregateHighErrorRate", "FaregateConsumerLag", "FaregateSpoolGrowing", "FaregateChannelDown",
+            "FaregateLedgerMismatch"} <= names
+    assert all(rule["expr"].strip() for rule in rules)
+    # Every alert has its entry in the runbook.
+    runbook = (ROOT / "deploy" / "README.md").read_text()
+    missing = sorted(name for name in names if name not in runbook)
+    assert not missing, f"alerts without a runbook entry: {missing}"
+    # The target-down alert matches the job names the ServiceMonitor gives the scraped services.
+    (down,) = [rule for rule in rules if rule["alert"] == "FaregateTargetDown"]
+    job_pattern = re.search(r'job=~"([^"]+)"', down["expr"])
+    assert job_pattern
+    (monitor,) = prod.of_kind("ServiceMonitor")
+    for service in prod.of_kind("Service"):
+        if _selects(monitor["spec"]["selector"], service["metadata"]["labels"]):
+            job = service["metadata"]["labels"][monitor["spec"]["jobLabel"]]
+            assert re.fullmatch(job_pattern.group(1), job), job
+    dashboards = [c for c in prod.of_kind("ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard")]
+    assert len(dashboards) == 1
+    (dashboard,) = dashboards[0]["data"].values()
+    assert json.loads(dashboard)["panels"]
 
 
 def test_postgres_cluster_is_highly_available_and_backed_up(rendered: dict[str, Rendered]) -> None:
@@ -186,13 +230,35 @@ def test_every_process_gets_only_settings_it_knows_and_they_parse(overlay: Rende
     for workload, container in overlay.faregate_containers():
         service = container["args"][0]
         env = overlay.container_env(container)
+        for source in container["envFrom"]:
+            name = source.get("secretRef", {}).get("name")
+            if name and overlay.secret_data(name) is None:  # referenced, made out of band
+                assert name in SECRETS, f"{name}: document what it holds"
+                env = {**SECRETS[name], **env}
         names = {n for n in env if n.startswith("FAREGATE_")}
         unknown = names - _known(None if service == "migrate" else service)
         assert not unknown, f"{workload['metadata']['name']} gets unknown settings {sorted(unknown)}"
         literal = {k: v for k, v in env.items() if v is not None and k.startswith("FAREGATE_")}
         config.load(CommonSettings, literal)
-        if service != "migrate":
+        if len(container["args"]) == 1 and service != "migrate":  # a server reads its service's settings too
             config.load(settings_class(SERVICES[service]), literal)
+
+
+def test_a_secret_a_service_cannot_start_without_is_not_optional(overlay: Rendered) -> None:
+    billing = overlay.get("Deployment", "faregate-billing")["spec"]["template"]["spec"]["containers"][0]
+    env = overlay.container_env(billing)
+    (ref,) = [s["secretRef"] for s in billing["envFrom"]
+              if s.get("secretRef", {}).get("name", "").startswith("faregate-billing-secrets")]
+    if env.get("FAREGATE_BILLING_PAYMENT_PROVIDER") == "stripe":
+        assert ref.get("optional") is False
+
+
+def test_every_referenced_secret_is_documented_in_the_runbook() -> None:
+    runbook = (ROOT / "deploy" / "README.md").read_text()
+    for name, variables in SECRETS.items():
+        assert name in runbook
+        for variable in variables:
+            assert variable in runbook, variable
 
 
 def test_secrets_come_from_secrets_not_configmaps(overlay: Rendered) -> None:
