@@ -128,7 +128,7 @@ async def get_logs_csv(state: State, who: Who, tz: Tz = "UTC", account_id: Accou
                        model: Text = None, status: Text = None) -> Stream:
     f = _log_filter(who, account_id, tz, from_, to, key_id, model, status)
     name = f"usage-{f.rng.start:%Y%m%d}-{f.rng.end:%Y%m%d}.csv"
-    return Stream(reports.export_csv(_pool(state), f, admin=who.is_admin),
+    return Stream(reports.export_csv(_pool(state), f, admin=who.is_admin, tz=periods.zone(tz)),
                   media_type="text/csv; charset=utf-8",
                   headers={"Content-Disposition": f'attachment; filename="{name}"'})
 

@@ -242,9 +242,13 @@ def _cell(value: str) -> str:
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
-async def export_csv(pool: asyncpg.Pool, f: LogFilter, *, admin: bool,
+_UTC = ZoneInfo("UTC")
+
+
+async def export_csv(pool: asyncpg.Pool, f: LogFilter, *, admin: bool, tz: ZoneInfo = _UTC,
                      rows_per_chunk: int = 500) -> AsyncIterator[bytes]:
-    """The log as CSV, read through a server-side cursor and sent in chunks: memory stays flat at any size."""
+    """The log as CSV, read through a server-side cursor and sent in chunks: memory stays flat at any size.
+    Times are written in `tz` (with their offset): a spreadsheet shows them as the caller's local time."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
@@ -256,7 +260,7 @@ async def export_csv(pool: asyncpg.Pool, f: LogFilter, *, admin: bool,
         sql = repo.LOG_EXPORT if f.account else repo.LOG_EXPORT_ALL
         async for r in conn.cursor(sql, *f.args(), prefetch=rows_per_chunk):
             writer.writerow([
-                r["ts"].astimezone(UTC).isoformat(), r["request_id"], r["account_id"], _cell(r["user_id"]),
+                r["ts"].astimezone(tz).isoformat(), r["request_id"], r["account_id"], _cell(r["user_id"]),
                 _cell(r["key_id"]), _cell(r["model"]), _cell(r["channel_id"]) if admin else "",
                 r["dialect"], r["endpoint"], "true" if r["stream"] else "false", r["status"],
                 _cell(r["error_code"]), r["prompt_tokens"], r["completion_tokens"], r["cached_tokens"],

@@ -365,6 +365,13 @@ async def test_csv_export_of_a_large_range_streams_every_row(clean_usage: Resour
     assert {row["account_id"] for row in rows} == {"acct-3"}
     assert rows[0]["time"] >= rows[-1]["time"]  # newest first, like the log page
     assert all(int(row["cost_micros"]) >= 0 and row["channel_id"] == "" for row in rows[:100])
+    tokyo = await usage_client.get("/api/usage/logs.csv", headers=as_user(clean_usage.common, "acct-3"),
+                                   params={**span, "tz": "Asia/Tokyo", "key_id": "key-3-0"})
+    local = list(csv.DictReader(io.StringIO(tokyo.text)))
+    assert local and all(row["time"].endswith("+09:00") for row in local)
+    by_id = {row["request_id"]: row["time"] for row in rows}
+    assert all(datetime.fromisoformat(row["time"]) == datetime.fromisoformat(by_id[row["request_id"]])
+               for row in local)
 
     admin = await usage_client.get("/api/usage/logs.csv", params={**span, "status": "error"},
                                    headers=as_admin(clean_usage.common))
