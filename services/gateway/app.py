@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import msgspec
+from opentelemetry import trace
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
@@ -58,8 +59,10 @@ def gateway_of(request: Request[Any, Any, Any]) -> Gateway:
 def new_call(request: Request[Any, Any, Any], dialect: str, endpoint: str) -> Call:
     metrics.INFLIGHT.inc()
     client = request.client
-    return Call(request_id=request.scope["state"]["request_id"], dialect=dialect, endpoint=endpoint,
+    call = Call(request_id=request.scope["state"]["request_id"], dialect=dialect, endpoint=endpoint,
                 client_ip=client.host if client else "")
+    call.span = relay.tracer.start_span(relay.OPERATION_OF[endpoint], kind=trace.SpanKind.SERVER)
+    return call
 
 
 def error_response(dialect: str, exc: GatewayError) -> Response[bytes]:
@@ -95,7 +98,8 @@ async def guarded(gw: Gateway, call: Call, work: Any) -> Response[Any]:
     """Run one relay; whatever happens, the call is recorded exactly once (a stream records when it ends)."""
     handed_to_stream = False
     try:
-        response: Response[Any] = await work
+        with trace.use_span(call.span, end_on_exit=False):
+            response: Response[Any] = await work
         handed_to_stream = isinstance(response, Stream)
         return response
     except GatewayError as exc:

@@ -92,6 +92,7 @@ class Call:
     discount_ppm: int = 0
     ticket: Ticket | None = None
     recorded: bool = False
+    span: Any = None  # the request's OpenTelemetry span, ended by `record`
 
     def fail(self, exc: GatewayError) -> None:
         self.status = exc.status
@@ -643,8 +644,36 @@ async def record(gw: Gateway, call: Call) -> None:
         metrics.TOKENS.labels(call.model, "output").inc(call.usage.completion_tokens)
         metrics.TOKENS.labels(call.model, "cached").inc(call.usage.cached_tokens)
         metrics.COST.labels(call.model).inc(cost)
+    span = call.span or trace.INVALID_SPAN
+    if span.is_recording():
+        operation = OPERATION_OF.get(call.endpoint, "chat")
+        span.update_name(f"{operation} {call.model}")
+        span.set_attributes({
+            "gen_ai.operation.name": operation, "gen_ai.request.model": call.model,
+            "gen_ai.response.model": call.upstream_model or call.model,
+            "gen_ai.provider.name": call.upstream_dialect or "none",
+            "gen_ai.usage.input_tokens": call.usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": call.usage.completion_tokens,
+            "http.response.status_code": call.status, "faregate.request_id": call.request_id,
+            "faregate.channel_id": call.channel_id, "faregate.dialect": call.dialect,
+            "faregate.cost_micros": cost,
+        })
+        if call.error_code:
+            span.set_status(trace.StatusCode.ERROR, call.error_code)
+    try:
+        with trace.use_span(span, end_on_exit=False):  # so the event's traceparent points at this request
+            _publish_usage(gw, call, latency_ms)
+    finally:
+        span.end()
+
+
+OPERATION_OF = {"chat": "chat", "messages": "chat", "responses": "chat", "embeddings": "embeddings",
+                "images": "generate_content"}
+
+
+def _publish_usage(gw: Gateway, call: Call, latency_ms: int) -> None:
     if not call.account_id or gw.res.publisher is None:
-        return  # not authenticated: nobody to attribute it to (counted in the metrics above)
+        return  # not authenticated: nobody to attribute it to (counted in the metrics)
     gw.res.publisher.publish_nowait(ev.UsageRecorded(
         event_id=call.request_id, request_id=call.request_id, account_id=call.account_id, key_id=call.key_id,
         user_id=call.user_id, org_id=call.org_id, model=call.model, upstream_model=call.upstream_model,
