@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,8 @@ from services.keys.errors import InvalidInput, NotLoggedIn, TooManyAttempts
 from services.keys.schemas import AccountOut, AccountPage, AccountPatch, KeyCreateIn
 from shared import events as ev
 from shared.web import Conflict, Forbidden, NotFound, Unauthorized
+
+log = logging.getLogger("faregate.keys.accounts")
 
 LOGINS = Counter("faregate_keys_logins_total", "Login attempts by outcome", ["outcome"])
 RESETS = Counter("faregate_keys_password_resets_total", "Password-reset requests by outcome", ["outcome"])
@@ -81,6 +84,7 @@ async def register(ctx: Ctx, email: str, password: str, *, role: str = "user", g
             owner = Principal(account_id=account["id"], email=norm, role=role)
             key_id, secret = await apikeys.insert_key(conn, ctx, owner, account, KeyCreateIn(label="default"))
     await ctx.publisher.publish(ev.AccountRegistered(account_id=account["id"], email=account["email"]))
+    log.info("account registered", extra={"account_id": account["id"], "role": role})
     if key_id is not None:
         await apikeys.publish_key_id(ctx, key_id)
     return account, key_id, secret
@@ -116,6 +120,7 @@ async def login(ctx: Ctx, email: str, password: str, client_ip: str) -> tuple[An
         raise Forbidden("this account is disabled", code="account_disabled")
     await throttle.succeeded(ctx, norm)
     LOGINS.labels("ok").inc()
+    log.info("logged in", extra={"account_id": account["id"], "client_ip": client_ip})
     return account, await new_session(ctx, account["id"], client_ip)
 
 
@@ -150,6 +155,7 @@ async def change_password(ctx: Ctx, who: Principal, current: str, new: str) -> N
     async with ctx.pool.acquire() as conn, conn.transaction():
         await conn.execute(repo.SET_PASSWORD, who.account_id, pw_hash)
         await conn.execute(repo.DELETE_OTHER_SESSIONS, who.account_id, who.session_hash)
+    log.info("password changed", extra={"account_id": who.account_id})
 
 
 # --- password reset -----------------------------------------------------------------------------------------
@@ -185,6 +191,7 @@ async def confirm_reset(ctx: Ctx, token: str, password: str) -> None:
             raise InvalidInput({"token": "this reset link is invalid, used or expired"})
         await conn.execute(repo.SET_PASSWORD, account_id, pw_hash)
         await conn.execute(repo.DELETE_ACCOUNT_SESSIONS, account_id)
+    log.info("password reset", extra={"account_id": account_id})
 
 
 # --- administration -----------------------------------------------------------------------------------------
@@ -232,6 +239,8 @@ async def update_account(ctx: Ctx, who: Principal, account_id: str, patch: Accou
     if (status, group, role) != (row["status"], row["group"], row["role"]):
         await ctx.publisher.publish(ev.AccountChanged(account_id=account_id, status=status, group=group,
                                                       role=role))
+        log.info("account changed", extra={"account_id": account_id, "actor": who.account_id,
+                                           "status": status, "group": group, "role": role})
     return account_out(new)
 
 

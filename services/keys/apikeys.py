@@ -6,6 +6,7 @@ a gateway worker refuses a disabled key as soon as the event reaches it.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,8 @@ from services.keys.schemas import KeyCreateIn, KeyOut, KeyPage, KeyPatch
 from shared import events as ev
 from shared.crypto import hash_api_key
 from shared.web import Conflict, NotFound
+
+log = logging.getLogger("faregate.keys.apikeys")
 
 SECRET_PREFIX = "sk-"  # noqa: S105 (a prefix, not a secret)
 PREFIX_CHARS = 8  # "sk-" + 5 random characters: enough to recognise a key in a list, useless to guess it
@@ -213,6 +216,7 @@ async def create_key(ctx: Ctx, who: Principal, data: KeyCreateIn, *, account_id:
             key_id, secret = await insert_key(conn, ctx, who, account, data)
         row = await conn.fetchrow(repo.KEY_BY_ID, key_id)
     await _publish_row(ctx, key_id)
+    log.info("key created", extra={"key_id": key_id, "account_id": owner, "actor": who.account_id})
     return key_out(row, 0), secret
 
 
@@ -246,6 +250,9 @@ async def update_key(ctx: Ctx, who: Principal, key_id: str, patch: KeyPatch) -> 
         row = await conn.fetchrow(repo.KEY_BY_ID, key_id)
         grace = await _grace_of(conn, key_id)
     await _publish_row(ctx, key_id)
+    changed = sorted(f for f in patch.__struct_fields__ if getattr(patch, f) is not msgspec.UNSET)
+    log.info("key changed", extra={"key_id": key_id, "account_id": row["account_id"], "actor": who.account_id,
+                                   "fields": ",".join(changed), "status": row["status"]})
     return key_out(row, (await _quota_used(ctx, [key_id]))[key_id], grace)
 
 
@@ -258,6 +265,8 @@ async def delete_key(ctx: Ctx, who: Principal, key_id: str) -> None:
             retired = [r["key_hash"] for r in await conn.fetch(repo.RETIRE_ALL_OF_KEY, key_id)]
         row = await conn.fetchrow(repo.KEY_BY_ID, key_id)
     await snapshots.publish_key(ctx, snapshots.key_snapshot(row))
+    log.info("key deleted", extra={"key_id": key_id, "account_id": row["account_id"],
+                                   "actor": who.account_id})
     for old_hash in retired:
         old = await _retired_row(ctx, old_hash)
         await snapshots.publish_key(ctx, snapshots.retired_snapshot(old, old_hash, old["grace_until"],
@@ -290,6 +299,8 @@ async def rotate_key(ctx: Ctx, who: Principal, key_id: str, grace_seconds: int) 
     await snapshots.publish_key(ctx, snap, previous_hash=old_hash)
     await snapshots.publish_key(ctx, snapshots.retired_snapshot(row, old_hash, grace_until,
                                                                 retired=grace_seconds == 0))
+    log.info("key rotated", extra={"key_id": key_id, "account_id": row["account_id"], "actor": who.account_id,
+                                   "grace_seconds": grace_seconds})
     for h in ended:
         old = await _retired_row(ctx, h)
         await snapshots.publish_key(ctx, snapshots.retired_snapshot(old, h, old["grace_until"], retired=True))
