@@ -1,0 +1,101 @@
+"""The Ingress against the routes the services really serve: every public route of a service reaches that
+service through the Ingress (by the Ingress's own matching rules: Exact first, then the longest Prefix by path
+element), and no `/internal/...` route or `/metrics` reaches any pod from outside.
+
+The apps are built with `create_app` (no lifespan, so no engines are touched) and their routes listed."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import pytest
+
+from faregate.cli import SERVICES, load_all_configs, settings_class
+from shared.config import CommonSettings
+from tests.deploy.conftest import Rendered
+
+EDGE = ("gateway", "keys", "billing", "usage", "notifier")
+# Served by every service for operators and tooling, not part of a public API.
+NOT_PUBLIC = re.compile(r"^/(healthz|readyz|metrics|schema)(/|$)")
+
+
+def _routes(service: str) -> set[str]:
+    load_all_configs()
+    package = SERVICES[service]
+    app = importlib.import_module(f"{package}.app").create_app(settings_class(package)(), CommonSettings())
+    # A concrete path for each route: parameters become one path element.
+    return {re.sub(r"\{[^}]+\}", "x", route.path) for route in app.routes}
+
+
+@pytest.fixture(scope="module")
+def served() -> dict[str, set[str]]:
+    return {service: _routes(service) for service in EDGE}
+
+
+def _element_prefix(prefix: str, path: str) -> bool:
+    prefix = prefix.rstrip("/")
+    return prefix == "" or path == prefix or path.startswith(prefix + "/")
+
+
+def route(rules: list[dict[str, str]], path: str) -> str | None:
+    """The backend Service the Ingress sends `path` to on one host, or None (the controller's 404)."""
+    exact = [r for r in rules if r["type"] == "Exact" and r["path"] == path]
+    if exact:
+        return exact[0]["service"]
+    prefixes = [r for r in rules if r["type"] == "Prefix" and _element_prefix(r["path"], path)]
+    if not prefixes:
+        return None
+    return max(prefixes, key=lambda r: len(r["path"].rstrip("/")))["service"]
+
+
+def _hosts(overlay: Rendered) -> dict[str, list[dict[str, str]]]:
+    hosts: dict[str, list[dict[str, str]]] = {}
+    for ingress in overlay.of_kind("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            hosts.setdefault(rule["host"], []).extend(
+                {"path": p["path"], "type": p["pathType"], "service": p["backend"]["service"]["name"]}
+                for p in rule["http"]["paths"])
+    return hosts
+
+
+def test_the_matching_rules_used_here() -> None:
+    rules = [{"path": "/", "type": "Prefix", "service": "a"}, {"path": "/v1/billing", "type": "Prefix",
+                                                               "service": "b"},
+             {"path": "/metrics", "type": "Exact", "service": "c"}]
+    assert route(rules, "/v1/billing/wallet") == "b"
+    assert route(rules, "/v1/billingx") == "a"  # prefixes match whole path elements
+    assert route(rules, "/metrics") == "c"
+    assert route(rules, "/metrics/x") == "a"
+    assert route(rules[1:], "/api") is None
+
+
+def test_every_public_route_reaches_its_service(overlay: Rendered, served: dict[str, set[str]]) -> None:
+    hosts = _hosts(overlay)
+    unreachable = []
+    for service, paths in served.items():
+        for path in sorted(paths):
+            if path.startswith("/internal") or NOT_PUBLIC.match(path):
+                continue
+            if not any(route(rules, path) == f"faregate-{service}" for rules in hosts.values()):
+                unreachable.append(f"{service} {path}")
+    assert not unreachable, "public routes the Ingress does not reach:\n" + "\n".join(unreachable)
+
+
+def test_internal_routes_and_metrics_never_reach_a_pod(overlay: Rendered,
+                                                       served: dict[str, set[str]]) -> None:
+    internal = {path for paths in served.values() for path in paths if path.startswith("/internal")}
+    assert internal, "the services serve internal routes; this test must see them"
+    for host, rules in _hosts(overlay).items():
+        for path in sorted(internal | {"/metrics"}):
+            assert route(rules, path) == "faregate-blocked", f"{host}{path}"
+
+
+def test_every_ingress_prefix_leads_somewhere(overlay: Rendered, served: dict[str, set[str]]) -> None:
+    """No stale path: each non-root prefix routed to a service matches at least one route it serves."""
+    for rules in _hosts(overlay).values():
+        for rule in rules:
+            name = rule["service"].removeprefix("faregate-")
+            if name == "blocked" or rule["path"] == "/":
+                continue
+            assert any(_element_prefix(rule["path"], path) for path in served[name]), rule
