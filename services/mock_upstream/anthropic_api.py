@@ -148,7 +148,7 @@ def chosen_tool(body: dict[str, Any], parts: PromptParts) -> tuple[dict[str, Any
 
 
 def decide(
-    body: dict[str, Any], model: str, parts: PromptParts, min_tokens: int
+    body: dict[str, Any], model: str, parts: PromptParts, min_tokens: int, n_calls: int = 1
 ) -> tuple[list[Block], str, str | None, int]:
     """(blocks, stop_reason, stop_sequence, output_tokens)."""
     seed = content.seed_of(model, body.get("system"), body.get("messages"))
@@ -166,18 +166,15 @@ def decide(
         if not forced:
             blocks.append(Block(kind="text", text=TOOL_PREAMBLE))
             used += content.count_tokens(TOOL_PREAMBLE)
-        args = json.dumps(content.fake_value(tool.get("input_schema") or {}, "", seed))
-        args, cut = content.truncate_to_tokens(args, max(budget - used, 0))
-        blocks.append(
-            Block(
-                kind="tool_use",
-                tool_id="toolu_" + hashlib.sha256(str(seed).encode()).hexdigest()[:24],
-                name=tool["name"],
-                input_json=args,
-            )
-        )
-        used += content.count_tokens(args)
-        return blocks, "max_tokens" if cut else "tool_use", None, used
+        for k in range(max(n_calls, 1)):
+            args = json.dumps(content.fake_value(tool.get("input_schema") or {}, "", seed + k))
+            args, cut = content.truncate_to_tokens(args, max(budget - used, 0))
+            tool_id = "toolu_" + hashlib.sha256(f"{seed}:{k}".encode()).hexdigest()[:24]
+            blocks.append(Block(kind="tool_use", tool_id=tool_id, name=tool["name"], input_json=args))
+            used += content.count_tokens(args)
+            if cut:
+                return blocks, "max_tokens", None, used
+        return blocks, "tool_use", None, used
     text = content.reply_text(seed, min_tokens)
     stop_sequence = None
     hits = sorted((text.find(s), s) for s in body.get("stop_sequences") or [] if s and s in text)
@@ -294,7 +291,9 @@ async def messages(request: Request[Any, Any, Any]) -> Response[Any]:
     if isinstance(parts, str):
         return fail(ex, 400, parts)
     prompt, cached = prompt_usage(parts, ex.body, ex.faults.cached)
-    blocks, stop_reason, stop_sequence, output = decide(ex.body, ex.model, parts, ex.faults.chunks)
+    blocks, stop_reason, stop_sequence, output = decide(
+        ex.body, ex.model, parts, ex.faults.chunks, ex.faults.tool_calls
+    )
     message: dict[str, Any] = {
         "id": "msg_" + uuid.uuid4().hex[:24],
         "type": "message",

@@ -14,6 +14,7 @@ must not silently turn into a passing happy path.
                        (the server logs a traceback for each: that is how an ASGI app aborts a response)
 - `chunks=N`           number of content pieces a streamed reply is cut into (default 20)
 - `cached=N`           report N prompt tokens as read from the provider's cache
+- `tool_calls=N`       when the model calls a tool, it makes N calls at once (parallel tool calls)
 - `no_usage=1`         report no usage at all (as some OpenAI-compatible servers do): the caller must count
 - `garbage=1`          answer 200 with a body that is not JSON (a stream: one good event, then junk)
 
@@ -49,6 +50,7 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
     chunks: int = DEFAULT_CHUNKS
     cached: int | None = None
     no_usage: int = 0
+    tool_calls: int = 1
     garbage: int = 0
 
 

@@ -161,12 +161,14 @@ def chosen_function(body: dict[str, Any], parts: PromptParts) -> dict[str, Any] 
 class Candidate(msgspec.Struct, kw_only=True):
     index: int
     text: str | None = None
-    call: dict[str, Any] | None = None
+    calls: list[dict[str, Any]] = msgspec.field(default_factory=list)
     finish: str = "STOP"
     tokens: int = 0
 
 
-def decide(body: dict[str, Any], model: str, parts: PromptParts, index: int, min_tokens: int) -> Candidate:
+def decide(
+    body: dict[str, Any], model: str, parts: PromptParts, index: int, min_tokens: int, n_calls: int = 1
+) -> Candidate:
     seed = content.seed_of(model, pick(body, "systemInstruction"), body.get("contents"), index)
     gen = pick(body, "generationConfig") or {}
     limit = pick(gen, "maxOutputTokens")
@@ -174,12 +176,12 @@ def decide(body: dict[str, Any], model: str, parts: PromptParts, index: int, min
     fn = chosen_function(body, parts)
     if fn is not None:
         schema = pick(fn, "parameters") or pick(fn, "parametersJsonSchema") or {}
-        args = content.fake_value(schema, "", seed)
-        return Candidate(
-            index=index,
-            call={"name": fn["name"], "args": args},
-            tokens=content.count_tokens(fn["name"] + json.dumps(args)),
-        )
+        calls = [
+            {"name": fn["name"], "args": content.fake_value(schema, "", seed + k)}
+            for k in range(max(n_calls, 1))
+        ]
+        tokens = sum(content.count_tokens(c["name"] + json.dumps(c["args"])) for c in calls)
+        return Candidate(index=index, calls=calls, tokens=tokens)
     mime = pick(gen, "responseMimeType")
     if mime == "application/json":
         text = content.json_reply(seed, pick(gen, "responseSchema") or pick(gen, "responseJsonSchema"))
@@ -216,7 +218,7 @@ def candidate_json(c: Candidate, parts: list[dict[str, Any]], finish: bool) -> d
 
 
 def parts_of(c: Candidate) -> list[dict[str, Any]]:
-    return [{"functionCall": c.call}] if c.call is not None else [{"text": c.text or ""}]
+    return [{"functionCall": call} for call in c.calls] if c.calls else [{"text": c.text or ""}]
 
 
 def stream_payloads(
@@ -224,8 +226,8 @@ def stream_payloads(
 ) -> list[dict[str, Any]]:
     payloads: list[dict[str, Any]] = []
     for c in candidates:
-        if c.call is not None:
-            pieces: list[list[dict[str, Any]]] = [[{"functionCall": c.call}]]
+        if c.calls:
+            pieces: list[list[dict[str, Any]]] = [[{"functionCall": call} for call in c.calls]]
         else:
             pieces = [[{"text": p}] for p in content.split_text(c.text or "", ex.faults.chunks)] or [
                 [{"text": ""}]
@@ -282,7 +284,9 @@ async def model_action(request: Request[Any, Any, Any], model_id: FromPath[str])
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         return fail(ex, 400, "maxOutputTokens must be a positive integer")
     cached = content.cached_tokens(prompt, ex.faults.cached)
-    candidates = [decide(body, ex.model, parts, i, ex.faults.chunks) for i in range(count)]
+    candidates = [
+        decide(body, ex.model, parts, i, ex.faults.chunks, ex.faults.tool_calls) for i in range(count)
+    ]
     usage = usage_metadata(prompt, cached, candidates)
     response_id = uuid.uuid4().hex[:22]
     if streaming:

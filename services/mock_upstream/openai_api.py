@@ -177,33 +177,45 @@ def chosen_function(
 # --- the model's "decision" ---
 
 
+class ToolCall(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    arguments: str
+
+
 class Choice(msgspec.Struct, kw_only=True):
     index: int
     text: str | None = None
     reasoning: str | None = None
-    tool_name: str | None = None
-    tool_id: str | None = None
-    tool_args: str | None = None
+    calls: list[ToolCall] = msgspec.field(default_factory=list)
     finish: str = "stop"
     tokens: int = 0
     reasoning_tokens: int = 0
 
 
-def decide(body: dict[str, Any], model: str, chat: ChatInput, index: int, min_tokens: int) -> Choice:
+def decide(
+    body: dict[str, Any], model: str, chat: ChatInput, index: int, min_tokens: int, n_calls: int = 1
+) -> Choice:
     seed = content.seed_of(model, body.get("messages"), index)
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     budget = int(limit) if limit else 1 << 30
     choice = Choice(index=index)
     fn = chosen_function(body.get("tools") or [], body.get("tool_choice"), chat.last_user_text)
     if fn is not None:
-        choice.tool_name = str(fn.get("name", "tool"))
-        args = json.dumps(content.fake_value(fn.get("parameters") or {}, "", seed))
-        # The function's name is generated too: it counts against the limit.
-        args, cut = content.truncate_to_tokens(args, max(budget - content.count_tokens(choice.tool_name), 0))
-        choice.tool_id = "call_" + hashlib.sha256(f"{seed}".encode()).hexdigest()[:24]
-        choice.tool_args = args
-        choice.finish = "length" if cut else "tool_calls"
-        choice.tokens = content.count_tokens(args) + content.count_tokens(choice.tool_name)
+        name = str(fn.get("name", "tool"))
+        choice.finish = "tool_calls"
+        for k in range(max(n_calls, 1)):
+            args = json.dumps(content.fake_value(fn.get("parameters") or {}, "", seed + k))
+            # The function's name is generated too: it counts against the limit.
+            args, cut = content.truncate_to_tokens(
+                args, max(budget - choice.tokens - content.count_tokens(name), 0)
+            )
+            call_id = "call_" + hashlib.sha256(f"{seed}:{k}".encode()).hexdigest()[:24]
+            choice.calls.append(ToolCall(id=call_id, name=name, arguments=args))
+            choice.tokens += content.count_tokens(args) + content.count_tokens(name)
+            if cut:
+                choice.finish = "length"
+                break
         return choice
     if "reasoner" in model:
         reasoning, _ = content.truncate_to_tokens(content.reasoning_text(seed), budget)
@@ -277,13 +289,10 @@ def message_of(choice: Choice) -> dict[str, Any]:
     msg: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None, "annotations": []}
     if choice.reasoning is not None:
         msg["reasoning_content"] = choice.reasoning
-    if choice.tool_name is not None:
+    if choice.calls:
         msg["tool_calls"] = [
-            {
-                "id": choice.tool_id,
-                "type": "function",
-                "function": {"name": choice.tool_name, "arguments": choice.tool_args},
-            }
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in choice.calls
         ]
     return msg
 
@@ -309,29 +318,22 @@ def stream_frames(
 
     frames: list[bytes] = []
     for c in choices:
-        if c.tool_name is not None:
-            frames.append(
-                chunk(
-                    c.index,
-                    {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [
-                            {
-                                "index": 0,
-                                "id": c.tool_id,
-                                "type": "function",
-                                "function": {"name": c.tool_name, "arguments": ""},
-                            }
-                        ],
-                        "refusal": None,
-                    },
-                )
-            )
-            for piece in content.split_text(c.tool_args or "", ex.faults.chunks):
-                frames.append(
-                    chunk(c.index, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-                )
+        if c.calls:
+            for k, call in enumerate(c.calls):
+                opening = {
+                    "index": k,
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": ""},
+                }
+                delta: dict[str, Any] = {"tool_calls": [opening]}
+                if k == 0:
+                    delta = {"role": "assistant", "content": None, **delta, "refusal": None}
+                frames.append(chunk(c.index, delta))
+                for piece in content.split_text(call.arguments, ex.faults.chunks):
+                    frames.append(
+                        chunk(c.index, {"tool_calls": [{"index": k, "function": {"arguments": piece}}]})
+                    )
         else:
             frames.append(chunk(c.index, {"role": "assistant", "content": "", "refusal": None}))
             for piece in content.split_text(c.reasoning or "", ex.faults.chunks):
@@ -373,7 +375,10 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     tools_text = [json.dumps(ex.body["tools"], sort_keys=True)] if ex.body.get("tools") else []
     prompt = content.prompt_tokens(chat.texts + tools_text, chat.messages, chat.images)
     cached = content.cached_tokens(prompt, ex.faults.cached)
-    choices = [decide(ex.body, ex.model, chat, i, ex.faults.chunks) for i in range(ex.body.get("n", 1))]
+    choices = [
+        decide(ex.body, ex.model, chat, i, ex.faults.chunks, ex.faults.tool_calls)
+        for i in range(ex.body.get("n", 1))
+    ]
     usage = usage_of(prompt, cached, choices)
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]
     created = int(time.time())

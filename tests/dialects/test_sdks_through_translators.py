@@ -114,7 +114,10 @@ def test_text_streamed_and_not_agree_with_usage(relay_url: str, client: str, ups
     assert (streamed.prompt, streamed.completion) == (whole.prompt, whole.completion)
 
 
-def call_openai(base: str, model: str, stream: bool) -> tuple[str, dict[str, Any]]:
+Call = tuple[str | None, str, dict[str, Any]]  # id, name, arguments
+
+
+def call_openai(base: str, model: str, stream: bool) -> list[Call]:
     client = openai_sdk.OpenAI(api_key="k", base_url=base + "/v1", max_retries=0)
     tools = [
         {
@@ -130,20 +133,25 @@ def call_openai(base: str, model: str, stream: bool) -> tuple[str, dict[str, Any
     if not stream:
         r = client.chat.completions.create(model=model, messages=messages, tools=tools)  # type: ignore[arg-type]
         assert r.choices[0].finish_reason == "tool_calls"
-        fn = r.choices[0].message.tool_calls[0].function  # type: ignore[index,union-attr]
-        return fn.name, json.loads(fn.arguments)
-    name, args, finish = "", "", None
+        return [
+            (tc.id, tc.function.name, json.loads(tc.function.arguments))  # type: ignore[union-attr]
+            for tc in r.choices[0].message.tool_calls or []
+        ]
+    calls: dict[int, list[Any]] = {}
+    finish = None
     for c in client.chat.completions.create(model=model, messages=messages, tools=tools, stream=True):  # type: ignore[arg-type]
         for ch in c.choices:
             for tc in ch.delta.tool_calls or []:
-                name += tc.function.name or "" if tc.function else ""
-                args += tc.function.arguments or "" if tc.function else ""
+                slot = calls.setdefault(tc.index, [None, "", ""])
+                slot[0] = tc.id or slot[0]
+                slot[1] += tc.function.name or "" if tc.function else ""
+                slot[2] += tc.function.arguments or "" if tc.function else ""
             finish = ch.finish_reason or finish
     assert finish == "tool_calls"
-    return name, json.loads(args)
+    return [(i, n, json.loads(a)) for _, (i, n, a) in sorted(calls.items())]
 
 
-def call_responses(base: str, model: str, stream: bool) -> tuple[str, dict[str, Any]]:
+def call_responses(base: str, model: str, stream: bool) -> list[Call]:
     client = openai_sdk.OpenAI(api_key="k", base_url=base + "/v1", max_retries=0)
     tools = [
         {
@@ -160,11 +168,10 @@ def call_responses(base: str, model: str, stream: bool) -> tuple[str, dict[str, 
             for _ in s:
                 pass
             r = s.get_final_response()
-    call = next(o for o in r.output if o.type == "function_call")
-    return call.name, json.loads(call.arguments)  # type: ignore[union-attr]
+    return [(o.call_id, o.name, json.loads(o.arguments)) for o in r.output if o.type == "function_call"]
 
 
-def call_anthropic(base: str, model: str, stream: bool) -> tuple[str, dict[str, Any]]:
+def call_anthropic(base: str, model: str, stream: bool) -> list[Call]:
     client = anthropic_sdk.Anthropic(api_key="k", base_url=base, max_retries=0)
     kw: dict[str, Any] = {
         "model": model,
@@ -180,11 +187,10 @@ def call_anthropic(base: str, model: str, stream: bool) -> tuple[str, dict[str, 
         with client.messages.stream(**kw) as s:
             m = s.get_final_message()
     assert m.stop_reason == "tool_use"
-    use = next(b for b in m.content if b.type == "tool_use")
-    return use.name, use.input  # type: ignore[union-attr,return-value]
+    return [(b.id, b.name, b.input) for b in m.content if b.type == "tool_use"]  # type: ignore[misc]
 
 
-def call_gemini(base: str, model: str, stream: bool) -> tuple[str, dict[str, Any]]:
+def call_gemini(base: str, model: str, stream: bool) -> list[Call]:
     client = genai.Client(
         api_key="k",
         http_options=types.HttpOptions(base_url=base, retry_options=types.HttpRetryOptions(attempts=1)),
@@ -203,15 +209,17 @@ def call_gemini(base: str, model: str, stream: bool) -> tuple[str, dict[str, Any
         ]
     )
     if not stream:
-        calls = client.models.generate_content(model=model, contents=WEATHER_Q, config=config).function_calls
+        calls = (
+            client.models.generate_content(model=model, contents=WEATHER_Q, config=config).function_calls
+            or []
+        )
     else:
         calls = [
             fc
             for c in client.models.generate_content_stream(model=model, contents=WEATHER_Q, config=config)
             for fc in c.function_calls or []
         ]
-    assert calls
-    return str(calls[0].name), dict(calls[0].args or {})
+    return [(fc.id, str(fc.name), dict(fc.args or {})) for fc in calls]
 
 
 CALL = {
@@ -222,13 +230,21 @@ CALL = {
 }
 
 
+@pytest.mark.parametrize("parallel", [1, 2], ids=["one-call", "two-calls"])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize("upstream", list(UPSTREAMS))
 @pytest.mark.parametrize("client", CLIENTS)
-def test_tool_calls_cross_every_pair(relay_url: str, client: str, upstream: str, stream: bool) -> None:
-    name, args = CALL[client](f"{relay_url}/{upstream}", UPSTREAMS[upstream], stream)  # type: ignore[operator]
-    assert name == "get_weather"
-    assert args == {"location": "Paris"}
+def test_tool_calls_cross_every_pair(
+    relay_url: str, client: str, upstream: str, stream: bool, parallel: int
+) -> None:
+    # `@tool_calls=N` asks the mock for N calls at once (see services/mock_upstream/faults.py).
+    model = UPSTREAMS[upstream] + (f"@tool_calls={parallel}" if parallel > 1 else "")
+    calls = CALL[client](f"{relay_url}/{upstream}", model, stream)  # type: ignore[operator]
+    assert [(name, args) for _, name, args in calls] == [("get_weather", {"location": "Paris"})] * parallel
+    ids = [i for i, _, _ in calls if i]
+    assert len(set(ids)) == len(ids)
+    if client != "gemini":  # Gemini's own calls may carry no id; every other dialect ties results by id
+        assert len(ids) == parallel
 
 
 def test_a_field_the_upstream_cannot_express_is_a_400_naming_it(relay_url: str) -> None:
