@@ -1,4 +1,5 @@
-"""A disabled key is refused by every worker of a running gateway within 100 ms of the disable call returning.
+"""A disabled key is refused by every worker of a running gateway within 100 ms of the disable call returning;
+IP list, model list and expiry edits made through the keys API take effect at the gateway at once.
 
 Real processes: the keys service, the gateway with two workers, the mock upstream; real Postgres, Redis, NATS.
 The key is created and disabled through the keys HTTP API exactly as the console would do it.
@@ -10,6 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -108,3 +110,41 @@ async def test_a_disabled_key_is_refused_by_every_gateway_worker_within_100ms(
     assert logs  # they did log (start-up at least), so the search below means something
     for secret in [*secrets_seen, PASSWORD]:
         assert secret not in logs
+
+
+async def test_ip_list_model_list_and_expiry_edits_take_effect_at_the_gateway(
+        stack: dict[str, procs.ServiceProcess], ctx: Ctx) -> None:
+    await seed_catalog(ctx, stack["mock-upstream"].url)
+    keys = httpx.AsyncClient(base_url=stack["keys"].url, timeout=10)
+    r = await keys.post("/api/auth/register", json={"email": unique_email("controls"), "password": PASSWORD})
+    body = r.json()
+    account_id, csrf = body["account"]["id"], body["csrf_token"]
+    key_id, secret = body["key_id"], body["api_key"]
+    await SpendGuard(ctx.redis, ctx.keys).set_balance(account_id, 50_000_000)
+    url = f"/api/keys/{key_id}"
+
+    async def edit(**changes: object) -> None:
+        resp = await keys.patch(url, json=changes, headers={"X-CSRF-Token": csrf})
+        assert resp.status_code == 200, resp.text
+
+    gw = stack["gateway"]
+    assert (await chat(gw, secret)).status_code == 200
+    await edit(ip_allow=["10.0.0.0/8", "2001:db8::/32"])  # the test client is 127.0.0.1
+    refused = await chat(gw, secret)
+    assert refused.status_code == 403, refused.text
+    await edit(ip_allow=["::1", "127.0.0.0/8"])
+    assert (await chat(gw, secret)).status_code == 200
+    await edit(ip_allow=["127.0.0.1"])
+    assert (await chat(gw, secret)).status_code == 200
+
+    await edit(models=["deepseek-chat"])
+    assert (await chat(gw, secret)).status_code == 403  # gpt-4o-mini is outside the allow-list
+    await edit(models=[])
+
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    await edit(expires_at=soon.isoformat())
+    assert (await chat(gw, secret)).status_code == 200
+    await asyncio.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.05)
+    expired = await chat(gw, secret)
+    assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
+    await keys.aclose()
