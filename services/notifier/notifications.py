@@ -18,6 +18,7 @@ from shared.money import usd
 # Alert kinds an account can switch on or off per channel. Security mail (password reset, welcome) is always
 # sent.
 ALERTS: tuple[str, ...] = ("receipt", "low_balance", "key_expiring")
+CHANNELS: tuple[str, ...] = ("email", "webhook")
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 
+from services.notifier import repo
 from services.notifier.notifications import ALERTS, Prefs
 from shared import crypto
 from shared.web import ServiceError
@@ -138,3 +140,27 @@ def view(s: Stored, plain_secret: str | None = None) -> PrefsView:
                      webhook_url=s.webhook_url, webhook_alerts=list(s.webhook_alerts),
                      webhook_secret_set=s.webhook_secret is not None, available_alerts=list(ALERTS),
                      webhook_secret=plain_secret)
+
+
+async def load(pool: asyncpg.Pool, account_id: str) -> Stored:
+    return stored_from_row(await pool.fetchrow(repo.GET_PREFS, account_id), account_id)
+
+
+async def update(pool: asyncpg.Pool, account_id: str, data: PrefsUpdate, *, secret_key: str,
+                 allow_private: bool) -> PrefsView:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(repo.GET_PREFS + " FOR UPDATE", account_id)
+        new, plain = apply_update(stored_from_row(row, account_id), data, secret_key=secret_key,
+                                  allow_private=allow_private)
+        saved = await conn.fetchrow(repo.UPSERT_PREFS, new.account_id, new.email, list(new.email_alerts),
+                                    new.webhook_url, new.webhook_secret, list(new.webhook_alerts))
+    return view(stored_from_row(saved, account_id), plain)
+
+
+async def rotate_secret(pool: asyncpg.Pool, account_id: str, secret_key: str) -> str:
+    """A new signing secret in clear (shown once); the old one stops working at once."""
+    plain = new_webhook_secret()
+    done = await pool.execute(repo.REPLACE_SIGNING_KEY, account_id, crypto.seal(plain, secret_key))
+    if done.endswith(" 0"):
+        raise ServiceError("set a webhook_url first", code="no_webhook", status=409)
+    return plain

@@ -33,7 +33,7 @@ from prometheus_client import Counter
 from services.notifier import mailer, repo, templating, webhooks
 from services.notifier.config import NotifierSettings
 from services.notifier.mailer import SendError
-from services.notifier.notifications import delivery_id
+from services.notifier.notifications import CHANNELS, delivery_id
 from shared import crypto
 
 log = logging.getLogger("faregate.notifier.sender")
@@ -41,7 +41,6 @@ log = logging.getLogger("faregate.notifier.sender")
 DELIVERIES = Counter("faregate_notifier_deliveries_total", "Send attempts by outcome",
                      ["channel", "outcome"])  # outcome: sent | retry | failed | cancelled
 
-CHANNELS = ("email", "webhook")
 _json = msgspec.json.Encoder()
 
 
