@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import anthropic as anthropic_sdk
+import httpx
 import openai as openai_sdk
 import pytest
 from google import genai
@@ -265,3 +266,99 @@ def test_cached_tokens_survive_every_translation(relay_url: str) -> None:
         assert r.usage and r.usage.prompt_tokens_details
         cached = r.usage.prompt_tokens_details.cached_tokens or 0
         assert 1024 <= cached <= r.usage.prompt_tokens, upstream
+
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+
+
+def last_upstream_body(mock_process: Any) -> dict[str, Any]:
+    return httpx.get(mock_process.url + "/_mock/stats").json()["requests"][-1]["body"]  # type: ignore[no-any-return]
+
+
+def test_what_each_upstream_receives_from_an_openai_client(relay_url: str, mock_process: Any) -> None:
+    """System prompt, image, stop sequence, limits and sampling arrive in each upstream's own words."""
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": QUESTION},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+            ],
+        },
+    ]
+    seen = {}
+    for upstream, model in UPSTREAMS.items():
+        client = openai_sdk.OpenAI(api_key="k", base_url=f"{relay_url}/{upstream}/v1", max_retries=0)
+        r = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            max_tokens=7,
+            stop=["zzz"],  # type: ignore[arg-type]
+            temperature=0.5,
+            top_p=0.9,
+        )
+        assert r.choices[0].finish_reason == "length" and r.usage and r.usage.completion_tokens <= 7
+        assert r.usage.prompt_tokens > 85  # the image is counted
+        seen[upstream] = last_upstream_body(mock_process)
+    assert seen["openai"]["messages"] == messages
+    assert seen["anthropic"]["system"] == "Be brief."
+    assert seen["anthropic"]["messages"][0]["content"][1] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+    }
+    assert (seen["anthropic"]["max_tokens"], seen["anthropic"]["stop_sequences"]) == (7, ["zzz"])
+    assert seen["gemini"]["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert seen["gemini"]["contents"][0]["parts"][1] == {"inlineData": {"mimeType": "image/png", "data": PNG}}
+    assert seen["gemini"]["generationConfig"] == {
+        "maxOutputTokens": 7,
+        "temperature": 0.5,
+        "topP": 0.9,
+        "stopSequences": ["zzz"],
+    }
+
+
+def test_an_openai_upstream_receives_anthropic_and_gemini_clients_in_openai_words(
+    relay_url: str, mock_process: Any
+) -> None:
+    anthropic_sdk.Anthropic(api_key="k", base_url=f"{relay_url}/openai", max_retries=0).messages.create(
+        model="gpt-4o-mini",
+        max_tokens=9,
+        system="Be brief.",
+        stop_sequences=["zzz"],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": QUESTION},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+                ],
+            }
+        ],
+    )
+    body = last_upstream_body(mock_process)
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert body["messages"][1]["content"][1] == {
+        "type": "image_url",
+        "image_url": {"url": f"data:image/png;base64,{PNG}"},
+    }
+    assert (body["max_tokens"], body["stop"]) == (9, ["zzz"])
+
+    gclient = genai.Client(
+        api_key="k",
+        http_options=types.HttpOptions(
+            base_url=f"{relay_url}/openai", retry_options=types.HttpRetryOptions(attempts=1)
+        ),
+    )
+    gclient.models.generate_content(
+        model="gpt-4o-mini",
+        contents=[
+            types.Part.from_text(text=QUESTION),
+            types.Part.from_bytes(data=b"\x89PNG", mime_type="image/png"),
+        ],
+        config=types.GenerateContentConfig(system_instruction="Be brief.", max_output_tokens=9),
+    )
+    body = last_upstream_body(mock_process)
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert body["messages"][1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert body["max_tokens"] == 9 and not body.get("stream")
