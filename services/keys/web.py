@@ -35,10 +35,16 @@ async def provide_ctx(state: State) -> Ctx:
 
 async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
     """The logged-in person. Writes made with the session cookie must echo the CSRF token in X-CSRF-Token (a
-    page on another site can make the browser send the cookie, but cannot read the token)."""
+    page on another site can make the browser send the cookie, but cannot read the token). Scripts may send
+    `Authorization: Bearer <session value>` instead of the cookie."""
     ctx = ctx_of(state)
     token = request.cookies.get(SESSION_COOKIE, "")
     if not token:
+        # Scripts may send the session value as a bearer token instead: a browser never adds that header by
+        # itself, so no CSRF check is needed for it.
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and bearer.strip():
+            return await accounts.resolve_session(ctx, bearer.strip())
         raise NotLoggedIn()
     who = await accounts.resolve_session(ctx, token)
     if request.method not in SAFE_METHODS:

@@ -318,3 +318,18 @@ async def test_registration_can_be_closed(common: CommonSettings) -> None:
     async with AsyncTestClient(app=app) as closed:
         r = await closed.post("/api/auth/register", json={"email": unique_email(), "password": PASSWORD})
         assert r.status_code == 403 and r.json()["error"]["code"] == "registration_closed"
+
+
+async def test_scripts_may_send_the_session_as_a_bearer_token(client: AsyncTestClient[Litestar],
+                                                              admin: User) -> None:
+    bearer = {"Authorization": f"Bearer {admin.session}"}
+    r = await client.get("/api/admin/users", headers=bearer)
+    assert r.status_code == 200
+    made = await client.post("/api/keys", json={"label": "script"}, headers=bearer)  # no CSRF token needed
+    assert made.status_code == 201
+    wrong = await client.get("/api/keys", headers={"Authorization": "Bearer not-a-session"})
+    assert wrong.status_code == 401
+    # A cookie still needs its CSRF token, whatever else is sent along.
+    both = await client.post("/api/keys", json={"label": "x"},
+                             headers={**bearer, **admin.headers(csrf=False)})
+    assert both.status_code == 403
