@@ -362,3 +362,38 @@ def test_an_openai_upstream_receives_anthropic_and_gemini_clients_in_openai_word
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
     assert body["messages"][1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
     assert body["max_tokens"] == 9 and not body.get("stream")
+
+
+def test_reasoning_crosses_dialects(relay_url: str) -> None:
+    ask = [{"role": "user", "content": QUESTION}]
+    # An OpenAI-style reasoner upstream, read by Anthropic, Gemini and Responses clients.
+    base = f"{relay_url}/openai"
+    msg = anthropic_sdk.Anthropic(api_key="k", base_url=base, max_retries=0).messages.create(
+        model="deepseek-reasoner", max_tokens=300, messages=ask
+    )  # type: ignore[arg-type]
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    with anthropic_sdk.Anthropic(api_key="k", base_url=base, max_retries=0).messages.stream(
+        model="deepseek-reasoner", max_tokens=300, messages=ask
+    ) as s:  # type: ignore[arg-type]
+        streamed = s.get_final_message()
+    assert streamed.content[0].thinking == msg.content[0].thinking  # type: ignore[union-attr]
+    gclient = genai.Client(
+        api_key="k",
+        http_options=types.HttpOptions(base_url=base, retry_options=types.HttpRetryOptions(attempts=1)),
+    )
+    parts = (
+        gclient.models.generate_content(model="deepseek-reasoner", contents=QUESTION)
+        .candidates[0]
+        .content.parts
+    )  # type: ignore[index,union-attr]
+    assert [bool(p.thought) for p in parts] == [True, False]  # type: ignore[union-attr]
+    resp = openai_sdk.OpenAI(api_key="k", base_url=base + "/v1", max_retries=0).responses.create(
+        model="deepseek-reasoner", input=QUESTION
+    )
+    assert [o.type for o in resp.output] == ["reasoning", "message"]
+    assert resp.usage and resp.usage.output_tokens_details.reasoning_tokens > 0
+    # reasoning_effort from an OpenAI client turns Anthropic's thinking on; its thinking comes back.
+    r = openai_sdk.OpenAI(
+        api_key="k", base_url=f"{relay_url}/anthropic/v1", max_retries=0
+    ).chat.completions.create(model="claude-sonnet-4-6", messages=ask, reasoning_effort="low")  # type: ignore[arg-type]
+    assert (r.choices[0].message.model_extra or {}).get("reasoning_content")
