@@ -8,6 +8,7 @@ skip: CI must render the manifests it validates.
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,13 @@ class Rendered:
 
     def configmap_data(self, name: str) -> dict[str, str]:
         return dict(self.get("ConfigMap", name).get("data", {}))
+
+    def generated_configmap(self, name: str) -> dict[str, str]:
+        """Data of the ConfigMap a generator made from `name` (kustomize appends a content hash)."""
+        found = [d for d in self.of_kind("ConfigMap")
+                 if re.fullmatch(re.escape(name) + r"(-[a-z0-9]{10})?", d["metadata"]["name"])]
+        assert len(found) == 1, f"{self.name}: expected one ConfigMap {name}, found {len(found)}"
+        return dict(found[0].get("data", {}))
 
     def secret_data(self, name: str) -> dict[str, str] | None:
         """Decoded data of a Secret the overlay generates, or None when it only references it."""
