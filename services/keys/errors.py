@@ -33,6 +33,14 @@ class NotLoggedIn(Unauthorized):
         super().__init__("not logged in or login expired")
 
 
+class CacheUnavailable(ServiceError):
+    status = 503
+    code = "cache_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("the change is saved, but the gateways' key cache could not be updated; try again")
+
+
 class TooManyAttempts(ServiceError):
     status = 429
     code = "too_many_attempts"

@@ -6,16 +6,21 @@ reading Redis (rather than the snapshot the event carries) never reads the old s
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from services.keys.context import Ctx
+from services.keys.errors import CacheUnavailable
 from shared import catalog as cat
 from shared import events as ev
+
+log = logging.getLogger("faregate.keys.snapshots")
 
 KEY_SNAPSHOTS = Counter("faregate_keys_snapshots_published_total", "Key snapshots written and announced",
                         ["status"])
@@ -66,7 +71,14 @@ async def put_key(ctx: Ctx, snap: ev.KeySnapshot) -> None:
 
 
 async def publish_key(ctx: Ctx, snap: ev.KeySnapshot, *, previous_hash: str | None = None) -> None:
-    await put_key(ctx, snap)
+    try:
+        await put_key(ctx, snap)
+    except RedisError as exc:
+        # The event carries the whole snapshot, so running gateway workers still apply the change; but Redis
+        # keeps the old one for the next cache miss, so the caller must hear of it and retry.
+        await ctx.publisher.publish(ev.KeyChanged(key=snap, previous_hash=previous_hash))
+        log.error("key snapshot not written to Redis", extra={"key_id": snap.key_id, "error": repr(exc)})
+        raise CacheUnavailable() from exc
     await ctx.publisher.publish(ev.KeyChanged(key=snap, previous_hash=previous_hash))
     KEY_SNAPSHOTS.labels(snap.status).inc()
 
@@ -80,6 +92,11 @@ async def put_catalog(ctx: Ctx, catalog: cat.Catalog, *, force: bool = False) ->
 
 
 async def publish_catalog(ctx: Ctx, catalog: cat.Catalog, *, force: bool = False) -> None:
-    await put_catalog(ctx, catalog, force=force)
+    try:
+        await put_catalog(ctx, catalog, force=force)
+    except RedisError as exc:
+        log.error("catalog snapshot not written to Redis",
+                  extra={"version": catalog.version, "error": repr(exc)})
+        raise CacheUnavailable() from exc
     await ctx.publisher.publish(ev.CatalogChanged(version=catalog.version))
     CATALOG_VERSIONS.inc()

@@ -4,6 +4,7 @@ Management", and what gateways see of it (snapshots in Redis, key.changed events
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -16,8 +17,11 @@ import redis.asyncio as aioredis
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from services.keys import scan
-from services.keys.context import Ctx
+from services.keys import apikeys, scan
+from services.keys.context import Ctx, Principal
+from services.keys.errors import CacheUnavailable
+from services.keys.schemas import KeyPatch
+from shared import cache
 from shared import events as ev
 from shared.config import CommonSettings
 from shared.crypto import hash_api_key
@@ -411,3 +415,25 @@ async def test_a_secret_is_never_stored_published_or_logged_in_clear(
         assert s.encode() not in redis_dump
         assert s not in published
         assert s not in logged
+
+
+async def test_with_redis_unreachable_a_change_is_still_announced_and_the_caller_told(
+        client: AsyncTestClient[Litestar], ctx: Ctx, tap: Tap) -> None:
+    alice = await register(client)
+    dead = cache.client("redis://127.0.0.1:1/0")
+    broken = dataclasses.replace(ctx, redis=dead)
+    who = Principal(account_id=alice.account_id, email=alice.email, role="user")
+    try:
+        with pytest.raises(CacheUnavailable):
+            await apikeys.update_key(broken, who, alice.key_id, KeyPatch(status="disabled"))
+    finally:
+        await dead.aclose()
+    # Saved, and every gateway worker heard of it (the event carries the snapshot) ...
+    await tap.wait_for(lambda e: isinstance(e, ev.KeyChanged) and e.key.key_id == alice.key_id
+                       and e.key.status == "disabled")
+    assert (await alice.get(f"/api/keys/{alice.key_id}")).json()["status"] == "disabled"
+    # ... and retrying the same change, with Redis back, brings Redis up to date.
+    again = await alice.post(f"/api/keys/{alice.key_id}/disable")
+    assert again.status_code == 200
+    snap = await snapshot_in_redis(ctx.common, hash_api_key(alice.api_key))
+    assert snap is not None and snap.status == "disabled"
