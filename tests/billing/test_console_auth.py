@@ -14,6 +14,7 @@ from litestar.testing import AsyncTestClient
 from services.billing.app import create_app
 from services.billing.config import BillingSettings
 from shared.config import CommonSettings
+from shared.events import new_id
 from tests import procs
 
 
@@ -26,8 +27,8 @@ def keys_service(common: CommonSettings) -> Iterator[procs.ServiceProcess]:
 async def test_session_cookie_csrf_and_expiry(common: CommonSettings,
                                               keys_service: procs.ServiceProcess) -> None:
     async with httpx.AsyncClient(base_url=keys_service.url) as keys:
-        r = await keys.post("/api/auth/register", json={"email": "payer@example.com",
-                                                        "password": "correct horse battery"})
+        email = f"payer-{new_id()[:8]}@example.com"  # unique: the whole suite shares one database
+        r = await keys.post("/api/auth/register", json={"email": email, "password": "correct horse battery"})
         assert r.status_code == 201, r.text
         account_id = r.json()["account"]["id"]
         session = r.cookies["fg_session"]
