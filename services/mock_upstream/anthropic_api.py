@@ -313,7 +313,10 @@ async def messages(request: Request[Any, Any, Any]) -> Response[Any]:
     if ex.faults.no_usage:
         del message["usage"]
     if ex.body.get("stream"):
-        return ex.stream(stream_frames(ex, message, blocks, stop_reason, stop_sequence, output))
+        failure = event("error", error_body(529, "Overloaded"))
+        return ex.stream(
+            stream_frames(ex, message, blocks, stop_reason, stop_sequence, output), error_frame=failure
+        )
     return ex.reply(message)
 
 

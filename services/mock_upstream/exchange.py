@@ -62,12 +62,19 @@ class Exchange:
         self.entry.outcome = "completed"
         return Response(data, status_code=status, media_type="application/json")
 
-    def stream(self, frames: Sequence[bytes], media_type: str = "text/event-stream") -> Response[Any]:
+    def stream(
+        self, frames: Sequence[bytes], media_type: str = "text/event-stream", error_frame: bytes | None = None
+    ) -> Response[Any]:
+        """Send `frames` paced by the faults; `error_frame` is the dialect's in-stream error report."""
         self.entry.status = 200
+        outcome = "completed"
         if self.faults.garbage:
             frames = [*frames[:1], b'data: {"choices": [{"delta": \n\n']
+        elif self.faults.error_after is not None and error_frame is not None:
+            frames = [*frames[: self.faults.error_after], error_frame]
+            outcome = "stream_error"
         return Stream(
-            _paced(frames, self.faults, self.entry),
+            _paced(frames, self.faults, self.entry, outcome),
             media_type=media_type,
             headers={"cache-control": "no-cache"},
         )
@@ -78,7 +85,7 @@ async def _truncated(data: bytes) -> AsyncIterator[bytes]:
     raise DroppedConnection("mock fault: disconnect")
 
 
-async def _paced(frames: Sequence[bytes], faults: Faults, entry: Entry) -> AsyncIterator[bytes]:
+async def _paced(frames: Sequence[bytes], faults: Faults, entry: Entry, outcome: str) -> AsyncIterator[bytes]:
     try:
         for i, frame in enumerate(frames):
             if faults.disconnect_after is not None and i >= faults.disconnect_after:
@@ -88,7 +95,7 @@ async def _paced(frames: Sequence[bytes], faults: Faults, entry: Entry) -> Async
                 await asyncio.sleep(faults.delay_chunk_ms / 1000)
             yield frame
             entry.events_sent += 1
-        entry.outcome = "completed"
+        entry.outcome = outcome
     finally:
         if entry.outcome == "in_progress":
             entry.outcome = "cancelled"

@@ -12,6 +12,8 @@ must not silently turn into a passing happy path.
 - `delay_chunk_ms=N`   wait N ms between stream events
 - `disconnect_after=N` drop the connection after N stream events (a non-stream reply: after half its body)
                        (the server logs a traceback for each: that is how an ASGI app aborts a response)
+- `error_after=N`      after N stream events, report an error inside the stream (each dialect's way: an
+                       `event: error` for Anthropic, a `data: {"error": ...}` for OpenAI and Gemini), then end
 - `chunks=N`           number of content pieces a streamed reply is cut into (default 20)
 - `cached=N`           report N prompt tokens as read from the provider's cache
 - `tool_calls=N`       when the model calls a tool, it makes N calls at once (parallel tool calls)
@@ -48,6 +50,7 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
     delay_chunk_ms: int = 0
     disconnect_after: int | None = None
     chunks: int = DEFAULT_CHUNKS
+    error_after: int | None = None
     cached: int | None = None
     no_usage: int = 0
     tool_calls: int = 1

@@ -292,7 +292,12 @@ async def model_action(request: Request[Any, Any, Any], model_id: FromPath[str])
     if streaming:
         payloads = stream_payloads(ex, candidates, usage, response_id)
         if request.query_params.get("alt") == "sse":
-            return ex.stream([b"data: " + msgspec.json.encode(p) + b"\r\n\r\n" for p in payloads])
+            failure = (
+                b"data: " + msgspec.json.encode(error_body(503, "The model is overloaded.")) + b"\r\n\r\n"
+            )
+            return ex.stream(
+                [b"data: " + msgspec.json.encode(p) + b"\r\n\r\n" for p in payloads], error_frame=failure
+            )
         # Without alt=sse Google streams one JSON array, element by element.
         encoded = [msgspec.json.encode(p) for p in payloads]
         frames = [(b"[" if i == 0 else b",\r\n") + e for i, e in enumerate(encoded)]

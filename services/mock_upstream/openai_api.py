@@ -383,7 +383,17 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]
     created = int(time.time())
     if ex.body.get("stream"):
-        return ex.stream(stream_frames(ex, cid, created, choices, usage))
+        failure = sse(
+            {
+                "error": {
+                    "message": "Injected fault: the model stopped mid-stream.",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        )
+        return ex.stream(stream_frames(ex, cid, created, choices, usage), error_frame=failure)
     payload = {
         "id": cid,
         "object": "chat.completion",

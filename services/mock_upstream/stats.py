@@ -29,7 +29,7 @@ class Entry(msgspec.Struct, kw_only=True):
     request_id: str | None = None
     status: int = 0
     # in_progress | completed | cancelled (the client hung up) | disconnected (the mock dropped it on purpose)
-    # | error (the mock answered with an error status)
+    # | error (the mock answered with an error status) | stream_error (it reported an error mid-stream)
     outcome: str = "in_progress"
     events_sent: int = 0
     body: Any = None

@@ -183,3 +183,24 @@ def test_no_usage_fault_drops_usage(mock_url: str) -> None:
     assert "usage" not in httpx.post(mock_url + "/v1/messages", headers=headers, json=body).json()
     raw = httpx.post(mock_url + "/v1/messages", headers=headers, json={**body, "stream": True}).text
     assert '"usage"' not in raw and "message_stop" in raw
+
+
+def test_error_event_inside_a_stream(client: anthropic.Anthropic, mock_url: str) -> None:
+    with (
+        pytest.raises(anthropic.APIStatusError, match="Overloaded"),
+        client.messages.stream(
+            model="claude-haiku-4-5@error_after=4",
+            max_tokens=100,
+            messages=ASK,  # type: ignore[arg-type]
+        ) as stream,
+    ):
+        for _ in stream:
+            pass
+    raw = httpx.post(
+        mock_url + "/v1/messages",
+        headers={"x-api-key": KEY},
+        json={"model": "claude-haiku-4-5@error_after=4", "max_tokens": 100, "messages": ASK, "stream": True},
+    ).text
+    assert raw.endswith(
+        'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -161,3 +162,16 @@ def test_no_usage_fault_drops_usage_metadata(client: genai.Client) -> None:
     assert resp.text and resp.usage_metadata is None
     chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash@no_usage=1", contents=ASK))
     assert all(c.usage_metadata is None for c in chunks)
+
+
+def test_error_inside_a_stream(mock_url: str) -> None:
+    raw = httpx.post(
+        mock_url + "/v1beta/models/gemini-2.5-flash@error_after=2:streamGenerateContent",
+        params={"alt": "sse", "key": KEY},
+        json={"contents": [{"parts": [{"text": ASK}]}]},
+    ).text
+    frames = [f for f in raw.split("\r\n\r\n") if f]
+    assert len(frames) == 3
+    assert json.loads(frames[-1].removeprefix("data: ")) == {
+        "error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}
+    }

@@ -327,3 +327,14 @@ def test_a_tool_call_never_exceeds_max_tokens(client: openai.OpenAI) -> None:
     resp = client.chat.completions.create(model="gpt-4o", messages=ask, tools=[WEATHER_TOOL], max_tokens=6)  # type: ignore[arg-type,list-item]
     assert resp.usage and resp.usage.completion_tokens <= 6
     assert resp.choices[0].finish_reason == "length"
+
+
+def test_error_inside_a_stream_after_n_events(client: openai.OpenAI, stats: Stats) -> None:
+    received = []
+    with pytest.raises(openai.APIError, match="stopped mid-stream"):
+        for chunk in client.chat.completions.create(
+            model="gpt-4o-mini@error_after=3", messages=USER, stream=True
+        ):
+            received.append(chunk)
+    assert len(received) == 3
+    assert stats()["requests"][0]["outcome"] == "stream_error"
