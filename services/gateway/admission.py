@@ -1,7 +1,8 @@
 """Admission: rate limits, concurrency and the spend-guard reservation, in one Redis round trip per request.
 
 `lua/admit.lua` checks every limit and the wallet (and key quota) and writes nothing unless all pass;
-`lua/finish.lua` undoes the in-flight entry, corrects the token windows and settles the reservation. Both keep the
+`lua/finish.lua` undoes the in-flight entry, corrects the token windows and settles the reservation. Both keep
+the
 hash fields of `shared/wallet.py`, so billing's `apply_debit` matches what the gateway reserved and settled.
 
 When Redis is unreachable the gateway stays up (decided in ARCHITECTURE terms, tested in
@@ -31,14 +32,23 @@ log = logging.getLogger("faregate.gateway.admission")
 
 _LUA = Path(__file__).with_name("lua")
 
-REDIS_DEGRADED = Counter("faregate_gateway_redis_degraded_total",
-                         "Requests admitted or refused without Redis (limits open, local spend copy)", ["outcome"])
+REDIS_DEGRADED = Counter(
+    "faregate_gateway_redis_degraded_total",
+    "Requests admitted or refused without Redis (limits open, local spend copy)",
+    ["outcome"],
+)
 
 RESERVATION_TTL_S = 15 * 60
 INFLIGHT_TTL_MS = 15 * 60 * 1000  # an in-flight entry left by a killed pod stops counting after this
 
-SCOPES = {10: ("key", "rpm"), 11: ("key", "tpm"), 12: ("key", "concurrency"),
-          13: ("account", "rpm"), 14: ("account", "tpm"), 15: ("account", "concurrency")}
+SCOPES = {
+    10: ("key", "rpm"),
+    11: ("key", "tpm"),
+    12: ("key", "concurrency"),
+    13: ("account", "rpm"),
+    14: ("account", "tpm"),
+    15: ("account", "concurrency"),
+}
 
 
 @dataclass(frozen=True)
@@ -92,31 +102,68 @@ class Admission:
         k = self.keys
         w = str(window)
         return [
-            k.wallet(account_id), k.quota(key_id), k.reservation(request_id),
-            k.rate("key", key_id, "rpm:" + w), k.rate("key", key_id, "tpm:" + w), k.rate("key", key_id, "inflight"),
-            k.rate("acct", account_id, "rpm:" + w), k.rate("acct", account_id, "tpm:" + w),
+            k.wallet(account_id),
+            k.quota(key_id),
+            k.reservation(request_id),
+            k.rate("key", key_id, "rpm:" + w),
+            k.rate("key", key_id, "tpm:" + w),
+            k.rate("key", key_id, "inflight"),
+            k.rate("acct", account_id, "rpm:" + w),
+            k.rate("acct", account_id, "tpm:" + w),
             k.rate("acct", account_id, "inflight"),
         ]
 
-    async def admit(self, *, request_id: str, account_id: str, key_id: str, amount: int, quota_limit: int,
-                    token_estimate: int, limits: Limits) -> Verdict:
+    async def admit(
+        self,
+        *,
+        request_id: str,
+        account_id: str,
+        key_id: str,
+        amount: int,
+        quota_limit: int,
+        token_estimate: int,
+        limits: Limits,
+    ) -> Verdict:
         now_ms = int(time.time() * 1000)
         window = now_ms // 60000
         try:
             out = await self._admit(
                 keys=self._keys(account_id, key_id, request_id, window),
-                args=[amount, quota_limit, RESERVATION_TTL_S, now_ms, request_id, token_estimate, INFLIGHT_TTL_MS,
-                      limits.key_rpm, limits.key_tpm, limits.key_concurrency,
-                      limits.account_rpm, limits.account_tpm, limits.account_concurrency],
+                args=[
+                    amount,
+                    quota_limit,
+                    RESERVATION_TTL_S,
+                    now_ms,
+                    request_id,
+                    token_estimate,
+                    INFLIGHT_TTL_MS,
+                    limits.key_rpm,
+                    limits.key_tpm,
+                    limits.key_concurrency,
+                    limits.account_rpm,
+                    limits.account_tpm,
+                    limits.account_concurrency,
+                ],
             )
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
             return self._admit_locally(request_id, account_id, key_id, amount, token_estimate, window, exc)
         code, available, rpm_used, tpm_used, retry_ms = (int(x) for x in out)
         if code == 0:
             self._last_available[account_id] = available
-            return Verdict(Ticket(request_id, account_id, key_id, amount, token_estimate, window,
-                                  key_rpm_used=rpm_used, key_tpm_used=tpm_used, reset_ms=retry_ms),
-                           available=available)
+            return Verdict(
+                Ticket(
+                    request_id,
+                    account_id,
+                    key_id,
+                    amount,
+                    token_estimate,
+                    window,
+                    key_rpm_used=rpm_used,
+                    key_tpm_used=tpm_used,
+                    reset_ms=retry_ms,
+                ),
+                available=available,
+            )
         if code in SCOPES:
             scope, kind = SCOPES[code]
             return Verdict(None, refused=f"{scope}_{kind}", retry_after_ms=retry_ms)
@@ -125,8 +172,16 @@ class Admission:
             self._last_available[account_id] = available
         return Verdict(None, refused=refused, available=available)
 
-    def _admit_locally(self, request_id: str, account_id: str, key_id: str, amount: int, token_estimate: int,
-                       window: int, exc: BaseException) -> Verdict:
+    def _admit_locally(
+        self,
+        request_id: str,
+        account_id: str,
+        key_id: str,
+        amount: int,
+        token_estimate: int,
+        window: int,
+        exc: BaseException,
+    ) -> Verdict:
         known = self._last_available.get(account_id)
         if known is None:
             REDIS_DEGRADED.labels("refused").inc()
@@ -138,8 +193,10 @@ class Admission:
             return Verdict(None, refused="wallet", available=known - held)
         self._local_held[account_id] = held + amount
         REDIS_DEGRADED.labels("admitted").inc()
-        return Verdict(Ticket(request_id, account_id, key_id, amount, token_estimate, window, degraded=True),
-                       available=known - held - amount)
+        return Verdict(
+            Ticket(request_id, account_id, key_id, amount, token_estimate, window, degraded=True),
+            available=known - held - amount,
+        )
 
     async def finish(self, ticket: Ticket, actual_cost: int, actual_tokens: int) -> None:
         """Settle once; safe to call again (the reservation marker makes the Redis side idempotent)."""
@@ -149,7 +206,8 @@ class Admission:
         if ticket.degraded:
             # The local copy keeps the actual spend: it stays spent until Redis (and billing) say otherwise.
             self._local_held[ticket.account_id] = (
-                self._local_held.get(ticket.account_id, 0) - ticket.amount + actual_cost)
+                self._local_held.get(ticket.account_id, 0) - ticket.amount + actual_cost
+            )
             return
         keys = self._keys(ticket.account_id, ticket.key_id, ticket.request_id, ticket.window)
         try:

@@ -11,17 +11,19 @@ from typing import Any
 
 import httpx
 import msgspec
-from opentelemetry import trace
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.params import FromPath
 from litestar.response import Stream
+from opentelemetry import trace
 
-from services.gateway import metrics, relay, tokenizer
+from services.gateway import clients, metrics, relay, tokenizer
 from services.gateway.admission import Ticket
 from services.gateway.config import GatewaySettings
 from services.gateway.context import Gateway
+from services.gateway.dialects import openai as oai_dialect
+from services.gateway.dialects.errors import TranslationError
 from services.gateway.errors import (
     BadRequest,
     BadUpstream,
@@ -31,9 +33,6 @@ from services.gateway.errors import (
     error_body,
     headers_for,
 )
-from services.gateway import clients
-from services.gateway.dialects import openai as oai_dialect
-from services.gateway.dialects.errors import TranslationError
 from services.gateway.providers import openai as oai
 from services.gateway.relay import Call
 from services.gateway.usage import Usage
@@ -59,15 +58,23 @@ def gateway_of(request: Request[Any, Any, Any]) -> Gateway:
 def new_call(request: Request[Any, Any, Any], dialect: str, endpoint: str) -> Call:
     metrics.INFLIGHT.inc()
     client = request.client
-    call = Call(request_id=request.scope["state"]["request_id"], dialect=dialect, endpoint=endpoint,
-                client_ip=client.host if client else "")
+    call = Call(
+        request_id=request.scope["state"]["request_id"],
+        dialect=dialect,
+        endpoint=endpoint,
+        client_ip=client.host if client else "",
+    )
     call.span = relay.tracer.start_span(relay.OPERATION_OF[endpoint], kind=trace.SpanKind.SERVER)
     return call
 
 
 def error_response(dialect: str, exc: GatewayError) -> Response[bytes]:
-    return Response(error_body(dialect, exc.status, exc.code, exc.message, exc.field), status_code=exc.status,
-                    media_type="application/json", headers=headers_for(exc))
+    return Response(
+        error_body(dialect, exc.status, exc.code, exc.message, exc.field),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=headers_for(exc),
+    )
 
 
 def ratelimit_headers(call: Call, rpm: int, tpm: int) -> dict[str, str]:
@@ -91,7 +98,9 @@ async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
     try:
         return await request.body()
     except RequestEntityTooLarge:
-        raise BodyTooLarge(f"The request body is larger than the {limit} bytes this gateway accepts.") from None
+        raise BodyTooLarge(
+            f"The request body is larger than the {limit} bytes this gateway accepts."
+        ) from None
 
 
 async def guarded(gw: Gateway, call: Call, work: Any) -> Response[Any]:
@@ -124,8 +133,13 @@ async def guarded(gw: Gateway, call: Call, work: Any) -> Response[Any]:
 # --- OpenAI: chat completions ------------------------------------------------------------------------------
 
 
-async def _chat(gw: Gateway, call: Call, request: Request[Any, Any, Any], path_model: str | None = None,
-                path_stream: bool | None = None) -> Response[Any]:
+async def _chat(
+    gw: Gateway,
+    call: Call,
+    request: Request[Any, Any, Any],
+    path_model: str | None = None,
+    path_stream: bool | None = None,
+) -> Response[Any]:
     """One chat request in any client dialect. Gemini puts the model and streaming in the URL."""
     raw = await read_body(request, gw.settings.max_body_bytes)
     snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
@@ -172,8 +186,10 @@ async def _chat(gw: Gateway, call: Call, request: Request[Any, Any, Any], path_m
             usage = oai.response_usage(opened.body)
         except Exception:
             raise BadUpstream("The upstream sent a response that is not valid JSON.") from None
-        call.usage = usage or Usage(prompt_tokens=tokenizer.count_chat_prompt(body["messages"]),
-                                    completion_tokens=tokenizer.count_text(oai.response_text(opened.body)))
+        call.usage = usage or Usage(
+            prompt_tokens=tokenizer.count_chat_prompt(body["messages"]),
+            completion_tokens=tokenizer.count_text(oai.response_text(opened.body)),
+        )
         return Response(opened.body, media_type="application/json", headers=headers)
     try:
         answer = opened.provider.response_to_internal(opened.body, opened.upstream_model)
@@ -185,9 +201,14 @@ async def _chat(gw: Gateway, call: Call, request: Request[Any, Any, Any], path_m
                 texts.append(message.get("content") or "")
     except Exception:
         raise BadUpstream("The upstream sent a response that could not be read.") from None
-    call.usage = (relay._usage_of(reported) if reported is not None
-                  else Usage(prompt_tokens=tokenizer.count_chat_prompt(internal.get("messages")),
-                             completion_tokens=tokenizer.count_text("".join(texts))))
+    call.usage = (
+        relay._usage_of(reported)
+        if reported is not None
+        else Usage(
+            prompt_tokens=tokenizer.count_chat_prompt(internal.get("messages")),
+            completion_tokens=tokenizer.count_text("".join(texts)),
+        )
+    )
     if reported is None:
         answer["usage"] = oai_dialect.usage_to_openai(relay._token_usage(call.usage))
     out = clients.response_from_internal(call.dialect, answer, body, model.name)
@@ -201,7 +222,8 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     return await guarded(gw, call, _chat(gw, call, request))
 
 
-# --- Anthropic, Gemini and Responses clients (translated to and from the internal chat form) ------------------
+# --- Anthropic, Gemini and Responses clients (translated to and from the internal chat form)
+# ------------------
 
 
 @post("/v1/messages", status_code=200)
@@ -225,8 +247,11 @@ async def gemini_generate(request: Request[Any, Any, Any], target: FromPath[str]
     # (Litestar hands this parameter over with a leading slash when a :path route shares the prefix.)
     model, _, action = target.lstrip("/").rpartition(":")
     if action not in ("generateContent", "streamGenerateContent") or not model:
-        bad = GatewayError(f"Unknown method '{action}'; use generateContent or streamGenerateContent.",
-                           status=404, code="not_found")
+        bad = GatewayError(
+            f"Unknown method '{action}'; use generateContent or streamGenerateContent.",
+            status=404,
+            code="not_found",
+        )
         call.fail(bad)
         gw.spawn(relay.record(gw, call))
         return error_response("gemini", bad)
@@ -237,15 +262,21 @@ async def gemini_generate(request: Request[Any, Any, Any], target: FromPath[str]
 async def anthropic_count_tokens(request: Request[Any, Any, Any]) -> Response[Any]:
     """Counted here with the tokenizer: no upstream call, nothing to bill, so no usage event."""
     gw = gateway_of(request)
-    call = Call(request_id="", dialect="anthropic", endpoint="count_tokens",
-                client_ip=request.client.host if request.client else "")
+    call = Call(
+        request_id="",
+        dialect="anthropic",
+        endpoint="count_tokens",
+        client_ip=request.client.host if request.client else "",
+    )
     try:
         raw = await read_body(request, gw.settings.max_body_bytes)
         snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
         body = relay.parse_json_object(raw)
         relay.resolve_model(gw, call, snap, body.get("model"), "chat")
         try:
-            internal = clients.to_internal("anthropic", {**body, "max_tokens": 1}, str(body.get("model")), False)
+            internal = clients.to_internal(
+                "anthropic", {**body, "max_tokens": 1}, str(body.get("model")), False
+            )
         except TranslationError as exc:
             raise BadRequest(exc.message, param=exc.field) from None
         tools = internal.get("tools")
@@ -266,12 +297,14 @@ class _Images(msgspec.Struct):
 
 def per_image_price(model: Model) -> ModelPrice:
     """A per-image price carried in the token-price fields billing already understands: one "output token" per
-    image at image_price × 1e6 per million, so `cost_micros` gives exactly images × image_price (× group ratio
-    × (1 − discount)) without a new event field."""
+    image at image_price * 1e6 per million, so `cost_micros` gives exactly images * image_price (* group ratio
+    * (1 - discount)) without a new event field."""
     return ModelPrice(input=0, output=model.image_price_micros * 1_000_000)
 
 
-async def _plain(gw: Gateway, call: Call, request: Request[Any, Any, Any], kind: str, path: str) -> Response[Any]:
+async def _plain(
+    gw: Gateway, call: Call, request: Request[Any, Any, Any], kind: str, path: str
+) -> Response[Any]:
     raw = await read_body(request, gw.settings.max_body_bytes)
     snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
     body = relay.parse_json_object(raw)
@@ -281,14 +314,20 @@ async def _plain(gw: Gateway, call: Call, request: Request[Any, Any, Any], kind:
     if kind == "image" and (not isinstance(n, int) or not 1 <= n <= 10):
         raise BadRequest("'n' must be an integer between 1 and 10.", param="n")
     if kind == "image" and model.image_price_micros:
-        amount = cost_micros(per_image_price(model), prompt_tokens=0, completion_tokens=n,
-                             group_ratio_ppm=call.group_ratio_ppm, discount_ppm=call.discount_ppm)
+        amount = cost_micros(
+            per_image_price(model),
+            prompt_tokens=0,
+            completion_tokens=n,
+            group_ratio_ppm=call.group_ratio_ppm,
+            discount_ppm=call.discount_ppm,
+        )
     else:
         amount = relay.worst_case(gw, model, call, prompt_estimate, 1 if kind == "embedding" else 0, n)
     call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
-    opened = await relay.open_upstream_for(request.receive, gw, call, model,
-                                           relay.Plan("openai", body, body, path, False))
+    opened = await relay.open_upstream_for(
+        request.receive, gw, call, model, relay.Plan("openai", body, body, path, False)
+    )
     await relay._close(opened.resp)
     try:
         usage = oai.response_usage(opened.body)
@@ -304,8 +343,11 @@ async def _plain(gw: Gateway, call: Call, request: Request[Any, Any, Any], kind:
         call.cost_price = None
         usage = Usage(completion_tokens=len(images))
     call.usage = usage or Usage()
-    return Response(opened.body, media_type="application/json",
-                    headers=ratelimit_headers(call, snap.rpm_limit, snap.tpm_limit))
+    return Response(
+        opened.body,
+        media_type="application/json",
+        headers=ratelimit_headers(call, snap.rpm_limit, snap.tpm_limit),
+    )
 
 
 @post("/v1/embeddings", status_code=200)
@@ -322,7 +364,8 @@ async def images(request: Request[Any, Any, Any]) -> Response[Any]:
     return await guarded(gw, call, _plain(gw, call, request, "image", "/images/generations"))
 
 
-# --- OpenAI: models ------------------------------------------------------------------------------------------
+# --- OpenAI: models
+# ------------------------------------------------------------------------------------------
 
 
 def _model_object(name: str, owner: str) -> dict[str, Any]:
@@ -331,8 +374,12 @@ def _model_object(name: str, owner: str) -> dict[str, Any]:
 
 async def _authed(request: Request[Any, Any, Any]) -> tuple[Gateway, Any]:
     gw = gateway_of(request)
-    call = Call(request_id="", dialect="openai", endpoint="models",
-                client_ip=request.client.host if request.client else "")
+    call = Call(
+        request_id="",
+        dialect="openai",
+        endpoint="models",
+        client_ip=request.client.host if request.client else "",
+    )
     snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
     return gw, snap
 
@@ -343,8 +390,9 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[Any]:
         gw, snap = await _authed(request)
     except GatewayError as exc:
         return error_response("openai", exc)
-    return Response({"object": "list",
-                     "data": [_model_object(m.name, m.provider) for m in gw.catalog.models_for(snap)]})
+    return Response(
+        {"object": "list", "data": [_model_object(m.name, m.provider) for m in gw.catalog.models_for(snap)]}
+    )
 
 
 @get("/v1/models/{model_id:path}")
@@ -360,7 +408,8 @@ async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) ->
     return Response(_model_object(model.name, model.provider))
 
 
-# --- internal ------------------------------------------------------------------------------------------------
+# --- internal
+# ------------------------------------------------------------------------------------------------
 
 
 @get("/internal/channels/health")
@@ -380,8 +429,9 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
     """Framework errors (unknown route, wrong method) in the OpenAI shape rather than Litestar's."""
     status = exc.status_code
     code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request_error")
-    return Response(error_body("openai", status, code, str(exc.detail)), status_code=status,
-                    media_type="application/json")
+    return Response(
+        error_body("openai", status, code, str(exc.detail)), status_code=status, media_type="application/json"
+    )
 
 
 def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
@@ -389,17 +439,22 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_resources(common, "gateway", use_db=False) as res:
             http = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=settings.connect_timeout_s, read=None, write=60,
-                                      pool=settings.connect_timeout_s),
-                limits=httpx.Limits(max_connections=settings.max_upstream_connections,
-                                    max_keepalive_connections=settings.max_upstream_connections),
+                timeout=httpx.Timeout(
+                    connect=settings.connect_timeout_s, read=None, write=60, pool=settings.connect_timeout_s
+                ),
+                limits=httpx.Limits(
+                    max_connections=settings.max_upstream_connections,
+                    max_keepalive_connections=settings.max_upstream_connections,
+                ),
             )
             internal = httpx.AsyncClient(timeout=5)
             gw = Gateway(settings=settings, common=common, res=res, http=http, internal=internal)
             await asyncio.to_thread(tokenizer.encoding, f"{common.data_dir}/tiktoken")
             await gw.load_catalog()
             await gw.subscribe()
-            res.spawn(gw.breaker.refresh_forever(lambda: list(gw.catalog.channels), res.stop), "breaker-refresh")
+            res.spawn(
+                gw.breaker.refresh_forever(lambda: list(gw.catalog.channels), res.stop), "breaker-refresh"
+            )
             res.spawn(_reload_catalog_forever(gw), "catalog-reload")
             app.state.gw = gw
             app.state.ready_checks.update(res.ready_checks())
@@ -412,9 +467,19 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
 
     ready_checks: dict[str, Any] = {}
     return Litestar(
-        route_handlers=[*ops_handlers(ready_checks), chat_completions, anthropic_messages, anthropic_count_tokens,
-                        openai_responses, gemini_generate, embeddings, images, list_models, get_model,
-                        channels_health],
+        route_handlers=[
+            *ops_handlers(ready_checks),
+            chat_completions,
+            anthropic_messages,
+            anthropic_count_tokens,
+            openai_responses,
+            gemini_generate,
+            embeddings,
+            images,
+            list_models,
+            get_model,
+            channels_health,
+        ],
         lifespan=[lifespan],
         middleware=[request_id_middleware],
         exception_handlers={HTTPException: http_exception_handler, ServiceError: service_error_handler},

@@ -1,8 +1,10 @@
 """API-key authentication from an in-process cache.
 
 Each worker holds the KeySnapshots it has seen in a dict keyed by the key's sha256. A miss reads Redis
-(`{ns}:key:{hash}`, written by keys), and if Redis has nothing (or is down) asks keys over HTTP, which also refills
-Redis. The cache has no TTL: it is corrected at once by `key.changed` / `account.changed` events (core NATS, every
+(`{ns}:key:{hash}`, written by keys), and if Redis has nothing (or is down) asks keys over HTTP, which also
+refills
+Redis. The cache has no TTL: it is corrected at once by `key.changed` / `account.changed` events (core NATS,
+every
 worker hears every event), so a disabled key stops working everywhere within a message's latency. Unknown keys
 are remembered as unknown for a few seconds, so a flood of bad keys costs neither Redis nor keys anything.
 """
@@ -42,11 +44,13 @@ def cached(snap: KeySnapshot) -> CachedKey:
             nets.append(ipaddress.ip_network(item.strip(), strict=False))
         except ValueError:
             log.warning("ignoring malformed ip_allow entry", extra={"key_id": snap.key_id})
-    return CachedKey(snap=snap, networks=tuple(nets),
-                     expires_ts=snap.expires_at.timestamp() if snap.expires_at else None)
+    return CachedKey(
+        snap=snap, networks=tuple(nets), expires_ts=snap.expires_at.timestamp() if snap.expires_at else None
+    )
 
 
-# Fetchers return the snapshot JSON, or None when the source says the key is unknown; they raise when the source
+# Fetchers return the snapshot JSON, or None when the source says the key is unknown; they raise when the
+# source
 # cannot be asked.
 Fetch = Callable[[str], Awaitable[bytes | None]]
 

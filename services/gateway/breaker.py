@@ -1,10 +1,14 @@
 """Circuit breaker per channel, shared by every gateway pod through Redis.
 
-State lives in `{ns}:cb:{channel}` (closed | open | half_open, since when, why) and attempt counts in 10-second
+State lives in `{ns}:cb:{channel}` (closed | open | half_open, since when, why) and attempt counts in
+10-second
 buckets `{ns}:cb:{channel}:b:{n}` forming a sliding window. A failure is recorded at once (it may open the
-channel); successes of a closed channel are counted locally and flushed with the periodic refresh, so the hot path
-pays no Redis round trip for them. An open channel is skipped until its cool-down ends; then exactly one request
-(anywhere) claims the half-open probe: success closes it, failure reopens it with a doubled cool-down, capped, so
+channel); successes of a closed channel are counted locally and flushed with the periodic refresh, so the hot
+path
+pays no Redis round trip for them. An open channel is skipped until its cool-down ends; then exactly one
+request
+(anywhere) claims the half-open probe: success closes it, failure reopens it with a doubled cool-down, capped,
+so
 a channel is never out forever without a person disabling it in the catalog.
 """
 
@@ -28,8 +32,12 @@ from shared.cache import Keys
 
 log = logging.getLogger("faregate.gateway.breaker")
 
-CIRCUIT_STATE = Gauge("faregate_gateway_circuit_state", "Circuit state per channel: 0 closed, 1 half-open, 2 open",
-                      ["channel"], multiprocess_mode="max")
+CIRCUIT_STATE = Gauge(
+    "faregate_gateway_circuit_state",
+    "Circuit state per channel: 0 closed, 1 half-open, 2 open",
+    ["channel"],
+    multiprocess_mode="max",
+)
 _STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 _LUA = Path(__file__).with_name("lua")
@@ -71,7 +79,7 @@ class Breaker:
     # --- the request path ---------------------------------------------------------------------------------
 
     def usable_now(self, channel_id: str) -> str:
-        """"yes" (closed), "probe" (cool-down over: claim the probe first) or "no"."""
+        """ "yes" (closed), "probe" (cool-down over: claim the probe first) or "no"."""
         h = self.view.get(channel_id)
         if h is None or h.state == "closed":
             return "yes"
@@ -119,9 +127,17 @@ class Breaker:
         try:
             out = await self._record(
                 keys=[self.keys.breaker(channel_id), *self._bucket_keys(channel_id, now)],
-                args=[now, oks, errs, s.breaker_window_s * 1000 + BUCKET_MS, s.breaker_min_requests,
-                      int(s.breaker_error_ratio * 1_000_000), int(s.breaker_cooldown_s * 1000),
-                      int(s.breaker_max_cooldown_s * 1000), what],
+                args=[
+                    now,
+                    oks,
+                    errs,
+                    s.breaker_window_s * 1000 + BUCKET_MS,
+                    s.breaker_min_requests,
+                    int(s.breaker_error_ratio * 1_000_000),
+                    int(s.breaker_cooldown_s * 1000),
+                    int(s.breaker_max_cooldown_s * 1000),
+                    what,
+                ],
             )
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
             log.warning("breaker record failed", extra={"channel_id": channel_id, "error": repr(exc)})
@@ -134,7 +150,9 @@ class Breaker:
 
     def _transition(self, channel_id: str, state: str, reason: str) -> None:
         CIRCUIT_STATE.labels(channel_id).set(_STATE_VALUE[state])
-        log.warning("channel circuit changed", extra={"channel_id": channel_id, "state": state, "reason": reason})
+        log.warning(
+            "channel circuit changed", extra={"channel_id": channel_id, "state": state, "reason": reason}
+        )
         self.on_transition(channel_id, state, reason)
 
     async def refresh(self, channel_ids: Iterable[str]) -> None:
@@ -150,7 +168,7 @@ class Breaker:
         for cid in ids:
             pipe.hgetall(self.keys.breaker(cid))
         results = await pipe.execute()
-        for cid, raw in zip(ids, results[len(results) - len(ids):], strict=True):
+        for cid, raw in zip(ids, results[len(results) - len(ids) :], strict=True):
             h = health_of(raw)
             old = self.view.get(cid)
             self.view[cid] = h
@@ -175,16 +193,29 @@ class Breaker:
                 v = await self.redis.hmget(key, ["ok", "err"])
                 oks += int(v[0] or 0)
                 errs += int(v[1] or 0)
-            out.append({"channel_id": cid, "state": h.state, "since_ms": h.since_ms, "reason": h.reason,
-                        "open_until_ms": h.open_until_ms, "window_ok": oks, "window_errors": errs})
+            out.append(
+                {
+                    "channel_id": cid,
+                    "state": h.state,
+                    "since_ms": h.since_ms,
+                    "reason": h.reason,
+                    "open_until_ms": h.open_until_ms,
+                    "window_ok": oks,
+                    "window_errors": errs,
+                }
+            )
         return out
 
 
 def health_of(raw: dict[Any, Any]) -> ChannelHealth:
-    d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-         for k, v in raw.items()}
+    d = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
     return ChannelHealth(
-        state=d.get("state", "closed"), since_ms=int(d.get("since_ms", 0)),
-        open_until_ms=int(d.get("open_until_ms", 0)), probe_deadline_ms=int(d.get("probe_deadline_ms", 0)),
+        state=d.get("state", "closed"),
+        since_ms=int(d.get("since_ms", 0)),
+        open_until_ms=int(d.get("open_until_ms", 0)),
+        probe_deadline_ms=int(d.get("probe_deadline_ms", 0)),
         reason=d.get("reason", ""),
     )

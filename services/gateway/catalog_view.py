@@ -6,6 +6,7 @@ upstream keys unsealed) is computed here when the catalog changes, never per req
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -13,6 +14,8 @@ from shared import crypto
 from shared.catalog import Catalog, Channel, Group, Model
 from shared.events import KeySnapshot, ModelPrice
 from shared.pricing import PPM
+
+log = logging.getLogger("faregate.gateway.catalog")
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,8 @@ class CatalogView:
             for sealed in ch.api_keys_enc:
                 try:
                     keys.append(crypto.unseal(sealed, secret))
-                except Exception:  # a key sealed under another secret: unusable, skip it rather than crash
-                    continue
+                except Exception:  # a key sealed under another secret: unusable; skip it rather than crash
+                    log.error("channel key cannot be unsealed with this secret", extra={"channel_id": ch.id})
             costs = {}
             for name in ch.models:
                 model = view.models.get(name)
@@ -80,7 +83,9 @@ class CatalogView:
         return not group.models or model in group.models
 
     def channels_serving(self, model: str, group: str) -> list[ChannelView]:
-        return [c for c in self.channels_for.get(model, ()) if not c.channel.groups or group in c.channel.groups]
+        return [
+            c for c in self.channels_for.get(model, ()) if not c.channel.groups or group in c.channel.groups
+        ]
 
     def models_for(self, snap: KeySnapshot) -> list[Model]:
         return [m for m in self.catalog.models if self.allowed(snap, m.name)]

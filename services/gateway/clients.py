@@ -1,4 +1,5 @@
-"""Client dialects on the translated path: turn a client's request into the internal (OpenAI chat) form, and the
+"""Client dialects on the translated path: turn a client's request into the internal (OpenAI chat) form, and
+the
 internal answer and stream chunks back into what the client's SDK expects. The translations themselves live in
 services.gateway.dialects; this module only picks them per dialect behind one small interface."""
 
@@ -57,8 +58,12 @@ def to_internal(dialect: str, body: dict[str, Any], model: str, stream: bool) ->
     return body
 
 
-def response_from_internal(dialect: str, internal: dict[str, Any], body: dict[str, Any], model: str,
-                           ) -> dict[str, Any]:
+def response_from_internal(
+    dialect: str,
+    internal: dict[str, Any],
+    body: dict[str, Any],
+    model: str,
+) -> dict[str, Any]:
     if dialect == "anthropic":
         return anthropic.response_from_openai(internal, model)
     if dialect == "gemini":

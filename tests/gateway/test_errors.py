@@ -1,4 +1,5 @@
-"""Every refusal in the OpenAI error shape with the status code relay users expect, and an upstream's own error
+"""Every refusal in the OpenAI error shape with the status code relay users expect, and an upstream's own
+error
 body never reaching the client."""
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def body(**kw: Any) -> dict[str, Any]:
 
 
 async def post(gateway: AsyncTestClient[Any], secret: str, payload: Any, **headers: str) -> Any:
-    return await gateway.post("/v1/chat/completions", json=payload,
-                              headers={"authorization": f"Bearer {secret}", **headers})
+    return await gateway.post(
+        "/v1/chat/completions", json=payload, headers={"authorization": f"Bearer {secret}", **headers}
+    )
 
 
 def error_of(r: Any) -> dict[str, Any]:
@@ -35,14 +37,18 @@ def error_of(r: Any) -> dict[str, Any]:
     return dict(err)
 
 
-@pytest.mark.parametrize(("overrides", "says"), [
-    ({"status": "disabled"}, "disabled"),
-    ({"status": "deleted"}, "deleted"),
-    ({"expires_at": datetime.now(UTC) - timedelta(seconds=1)}, "expired"),
-    ({"account_status": "disabled"}, "account"),
-])
-async def test_unusable_keys_get_401_saying_why(world: World, gateway: AsyncTestClient[Any],
-                                                overrides: dict[str, Any], says: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"status": "disabled"}, "disabled"),
+        ({"status": "deleted"}, "deleted"),
+        ({"expires_at": datetime.now(UTC) - timedelta(seconds=1)}, "expired"),
+        ({"account_status": "disabled"}, "account"),
+    ],
+)
+async def test_unusable_keys_get_401_saying_why(
+    world: World, gateway: AsyncTestClient[Any], overrides: dict[str, Any], says: str
+) -> None:
     secret, _ = await world.add_key(**overrides)
     r = await post(gateway, secret, body())
     assert r.status_code == 401
@@ -55,8 +61,9 @@ async def test_missing_key_is_401(world: World, gateway: AsyncTestClient[Any]) -
     assert r.status_code == 401 and error_of(r)["code"] == "invalid_api_key"
 
 
-async def test_disabling_a_key_takes_effect_at_once_through_the_event(world: World,
-                                                                      gateway: AsyncTestClient[Any]) -> None:
+async def test_disabling_a_key_takes_effect_at_once_through_the_event(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
     secret, snap = await world.add_key()
     assert (await post(gateway, secret, body())).status_code == 200  # now cached in the worker
     await world.put_key(msgspec.structs.replace(snap, status="disabled"), publish=True)
@@ -67,18 +74,25 @@ async def test_disabling_a_key_takes_effect_at_once_through_the_event(world: Wor
     await eventually(refused, 3)
 
 
-@pytest.mark.parametrize(("payload", "param"), [
-    (b"{not json", None),
-    (b"[1, 2]", None),
-    (msgspec.json.encode({"messages": MESSAGES}), "model"),
-    (msgspec.json.encode({"model": "gpt-4o-mini", "messages": []}), "messages"),
-    (msgspec.json.encode(body(max_tokens="lots")), "max_tokens"),
-])
-async def test_bad_requests_are_400(world: World, gateway: AsyncTestClient[Any], payload: bytes,
-                                    param: str | None) -> None:
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (msgspec.json.encode({"messages": MESSAGES}), "model"),
+        (msgspec.json.encode({"model": "gpt-4o-mini", "messages": []}), "messages"),
+        (msgspec.json.encode(body(max_tokens="lots")), "max_tokens"),
+    ],
+)
+async def test_bad_requests_are_400(
+    world: World, gateway: AsyncTestClient[Any], payload: bytes, param: str | None
+) -> None:
     secret, _ = await world.add_key()
-    r = await gateway.post("/v1/chat/completions", content=payload,
-                           headers={"authorization": f"Bearer {secret}", "content-type": "application/json"})
+    r = await gateway.post(
+        "/v1/chat/completions",
+        content=payload,
+        headers={"authorization": f"Bearer {secret}", "content-type": "application/json"},
+    )
     assert r.status_code == 400
     err = error_of(r)
     assert err["type"] == "invalid_request_error" and err.get("param") == param
@@ -91,11 +105,14 @@ async def test_unknown_model_is_404_model_not_found(world: World, gateway: Async
     assert info.value.code == "model_not_found"
 
 
-async def test_model_outside_the_key_list_or_group_is_403(world: World, gateway: AsyncTestClient[Any]) -> None:
-    await world.set_catalog([channel(world.mock, "main", models=("gpt-4o-mini", "gpt-4o"),
-                                     secret=world.common.secret_key)],
-                            models=[model(), model("gpt-4o")],
-                            groups=(cat.Group(name="cheap", models=("gpt-4o-mini",)),))
+async def test_model_outside_the_key_list_or_group_is_403(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
+    await world.set_catalog(
+        [channel(world.mock, "main", models=("gpt-4o-mini", "gpt-4o"), secret=world.common.secret_key)],
+        models=[model(), model("gpt-4o")],
+        groups=(cat.Group(name="cheap", models=("gpt-4o-mini",)),),
+    )
     await eventually(lambda: _has_model(gateway, "gpt-4o"))
     listed, _ = await world.add_key(models=("gpt-4o-mini",))
     grouped, _ = await world.add_key(group="cheap")
@@ -115,23 +132,27 @@ async def test_client_ip_outside_the_allow_list_is_403(world: World, gateway: As
     assert r.status_code == 403 and "IP address" in error_of(r)["message"]
 
 
-@pytest.mark.parametrize(("allow", "ip", "ok"), [
-    (("203.0.113.7",), "203.0.113.7", True),
-    (("203.0.113.0/24",), "203.0.113.200", True),
-    (("203.0.113.0/24",), "203.0.114.1", False),
-    (("2001:db8::/32",), "2001:db8:1::5", True),
-    (("2001:db8::/32",), "2001:db9::1", False),
-    (("192.0.2.0/24",), "::ffff:192.0.2.9", True),  # v4-mapped v6 as a dual-stack socket reports it
-    (("192.0.2.0/24", "not an ip"), "192.0.2.1", True),  # a malformed entry is skipped, not fatal
-    (("192.0.2.0/24",), "testclient", False),
-])
+@pytest.mark.parametrize(
+    ("allow", "ip", "ok"),
+    [
+        (("203.0.113.7",), "203.0.113.7", True),
+        (("203.0.113.0/24",), "203.0.113.200", True),
+        (("203.0.113.0/24",), "203.0.114.1", False),
+        (("2001:db8::/32",), "2001:db8:1::5", True),
+        (("2001:db8::/32",), "2001:db9::1", False),
+        (("192.0.2.0/24",), "::ffff:192.0.2.9", True),  # v4-mapped v6 as a dual-stack socket reports it
+        (("192.0.2.0/24", "not an ip"), "192.0.2.1", True),  # a malformed entry is skipped, not fatal
+        (("192.0.2.0/24",), "testclient", False),
+    ],
+)
 def test_ip_allow_list_forms(allow: tuple[str, ...], ip: str, ok: bool) -> None:
     from services.gateway.auth import cached, check_ip
     from services.gateway.errors import NotAllowed
     from shared.events import KeySnapshot
 
-    entry = cached(KeySnapshot(key_id="k", key_hash="h", account_id="a", user_id="u", status="active",
-                               ip_allow=allow))
+    entry = cached(
+        KeySnapshot(key_id="k", key_hash="h", account_id="a", user_id="u", status="active", ip_allow=allow)
+    )
     if ok:
         check_ip(entry, ip)
     else:
@@ -143,7 +164,8 @@ async def test_empty_wallet_is_402_insufficient_quota(world: World, gateway: Asy
     secret, _ = await world.add_key(balance=0)
     r = await post(gateway, secret, body())
     assert r.status_code == 402 and error_of(r)["code"] == "insufficient_quota"
-    # a wallet whose balance no one loaded (and billing cannot be reached here) is refused too, not let through
+    # a wallet whose balance no one loaded (and billing cannot be reached here) is refused too, not let
+    # through
     secret, _ = await world.add_key(balance=None)
     r = await post(gateway, secret, body())
     assert r.status_code == 402
@@ -166,8 +188,9 @@ async def test_body_over_the_limit_is_413(world: World, gateway: AsyncTestClient
     assert r.status_code == 413 and error_of(r)["code"] == "request_too_large"
 
 
-async def test_upstream_error_body_and_key_never_reach_the_client(world: World,
-                                                                  gateway: AsyncTestClient[Any]) -> None:
+async def test_upstream_error_body_and_key_never_reach_the_client(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
     await world.set_catalog([channel(world.mock, "broken", fault="fail500", secret=world.common.secret_key)])
     await eventually(lambda: _has_channel(gateway, "broken"))
     secret, snap = await world.add_key()
@@ -181,8 +204,9 @@ async def test_upstream_error_body_and_key_never_reach_the_client(world: World,
 
 
 async def test_upstream_timeout_is_504(world: World, gateway: AsyncTestClient[Any]) -> None:
-    await world.set_catalog([channel(world.mock, "slow", fault="delay_first_ms=3000",
-                                     secret=world.common.secret_key)])
+    await world.set_catalog(
+        [channel(world.mock, "slow", fault="delay_first_ms=3000", secret=world.common.secret_key)]
+    )
     await eventually(lambda: _has_channel(gateway, "slow"))
     secret, _ = await world.add_key()
     r = await post(gateway, secret, body())
@@ -203,8 +227,9 @@ class _Garbage(socketserver.BaseRequestHandler):
         data = b""
         while b"\r\n\r\n" not in data:
             data += self.request.recv(65536)
-        self.request.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n"
-                             b"not json!")
+        self.request.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\nnot json!"
+        )
 
 
 async def test_upstream_answering_garbage_is_502(world: World, gateway: AsyncTestClient[Any]) -> None:
@@ -213,8 +238,13 @@ async def test_upstream_answering_garbage_is_502(world: World, gateway: AsyncTes
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         port = server.server_address[1]
-        await world.set_catalog([channel(world.mock, "junk", base_url=f"http://127.0.0.1:{port}/v1",
-                                         secret=world.common.secret_key)])
+        await world.set_catalog(
+            [
+                channel(
+                    world.mock, "junk", base_url=f"http://127.0.0.1:{port}/v1", secret=world.common.secret_key
+                )
+            ]
+        )
         await eventually(lambda: _has_channel(gateway, "junk"))
         secret, _ = await world.add_key()
         r = await post(gateway, secret, body())

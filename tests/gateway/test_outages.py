@@ -2,7 +2,8 @@
 
 - NATS down: requests are still served; their usage events go to the disk spool and reach JetStream once it is
   back, each exactly once.
-- Redis down: the gateway stays up; keys it knows keep authenticating from the in-process cache; rate limits fail
+- Redis down: the gateway stays up; keys it knows keep authenticating from the in-process cache; rate limits
+fail
   open; the spend guard keeps reserving against the worker's last known balance (never above it).
 """
 
@@ -78,8 +79,9 @@ def private_nats() -> Iterator[tuple[Server, int]]:
 @pytest.fixture
 def private_redis() -> Iterator[tuple[Server, int]]:
     port = procs.free_port()
-    server = Server(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no"])
+    server = Server(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    )
     server.start(port)
     try:
         yield server, port
@@ -89,15 +91,18 @@ def private_redis() -> Iterator[tuple[Server, int]]:
 
 @contextlib.asynccontextmanager
 async def gateway_on(common: CommonSettings) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(settings(), common), base_url="http://gateway.test",
-                               timeout=30) as client:
+    async with AsyncTestClient(
+        app=create_app(settings(), common), base_url="http://gateway.test", timeout=30
+    ) as client:
         yield client
 
 
 async def chat(client: AsyncTestClient[Any], secret: str) -> Any:
-    return await client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES,
-                                                           "max_tokens": 20},
-                             headers={"authorization": f"Bearer {secret}"})
+    return await client.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 20},
+        headers={"authorization": f"Bearer {secret}"},
+    )
 
 
 async def stream_ids(nats_url: str, namespace: str) -> list[str]:
@@ -118,11 +123,14 @@ async def stream_ids(nats_url: str, namespace: str) -> list[str]:
 
 
 async def test_nats_down_events_are_spooled_and_delivered_once_when_it_returns(
-        world: World, private_nats: tuple[Server, int]) -> None:
+    world: World, private_nats: tuple[Server, int]
+) -> None:
     server, port = private_nats
     url = f"nats://127.0.0.1:{port}"
     data_dir = tempfile.mkdtemp(prefix="fg-gw-")
-    common = msgspec.structs.replace(world.common, nats_url=url, data_dir=data_dir, keys_url=DEAD, billing_url=DEAD)
+    common = msgspec.structs.replace(
+        world.common, nats_url=url, data_dir=data_dir, keys_url=DEAD, billing_url=DEAD
+    )
     secret, _ = await world.add_key()
     spool = Path(data_dir) / "spool" / "gateway"
     async with gateway_on(common) as gateway:
@@ -155,15 +163,19 @@ async def test_nats_down_events_are_spooled_and_delivered_once_when_it_returns(
 
 
 async def test_redis_down_keeps_known_keys_working_within_the_last_known_balance(
-        world: World, private_redis: tuple[Server, int]) -> None:
+    world: World, private_redis: tuple[Server, int]
+) -> None:
     server, port = private_redis
-    common = msgspec.structs.replace(world.common, redis_url=f"redis://127.0.0.1:{port}/0", keys_url=DEAD,
-                                     billing_url=DEAD)
+    common = msgspec.structs.replace(
+        world.common, redis_url=f"redis://127.0.0.1:{port}/0", keys_url=DEAD, billing_url=DEAD
+    )
     r = aioredis.Redis.from_url(common.redis_url)
     # What keys and billing would have written: the catalog, a key with an RPM limit of 1, a small wallet.
     await r.set(world.res.keys.catalog(), await world.redis.get(world.res.keys.catalog()))
     secret, snap = await world.add_key(rpm_limit=1, balance=None)
-    await r.set(world.res.keys.api_key(snap.key_hash), await world.redis.get(world.res.keys.api_key(snap.key_hash)))
+    await r.set(
+        world.res.keys.api_key(snap.key_hash), await world.redis.get(world.res.keys.api_key(snap.key_hash))
+    )
     await SpendGuard(r, world.res.keys).set_balance(snap.account_id, 60)  # 60 micro-USD
     async with gateway_on(common) as gateway:
         first = await chat(gateway, secret)
@@ -180,5 +192,10 @@ async def test_redis_down_keeps_known_keys_working_within_the_last_known_balance
         assert codes[0] == 200 and codes.count(200) >= 2, codes
         assert codes[-1] == 402, codes
         # an unknown key cannot be checked anywhere (keys is not running here): refused, not let through
-        assert (await gateway.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
-                                   headers={"authorization": "Bearer fg-unknown"})).status_code == 401
+        assert (
+            await gateway.post(
+                "/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": MESSAGES},
+                headers={"authorization": "Bearer fg-unknown"},
+            )
+        ).status_code == 401

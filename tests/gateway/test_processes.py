@@ -20,13 +20,28 @@ def auth(secret: str) -> dict[str, str]:
 
 
 async def test_client_disconnect_cancels_the_upstream_and_records_what_was_generated(
-        world: World, gateways: list[procs.ServiceProcess]) -> None:
-    await use_catalog(world, gateways, [channel(world.mock, "slow-stream", fault="delay_chunk_ms=200;chunks=40",
-                                        secret=world.common.secret_key)])
+    world: World, gateways: list[procs.ServiceProcess]
+) -> None:
+    await use_catalog(
+        world,
+        gateways,
+        [
+            channel(
+                world.mock,
+                "slow-stream",
+                fault="delay_chunk_ms=200;chunks=40",
+                secret=world.common.secret_key,
+            )
+        ],
+    )
     secret, snap = await world.add_key()
     async with httpx.AsyncClient(timeout=30) as client:
-        async with client.stream("POST", f"{gateways[0].url}/v1/chat/completions", headers=auth(secret),
-                                 json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}) as r:
+        async with client.stream(
+            "POST",
+            f"{gateways[0].url}/v1/chat/completions",
+            headers=auth(secret),
+            json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True},
+        ) as r:
             assert r.status_code == 200
             rid = r.headers["x-request-id"]
             got = 0
@@ -55,24 +70,34 @@ async def test_client_disconnect_cancels_the_upstream_and_records_what_was_gener
     await eventually(settled)
 
 
-async def test_101st_concurrent_request_on_a_default_key_is_429(world: World,
-                                                                gateways: list[procs.ServiceProcess]) -> None:
-    await use_catalog(world, gateways, [channel(world.mock, "slow-start", fault="delay_first_ms=2500",
-                                        secret=world.common.secret_key)])
+async def test_101st_concurrent_request_on_a_default_key_is_429(
+    world: World, gateways: list[procs.ServiceProcess]
+) -> None:
+    await use_catalog(
+        world,
+        gateways,
+        [channel(world.mock, "slow-start", fault="delay_first_ms=2500", secret=world.common.secret_key)],
+    )
     secret, snap = await world.add_key()
     assert snap.concurrency_limit == 100
     payload = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 5}
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        first = [asyncio.create_task(client.post(f"{gateways[i % 2].url}/v1/chat/completions", json=payload,
-                                                 headers=auth(secret))) for i in range(100)]
+        first = [
+            asyncio.create_task(
+                client.post(f"{gateways[i % 2].url}/v1/chat/completions", json=payload, headers=auth(secret))
+            )
+            for i in range(100)
+        ]
         inflight = world.res.keys.rate("key", snap.key_id, "inflight")
 
         async def all_in() -> bool:
             return bool(await world.redis.zcard(inflight) == 100)
 
         await eventually(all_in, 10)
-        extra = await client.post(f"{gateways[0].url}/v1/chat/completions", json=payload, headers=auth(secret))
+        extra = await client.post(
+            f"{gateways[0].url}/v1/chat/completions", json=payload, headers=auth(secret)
+        )
         assert extra.status_code == 429
         assert extra.json()["error"]["code"] == "rate_limit_exceeded" and "retry-after" in extra.headers
         assert "concurrent" in extra.json()["error"]["message"]
@@ -88,8 +113,12 @@ async def test_rpm_holds_across_two_gateways(world: World, gateways: list[procs.
     if time.time() % 60 > 50:  # a fixed one-minute window: do not straddle its edge
         await asyncio.sleep(61 - time.time() % 60)
     async with httpx.AsyncClient(timeout=30) as client:
-        results = [await client.post(f"{gateways[i % 2].url}/v1/chat/completions", json=payload,
-                                     headers=auth(secret)) for i in range(8)]
+        results = [
+            await client.post(
+                f"{gateways[i % 2].url}/v1/chat/completions", json=payload, headers=auth(secret)
+            )
+            for i in range(8)
+        ]
     codes = [r.status_code for r in results]
     assert codes == [200] * 5 + [429] * 3
     assert results[0].headers["x-ratelimit-limit-requests"] == "5"
@@ -99,14 +128,16 @@ async def test_rpm_holds_across_two_gateways(world: World, gateways: list[procs.
 
 async def test_tpm_holds_across_two_gateways(world: World, gateways: list[procs.ServiceProcess]) -> None:
     await use_catalog(world, gateways, [channel(world.mock, "main", secret=world.common.secret_key)])
-    secret, snap = await world.add_key(tpm_limit=300)
+    secret, _ = await world.add_key(tpm_limit=300)
     payload = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 30}
     if time.time() % 60 > 45:
         await asyncio.sleep(61 - time.time() % 60)
     served: list[int] = []
     async with httpx.AsyncClient(timeout=30) as client:
         for i in range(20):
-            r = await client.post(f"{gateways[i % 2].url}/v1/chat/completions", json=payload, headers=auth(secret))
+            r = await client.post(
+                f"{gateways[i % 2].url}/v1/chat/completions", json=payload, headers=auth(secret)
+            )
             if r.status_code == 429:
                 assert "tokens per minute" in r.json()["error"]["message"]
                 break
@@ -119,16 +150,23 @@ async def test_tpm_holds_across_two_gateways(world: World, gateways: list[procs.
     assert sum(served[:-1]) < 300 <= sum(served)  # refused exactly once the real counts filled the window
 
 
-async def test_client_leaving_before_the_answer_cancels_the_upstream(world: World,
-                                                                     gateways: list[procs.ServiceProcess]) -> None:
-    await use_catalog(world, gateways, [channel(world.mock, "thinking", fault="delay_first_ms=4000",
-                                                secret=world.common.secret_key)])
+async def test_client_leaving_before_the_answer_cancels_the_upstream(
+    world: World, gateways: list[procs.ServiceProcess]
+) -> None:
+    await use_catalog(
+        world,
+        gateways,
+        [channel(world.mock, "thinking", fault="delay_first_ms=4000", secret=world.common.secret_key)],
+    )
     secret, snap = await world.add_key()
     rid = "leaver-" + str(time.time_ns())
     async with httpx.AsyncClient(timeout=0.8) as client:
         try:
-            await client.post(f"{gateways[1].url}/v1/chat/completions", headers={**auth(secret), "x-request-id": rid},
-                              json={"model": "gpt-4o-mini", "messages": MESSAGES})
+            await client.post(
+                f"{gateways[1].url}/v1/chat/completions",
+                headers={**auth(secret), "x-request-id": rid},
+                json={"model": "gpt-4o-mini", "messages": MESSAGES},
+            )
         except httpx.ReadTimeout:
             pass
         else:

@@ -4,6 +4,7 @@ shared circuit breaker and probed back in."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -19,8 +20,12 @@ from tests.gateway.conftest import World, channel, eventually, model, sdk, setti
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me something."}]
 
 
-async def use(world: World, gateway: AsyncTestClient[Any], channels: list[Any], models: list[Any] | None = None,
-              ) -> None:
+async def use(
+    world: World,
+    gateway: AsyncTestClient[Any],
+    channels: list[Any],
+    models: list[Any] | None = None,
+) -> None:
     await world.set_catalog(channels, models)
     ids = {c.id for c in channels}
 
@@ -36,8 +41,11 @@ def ch(world: World, cid: str, **kw: Any) -> Any:
 
 def attempts_by_model(world: World, rid: str) -> list[str]:
     """What the mock received for one request, as `model@fault` (the mock strips the fault from the model)."""
-    return [r["model"] + (f"@{r['fault']}" if r["fault"] else "") for r in world.mock_stats()["requests"]
-            if r["request_id"] == rid]
+    return [
+        r["model"] + (f"@{r['fault']}" if r["fault"] else "")
+        for r in world.mock_stats()["requests"]
+        if r["request_id"] == rid
+    ]
 
 
 def in_app(gateway: AsyncTestClient[Any], fn: Any, *args: Any) -> Any:
@@ -48,11 +56,13 @@ def in_app(gateway: AsyncTestClient[Any], fn: Any, *args: Any) -> Any:
 @pytest.mark.parametrize("fault", ["fail500", "status=429;retry_after=1", "delay_first_ms=3000", "fail502"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_failure_before_first_byte_is_served_by_the_next_channel(
-        world: World, gateway: AsyncTestClient[Any], fault: str, stream: bool) -> None:
+    world: World, gateway: AsyncTestClient[Any], fault: str, stream: bool
+) -> None:
     await use(world, gateway, [ch(world, "bad", fault=fault, priority=10), ch(world, "good", priority=1)])
     secret, _ = await world.add_key()
     raw = await sdk(gateway, secret).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=stream)
+        model="gpt-4o-mini", messages=MESSAGES, stream=stream
+    )
     rid = raw.headers["x-request-id"]
     if stream:
         text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
@@ -70,14 +80,22 @@ def gateway_settings() -> GatewaySettings:
 
 
 async def test_fallback_model_serves_when_every_channel_of_the_model_fails(
-        world: World, gateway: AsyncTestClient[Any]) -> None:
-    await use(world, gateway,
-              [ch(world, "a1", fault="fail500"), ch(world, "a2", fault="fail503"),
-               ch(world, "b1", models=("gpt-4o",))],
-              [model(fallbacks=("gpt-4o",)), model("gpt-4o")])
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
+    await use(
+        world,
+        gateway,
+        [
+            ch(world, "a1", fault="fail500"),
+            ch(world, "a2", fault="fail503"),
+            ch(world, "b1", models=("gpt-4o",)),
+        ],
+        [model(fallbacks=("gpt-4o",)), model("gpt-4o")],
+    )
     secret, _ = await world.add_key()
-    raw = await sdk(gateway, secret).chat.completions.with_raw_response.create(model="gpt-4o-mini",
-                                                                               messages=MESSAGES)
+    raw = await sdk(gateway, secret).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    )
     rid = raw.headers["x-request-id"]
     seen = attempts_by_model(world, rid)
     assert sorted(seen[:2]) == ["gpt-4o-mini@fail500", "gpt-4o-mini@fail503"] and seen[2:] == ["gpt-4o"]
@@ -85,38 +103,60 @@ async def test_fallback_model_serves_when_every_channel_of_the_model_fails(
     assert event.model == "gpt-4o" and event.channel_id == "b1"
 
 
-async def test_attempts_are_bounded_and_never_repeat_a_channel(world: World, gateway: AsyncTestClient[Any]) -> None:
+async def test_attempts_are_bounded_and_never_repeat_a_channel(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
     channels = [ch(world, f"down{i}", fault="fail500") for i in range(6)]
     await use(world, gateway, channels)
     secret, _ = await world.add_key()
-    r = await gateway.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
-                           headers={"authorization": f"Bearer {secret}"})
+    r = await gateway.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        headers={"authorization": f"Bearer {secret}"},
+    )
     assert r.status_code == 503
     tried = attempts_by_model(world, r.headers["x-request-id"])
     assert len(tried) == GatewaySettings().max_attempts  # 4 of the 6 channels, then give up
 
 
-async def test_all_channels_rate_limited_is_429_with_retry_after(world: World, gateway: AsyncTestClient[Any]) -> None:
-    await use(world, gateway, [ch(world, "busy1", fault="status=429;retry_after=7"),
-                               ch(world, "busy2", fault="status=429;retry_after=9")])
+async def test_all_channels_rate_limited_is_429_with_retry_after(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
+    await use(
+        world,
+        gateway,
+        [
+            ch(world, "busy1", fault="status=429;retry_after=7"),
+            ch(world, "busy2", fault="status=429;retry_after=9"),
+        ],
+    )
     secret, _ = await world.add_key()
-    r = await gateway.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
-                           headers={"authorization": f"Bearer {secret}"})
+    r = await gateway.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        headers={"authorization": f"Bearer {secret}"},
+    )
     assert r.status_code == 429 and r.headers["retry-after"] == "7"
     # Retry-After is honoured: the very next request does not knock on either channel again
     before = world.mock_stats()["total"]
-    r = await gateway.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
-                           headers={"authorization": f"Bearer {secret}"})
+    r = await gateway.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        headers={"authorization": f"Bearer {secret}"},
+    )
     assert r.status_code == 503 and world.mock_stats()["total"] == before
 
 
 async def test_mid_stream_disconnect_ends_with_an_error_event_and_is_still_recorded(
-        world: World, gateway: AsyncTestClient[Any]) -> None:
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
     await use(world, gateway, [ch(world, "flaky", fault="disconnect_after=4")])
     secret, _ = await world.add_key()
-    r = await gateway.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES,
-                                                         "stream": True},
-                           headers={"authorization": f"Bearer {secret}"})
+    r = await gateway.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True},
+        headers={"authorization": f"Bearer {secret}"},
+    )
     assert r.status_code == 200  # the first byte had gone out: the status cannot change any more
     frames = [f for f in r.text.split("\n\n") if f.strip()]
     assert len(frames) >= 2
@@ -124,16 +164,18 @@ async def test_mid_stream_disconnect_ends_with_an_error_event_and_is_still_recor
     assert last["error"]["code"] == "bad_upstream_response"
     assert "[DONE]" not in r.text
     with pytest.raises(openai.APIError):  # the SDK surfaces it as an error, not a silent short answer
-        async for _ in await sdk(gateway, secret).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
-                                                                          stream=True):
+        async for _ in await sdk(gateway, secret).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        ):
             pass
     [event] = await usage_events(world.res, {r.headers["x-request-id"]})
     assert event.status == 502 and event.error_code == "bad_upstream_response"
     assert event.completion_tokens > 0  # what was generated before the break, counted with the tokenizer
 
 
-async def test_breaker_opens_after_repeated_failures_and_probes_back(world: World,
-                                                                     gateway: AsyncTestClient[Any]) -> None:
+async def test_breaker_opens_after_repeated_failures_and_probes_back(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
     assert world.res.nc
     seen: list[ev.ChannelStateChanged] = []
 
@@ -166,13 +208,15 @@ async def test_breaker_opens_after_repeated_failures_and_probes_back(world: Worl
     assert r.status_code == 200
     assert attempts_by_model(world, r.headers["x-request-id"]) == ["gpt-4o-mini"]  # skipped while open
 
-    r = await gateway.get("/internal/channels/health", headers={"x-internal-token": world.common.internal_token})
+    r = await gateway.get(
+        "/internal/channels/health", headers={"x-internal-token": world.common.internal_token}
+    )
     row = next(c for c in r.json()["channels"] if c["channel_id"] == "wobbly")
     assert row["state"] == "open" and "failed" in row["reason"] and row["since_ms"] <= time.time() * 1000
     assert (await gateway.get("/internal/channels/health")).status_code == 401
 
     # after the cool-down one probe goes to it; it fails again, so it reopens with a longer cool-down
-    time.sleep(1.1)
+    await asyncio.sleep(1.1)
     assert (await gateway.post("/v1/chat/completions", json=payload, headers=headers)).status_code == 200
     await eventually(opened)
     states = [e.state for e in seen]
@@ -186,7 +230,9 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_a_recovered_channel_is_closed_by_its_probe(world: World, gateway: AsyncTestClient[Any]) -> None:
+async def test_a_recovered_channel_is_closed_by_its_probe(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
     healing = ch(world, "healing", priority=5)
     await use(world, gateway, [healing, ch(world, "steady")])
     gw = gateway.app.state.gw
@@ -195,10 +241,13 @@ async def test_a_recovered_channel_is_closed_by_its_probe(world: World, gateway:
     in_app(gateway, gw.drain)
     in_app(gateway, gw.breaker.refresh, ["healing"])
     assert gw.breaker.view["healing"].state == "open"
-    time.sleep(1.1)
+    await asyncio.sleep(1.1)
     secret, _ = await world.add_key()
-    r = await gateway.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
-                           headers={"authorization": f"Bearer {secret}"})
+    r = await gateway.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        headers={"authorization": f"Bearer {secret}"},
+    )
     assert r.status_code == 200
     in_app(gateway, gw.drain)
 

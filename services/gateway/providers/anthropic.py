@@ -1,4 +1,5 @@
-"""Anthropic Messages upstreams: the internal (OpenAI chat) request translated, `x-api-key` auth, and the answer
+"""Anthropic Messages upstreams: the internal (OpenAI chat) request translated, `x-api-key` auth, and the
+answer
 and its event stream translated back by services.gateway.dialects.anthropic."""
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 
 
-def build(base_url: str, api_key: str, upstream_model: str, internal: dict[str, Any], stream: bool,
-          request_id: str) -> tuple[str, dict[str, str], bytes]:
+def build(
+    base_url: str, api_key: str, upstream_model: str, internal: dict[str, Any], stream: bool, request_id: str
+) -> tuple[str, dict[str, str], bytes]:
     """Raises dialects.errors.TranslationError when the request cannot be expressed for Anthropic."""
     body = dialect.request_from_openai(internal, upstream_model)
-    headers = {"x-api-key": api_key, "anthropic-version": API_VERSION, "content-type": "application/json",
-               "x-request-id": request_id}
+    headers = {
+        "x-api-key": api_key,
+        "anthropic-version": API_VERSION,
+        "content-type": "application/json",
+        "x-request-id": request_id,
+    }
     return base_url.rstrip("/") + "/v1/messages", headers, _enc.encode(body)
 
 

@@ -1,4 +1,5 @@
-"""Gemini upstreams: the internal (OpenAI chat) request translated, `x-goog-api-key` auth, and the answer and its
+"""Gemini upstreams: the internal (OpenAI chat) request translated, `x-goog-api-key` auth, and the answer and
+its
 SSE stream (`alt=sse`) translated back by services.gateway.dialects.gemini."""
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 
 
-def build(base_url: str, api_key: str, upstream_model: str, internal: dict[str, Any], stream: bool,
-          request_id: str) -> tuple[str, dict[str, str], bytes]:
+def build(
+    base_url: str, api_key: str, upstream_model: str, internal: dict[str, Any], stream: bool, request_id: str
+) -> tuple[str, dict[str, str], bytes]:
     """Raises dialects.errors.TranslationError when the request cannot be expressed for Gemini."""
     body = dialect.request_from_openai(internal, upstream_model)
     headers = {"x-goog-api-key": api_key, "content-type": "application/json", "x-request-id": request_id}

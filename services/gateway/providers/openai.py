@@ -1,6 +1,7 @@
 """OpenAI-compatible upstreams (OpenAI, DeepSeek, Qwen, ... and the mock): the passthrough provider.
 
-Requests go out as the client sent them with only `model` rewritten (and, for streams, usage asked for); answers
+Requests go out as the client sent them with only `model` rewritten (and, for streams, usage asked for);
+answers
 come back byte for byte. Only the usage is decoded.
 """
 
@@ -45,7 +46,11 @@ def url(base_url: str, endpoint_path: str) -> str:
 
 
 def headers(api_key: str, request_id: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {api_key}", "content-type": "application/json", "x-request-id": request_id}
+    return {
+        "authorization": f"Bearer {api_key}",
+        "content-type": "application/json",
+        "x-request-id": request_id,
+    }
 
 
 def chat_body(body: dict[str, Any], upstream_model: str, stream: bool) -> bytes:
@@ -140,13 +145,15 @@ def response_text(raw: bytes) -> str:
     return "".join((c.message.content or "") for c in full.choices or () if c.message)
 
 
-# --- the translated path (a client of another dialect reaching an OpenAI-compatible upstream) -----------------
+# --- the translated path (a client of another dialect reaching an OpenAI-compatible upstream)
+# -----------------
 
 _dec = msgspec.json.Decoder()
 
 
-def build(base_url: str, api_key: str, upstream_model: str, internal: dict[str, Any], stream: bool,
-          request_id: str) -> tuple[str, dict[str, str], bytes]:
+def build(
+    base_url: str, api_key: str, upstream_model: str, internal: dict[str, Any], stream: bool, request_id: str
+) -> tuple[str, dict[str, str], bytes]:
     body = dialect.to_upstream(internal, upstream_model, translated=True)
     return url(base_url, "/chat/completions"), headers(api_key, request_id), _enc.encode(body)
 
