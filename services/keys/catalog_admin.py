@@ -168,8 +168,7 @@ async def edit(ctx: Ctx, change: Callable[[asyncpg.Connection], Awaitable[T]]) -
         if changed:
             version = await conn.fetchval(repo.BUMP_CATALOG_VERSION)
             after = msgspec.structs.replace(after, version=version)
-    if changed:
-        await snapshots.publish_catalog(ctx, after)
+    await snapshots.publish_catalog(ctx, after, announce=changed)
     return result, after
 
 

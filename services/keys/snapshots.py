@@ -91,12 +91,17 @@ async def put_catalog(ctx: Ctx, catalog: cat.Catalog, *, force: bool = False) ->
     return bool(written)
 
 
-async def publish_catalog(ctx: Ctx, catalog: cat.Catalog, *, force: bool = False) -> None:
+async def publish_catalog(ctx: Ctx, catalog: cat.Catalog, *, force: bool = False,
+                          announce: bool = True) -> None:
+    """Redis, then `catalog.changed` (unless `announce` is off: an unchanged catalog is only re-written, which
+    brings Redis up to date after an earlier write failed)."""
     try:
         await put_catalog(ctx, catalog, force=force)
     except RedisError as exc:
         log.error("catalog snapshot not written to Redis",
                   extra={"version": catalog.version, "error": repr(exc)})
         raise CacheUnavailable() from exc
+    if not announce:
+        return
     await ctx.publisher.publish(ev.CatalogChanged(version=catalog.version))
     CATALOG_VERSIONS.inc()
