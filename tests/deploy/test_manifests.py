@@ -26,6 +26,8 @@ CRD_KINDS = {"ServiceMonitor", "Cluster", "ObjectStore", "ScheduledBackup", "Pro
 # The services a cluster runs (mock-upstream is a dev-only fake provider).
 DEPLOYED = ("gateway", "keys", "billing", "usage", "notifier")
 CONSUMERS = ("billing", "usage", "notifier")
+# The gateway opens no Postgres pool (services/gateway/app.py: open_resources(..., use_db=False)).
+NO_DATABASE = {"gateway", "mock-upstream"}
 
 
 # What each Secret the manifests reference but do not generate holds (listed in base/kustomization.yaml),
@@ -167,6 +169,8 @@ def test_postgres_cluster_is_highly_available_and_backed_up(rendered: dict[str, 
     # The operator names the app Secret `<cluster>-app`; every Faregate pod reads its `uri`.
     assert "secret" not in spec["bootstrap"]["initdb"]
     for _, container in prod.faregate_containers():
+        if container["args"][0] in NO_DATABASE:
+            continue
         refs = [v["valueFrom"]["secretKeyRef"] for v in container.get("env", []) if v["name"] ==
                 "FAREGATE_DATABASE_URL"]
         assert refs == [{"name": f"{cluster['metadata']['name']}-app", "key": "uri"}]
@@ -271,8 +275,12 @@ def test_secrets_come_from_secrets_not_configmaps(overlay: Rendered) -> None:
     for _, container in overlay.faregate_containers():
         if container["args"][0] == "mock-upstream":  # holds no state and no secrets
             continue
-        (db_url,) = [v for v in container["env"] if v["name"] == "FAREGATE_DATABASE_URL"]
-        assert "secretKeyRef" in db_url["valueFrom"]
+        db_urls = [v for v in container.get("env", []) if v["name"] == "FAREGATE_DATABASE_URL"]
+        if container["args"][0] in NO_DATABASE:
+            assert not db_urls, "least privilege: a process without a database gets no credentials for one"
+        else:
+            (db_url,) = db_urls
+            assert "secretKeyRef" in db_url["valueFrom"]
         secret_refs = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
         assert any(name.startswith("faregate-secrets") for name in secret_refs)
     generated = overlay.secret_data(next((s["metadata"]["name"] for s in overlay.of_kind("Secret")
