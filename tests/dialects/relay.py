@@ -19,7 +19,7 @@ from litestar import Litestar, Request, Response, post
 from litestar.response import Stream
 
 from services.gateway.dialects import anthropic, gemini, openai, responses
-from services.gateway.dialects.errors import TranslationError
+from services.gateway.dialects.errors import TranslationError, UpstreamStreamError
 
 KEY = "sk-relay-upstream"
 _OPENAI_HEADERS = {"authorization": f"Bearer {KEY}"}
@@ -96,7 +96,9 @@ class Upstream:
         else:
             async for _, data in frames:
                 if data != "[DONE]":
-                    yield json.loads(data)
+                    chunk = json.loads(data)
+                    openai.raise_for_stream_error(chunk)
+                    yield chunk
 
 
 class Client:
@@ -129,11 +131,16 @@ class Client:
         return internal
 
     async def frames(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+        """The client's stream; an upstream's mid-stream error ends it with the client's error event."""
         if self.dialect == "openai":
-            async for c in chunks:
-                kept = openai.strip_usage_chunk(c, self.body)
-                if kept is not None:
-                    yield openai.data_frame(kept)
+            try:
+                async for c in chunks:
+                    kept = openai.strip_usage_chunk(c, self.body)
+                    if kept is not None:
+                        yield openai.data_frame(kept)
+            except UpstreamStreamError as exc:
+                yield openai.data_frame(openai.error_body(502, "bad_upstream_response", exc.message))
+                return
             yield openai.DONE
             return
         conv: Any = {
@@ -141,9 +148,14 @@ class Client:
             "gemini": lambda: gemini.StreamFromOpenAI(self.model),
             "responses": lambda: responses.StreamFromChat(self.body, self.model),
         }[self.dialect]()
-        async for c in chunks:
-            for frame in conv.feed(c):
+        try:
+            async for c in chunks:
+                for frame in conv.feed(c):
+                    yield frame
+        except UpstreamStreamError as exc:
+            for frame in conv.error(exc.message):
                 yield frame
+            return
         for frame in conv.finish():
             yield frame
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from services.gateway.dialects import openai, responses
-from services.gateway.dialects.errors import InvalidField, UnsupportedField
+from services.gateway.dialects.errors import InvalidField, UnsupportedField, UpstreamStreamError
 from services.gateway.dialects.openai import TokenUsage
 from tests.dialects.recorded import (
     OPENAI_TEXT_STREAM,
@@ -252,3 +252,10 @@ def test_a_failed_stream_ends_with_response_failed() -> None:
     events = sse_events(b"".join(conv.error("upstream went away")))
     assert events[-1][0] == "response.failed"
     assert events[-1][1]["response"]["error"] == {"code": "server_error", "message": "upstream went away"}
+
+
+def test_an_error_event_in_an_openai_stream_raises() -> None:
+    openai.raise_for_stream_error(openai_chunks(OPENAI_TEXT_STREAM)[1])  # an ordinary chunk passes
+    with pytest.raises(UpstreamStreamError) as err:
+        openai.raise_for_stream_error({"error": {"message": "overloaded", "type": "server_error"}})
+    assert (err.value.kind, err.value.message) == ("server_error", "overloaded")

@@ -397,3 +397,53 @@ def test_reasoning_crosses_dialects(relay_url: str) -> None:
         api_key="k", base_url=f"{relay_url}/anthropic/v1", max_retries=0
     ).chat.completions.create(model="claude-sonnet-4-6", messages=ask, reasoning_effort="low")  # type: ignore[arg-type]
     assert (r.choices[0].message.model_extra or {}).get("reasoning_content")
+
+
+def _stream_fails(client: str, base: str, model: str) -> str:
+    """Stream from a failing upstream; what the client saw: the exception class or the final event."""
+    ask = [{"role": "user", "content": QUESTION}]
+    try:
+        if client == "openai":
+            list(
+                openai_sdk.OpenAI(api_key="k", base_url=base + "/v1", max_retries=0).chat.completions.create(
+                    model=model, messages=ask, stream=True
+                )
+            )  # type: ignore[arg-type]
+        elif client == "responses":
+            events = list(
+                openai_sdk.OpenAI(api_key="k", base_url=base + "/v1", max_retries=0).responses.create(
+                    model=model, input=QUESTION, stream=True
+                )
+            )
+            return events[-1].type
+        elif client == "anthropic":
+            with anthropic_sdk.Anthropic(api_key="k", base_url=base, max_retries=0).messages.stream(
+                model=model, max_tokens=300, messages=ask
+            ) as s:  # type: ignore[arg-type]
+                list(s)
+        else:
+            gclient = genai.Client(
+                api_key="k",
+                http_options=types.HttpOptions(
+                    base_url=base, retry_options=types.HttpRetryOptions(attempts=1)
+                ),
+            )
+            list(gclient.models.generate_content_stream(model=model, contents=QUESTION))
+    except Exception as exc:
+        return type(exc).__name__
+    return "no error"
+
+
+@pytest.mark.parametrize("upstream", list(UPSTREAMS))
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_upstream_error_mid_stream_reaches_every_client_as_an_error(
+    relay_url: str, client: str, upstream: str
+) -> None:
+    seen = _stream_fails(client, f"{relay_url}/{upstream}", UPSTREAMS[upstream] + "@error_after=3")
+    expected = {
+        "openai": "APIError",
+        "responses": "response.failed",
+        "anthropic": "APIStatusError",
+        "gemini": "ServerError",
+    }
+    assert seen == expected[client]

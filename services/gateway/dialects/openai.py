@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from services.gateway.dialects import shape
-from services.gateway.dialects.errors import UnsupportedField
+from services.gateway.dialects.errors import UnsupportedField, UpstreamStreamError
 
 # Fields a translator may leave in the internal form although OpenAI's API lacks them (they came from an
 # Anthropic or Gemini client and another such upstream can take them). An OpenAI upstream cannot.
@@ -69,6 +69,15 @@ def response_usage(resp: Any) -> TokenUsage | None:
 def chunk_usage(chunk: Any) -> TokenUsage | None:
     """The usage a stream chunk carries (the last chunk when `include_usage` was asked), if any."""
     return usage_from_openai(chunk.get("usage")) if isinstance(chunk, dict) else None
+
+
+def raise_for_stream_error(chunk: Any) -> None:
+    """OpenAI reports a failure after the stream began as a `data: {"error": {...}}` event."""
+    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+        err = shape.as_dict(chunk["error"])
+        raise UpstreamStreamError(
+            str(err.get("type") or "api_error"), str(err.get("message") or "upstream error")
+        )
 
 
 def wants_usage(body: dict[str, Any]) -> bool:
