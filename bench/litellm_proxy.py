@@ -59,7 +59,8 @@ def _config(path: Path, json_port: int, stream_port: int, paced_port: int) -> No
     )
 
 
-def start(json_port: int, stream_port: int, paced_port: int, cpus: tuple[int, ...]) -> Target:
+def launch(json_port: int, stream_port: int, paced_port: int, cpus: tuple[int, ...]) -> Target:
+    """Start the proxy and return at once (it takes many seconds to import); `wait_ready` before use."""
     from bench.system import WORK
 
     WORK.mkdir(parents=True, exist_ok=True)
@@ -79,13 +80,17 @@ def start(json_port: int, stream_port: int, paced_port: int, cpus: tuple[int, ..
         paced=Endpoint(port, "/v1/chat/completions", "bench-paced"),
         api_key=MASTER_KEY, process=child, worker_pids=lambda: _workers(child),
     )
-    try:
-        wait_port(port, 120, child.proc, "litellm")
-        _wait_ready(child, port)
-    except BaseException:
-        child.stop()
-        raise
     return target
+
+
+def wait_ready(target: Target) -> None:
+    assert target.process is not None
+    try:
+        wait_port(target.json.port, 120, target.process.proc, "litellm")
+        _wait_ready(target.process, target.json.port)
+    except BaseException:
+        target.process.stop()
+        raise
 
 
 def _workers(child: Child) -> list[int]:

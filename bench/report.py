@@ -425,6 +425,33 @@ def _pipeline_section(res: Results) -> list[str]:
     return lines
 
 
+def _profile_section(res: Results) -> list[str]:
+    prof = res.get("profile")
+    if not prof or not prof.get("samples"):
+        return []
+    cost = med(res, "chat_c16", "faregate", "cpu_us_per_req")
+    lines = ["## Where the gateway's CPU goes", ""]
+    if cost is not None:
+        lines += [f"At 16 connections the 1-worker gateway spends **{cost:,.0f} µs of CPU per request**; "
+                  f"4,000 req/s on one core leaves 250 µs for everything (framework, upstream call, Redis, "
+                  f"usage event). py-spy sampled the worker for {prof['seconds']:.0f} s under the same load "
+                  f"({prof['samples']} on-CPU samples, {fmt(prof.get('rps_while_sampled'), 0)} req/s while "
+                  f"sampled; the sampler slows it a little):", ""]
+    def cells(rows: list[dict[str, Any]], i: int, code: bool) -> list[str]:
+        if i >= len(rows):
+            return ["", ""]
+        name = f"`{rows[i]['name']}`" if code else rows[i]["name"]
+        return [name, f"{rows[i]['share_pct']:.1f}%"]
+
+    left, right = prof["by_package"], prof["by_step"]
+    rows = [cells(left, i, False) + cells(right, i, True) for i in range(max(len(left), len(right)))]
+    lines += table(["package running (self time)", "share", "hot-path step (deepest Faregate frame)",
+                    "share"], rows)
+    lines += ["Reproduce and dig further with `python -m bench.profile --seconds 20` (it leaves the "
+              "collapsed stacks for a flame graph in bench/.work/).", ""]
+    return lines
+
+
 def _notes(res: Results) -> list[str]:
     notes = [f"- Skipped **{what}**: {why}" for what, why in res.get("skipped", {}).items()]
     notes += [f"- Failed: {fail['what']}: {fail['error'][:500]}" for fail in res.get("failures", [])]
@@ -446,7 +473,8 @@ def markdown(res: Results) -> str:
     lines += ["## Targets from issue 10", ""]
     lines += table(["what", "target", "measured", "verdict", "how far"],
                    [[g.what, g.target, g.shown(), *g.verdict()] for g in goals(res)])
-    lines += _chat_section(res) + _stream_section(res) + _memory_section(res) + _pipeline_section(res)
+    lines += _chat_section(res) + _stream_section(res) + _memory_section(res) + _profile_section(res)
+    lines += _pipeline_section(res)
     lines += _notes(res)
     return "\n".join(lines)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -30,6 +30,7 @@ from bench import (
     litellm_proxy,
     nginx,
     pipeline,
+    profile,
     report,
     revocation,
     scenarios,
@@ -37,6 +38,7 @@ from bench import (
 )
 from bench.system import (
     ROOT,
+    WORK,
     BenchError,
     Child,
     Cores,
@@ -62,18 +64,25 @@ class Plan:
     paced_trials: int  # paced streams per target per round
     soak_s: float
     revocation_trials: int
+    profile_s: float  # py-spy sampling of the 1-worker gateway under load (0: none)
+    max_load_s: float  # longest a wrk run may be stretched for a slow target (see Bench._load)
     concurrency: tuple[int, ...] = (1, 16, 64)
     stream_concurrency: int = 16
     usage_rows: int = 1_000_000
-    pipeline_timeout_s: float = 300
+    pipeline_timeout_s: float = 240
+    # billing_bench's defaults (100k events, 15 s paced) take 2.5 min here: sized to fit the 20-minute budget.
+    billing_args: tuple[str, ...] = ()
 
 
 PLANS = {
-    "full": Plan("full", rounds=3, load_s=3, stream_s=2, paced_trials=5, soak_s=600, revocation_trials=100),
-    "quick": Plan("quick", rounds=1, load_s=2, stream_s=1, paced_trials=3, soak_s=20, revocation_trials=20,
-                  usage_rows=100_000, pipeline_timeout_s=60),
+    "full": Plan("full", rounds=3, load_s=3, stream_s=2, paced_trials=5, soak_s=600, revocation_trials=100,
+                 profile_s=10, max_load_s=15,
+                 billing_args=("--events", "50000", "--rate", "2000", "--seconds", "10")),
+    "quick": Plan("quick", rounds=1, load_s=2, stream_s=1, paced_trials=3, soak_s=10, revocation_trials=20,
+                  profile_s=3, max_load_s=4, usage_rows=100_000, pipeline_timeout_s=90,
+                  billing_args=("--events", "10000", "--rate", "1000", "--seconds", "3")),
     "smoke": Plan("smoke", rounds=1, load_s=1, stream_s=0.5, paced_trials=3, soak_s=0, revocation_trials=5,
-                  concurrency=(1, 16), usage_rows=10_000, pipeline_timeout_s=60),
+                  profile_s=0, max_load_s=2, concurrency=(1, 16), usage_rows=10_000, pipeline_timeout_s=60),
 }
 
 
@@ -103,6 +112,7 @@ class Bench:
         self.stack: gateway.Stack | None = None
         self.engines: engines.Engines | None = None
         self.ports: nginx.Ports | None = None
+        self.capacity: dict[tuple[str, str], float] = {}  # best req/s seen per (target, json|stream)
         self.results: dict[str, Any] = {"scenarios": {}, "memory": {}, "skipped": {}, "setup": {}}
 
     # --- bring-up -------------------------------------------------------------------------------------------
@@ -122,8 +132,16 @@ class Bench:
         hop_child, hop_ports = nginx.start_hop(self.cores, ports)
         hop = targets.hop(hop_child, hop_ports.json, hop_ports.stream, hop_ports.paced)
         self.targets.append(hop)
+        # LiteLLM imports for many seconds: let it do so while the gateways start.
+        litellm = self._launch_litellm(ports)
         self._start_faregate(ports)
-        self._start_litellm(ports)
+        if litellm is not None:
+            try:
+                litellm_proxy.wait_ready(litellm)
+                self.targets.append(litellm)
+            except (BenchError, OSError) as exc:
+                self.results["skipped"]["litellm"] = f"could not start: {str(exc)[:1500]}"
+                log(f"LiteLLM skipped: {exc}")
         time.sleep(1)
         for t in self.targets + ([self.multi] if self.multi else []):
             if t.process is not None:
@@ -153,19 +171,20 @@ class Bench:
             self.results["skipped"]["faregate"] = f"could not start: {str(exc)[:1500]}"
             log(f"Faregate skipped: {exc}")
 
-    def _start_litellm(self, ports: nginx.Ports) -> None:
+    def _launch_litellm(self, ports: nginx.Ports) -> Target | None:
         if not self.want_litellm:
             self.results["skipped"]["litellm"] = "not requested (--no-litellm / smoke mode)"
-            return
+            return None
         try:
             if not litellm_proxy.installed():
                 log(f"installing LiteLLM {litellm_proxy.VERSION} into bench/.venv-litellm (once)")
             self.results["setup"]["litellm_install_s"] = round(litellm_proxy.install(), 1)
             log("starting LiteLLM proxy (1 worker, system-under-test core)")
-            self.targets.append(litellm_proxy.start(ports.json, ports.stream, ports.paced, self.cores.sut))
+            return litellm_proxy.launch(ports.json, ports.stream, ports.paced, self.cores.sut)
         except (BenchError, OSError) as exc:
             self.results["skipped"]["litellm"] = f"could not start: {str(exc)[:1500]}"
             log(f"LiteLLM skipped: {exc}")
+            return None
 
     def stop(self) -> None:
         for t in [*self.targets, *([self.multi] if self.multi else [])]:
@@ -193,32 +212,71 @@ class Bench:
             with step(self.results, scenario, f"{scenario} on {target.name}"):
                 self._record(target, scenario, run(target))
 
+    def _load(self, which: str, connections: int) -> Callable[[Target], dict[str, Any]]:
+        """A wrk run long enough for this target: wrk counts only requests that finished, so a run must
+        last many request latencies or the requests still in flight at the end (up to `connections` of them)
+        bias a slow target's req/s down. Eight latencies, from the best rate seen so far, keep that under
+        ~6% (within the plan's cap: quick mode accepts more)."""
+
+        def run(t: Target) -> dict[str, Any]:
+            best = self.capacity.get((t.name, which), 0.0)
+            latency = connections / best if best else 1.0
+            seconds = min(max(self.plan.load_s, 8 * latency), max(self.plan.load_s, self.plan.max_load_s))
+            out = scenarios.load(t, which, connections, seconds, self.cores)
+            self.capacity[(t.name, which)] = max(best, out["rps"])
+            return out
+
+        return run
+
     def measure(self) -> None:
         plan = self.plan
         for t in self.targets + ([self.multi] if self.multi else []):  # warm-up, not recorded
             with step(self.results, "warmup", f"warm-up of {t.name}"):
-                scenarios.load(t, "json", 16, 1, self.cores)
+                # Both kinds of request once (some proxies set things up on their first stream), then a
+                # rough rate for sizing the runs.
+                scenarios.stream_timing(t, 0.2)
+                for which in ("json", "stream"):
+                    res = scenarios.load(t, which, 4, 1, self.cores)
+                    self.capacity[(t.name, which)] = res["rps"]
         for r in range(plan.rounds):
             log(f"round {r + 1}/{plan.rounds}")
             for c in plan.concurrency:
-                chat = functools.partial(scenarios.load, which="json", connections=c, seconds=plan.load_s,
-                                         cores=self.cores)
-                self._each(f"chat_c{c}", r, chat, include_multi=c > 1)
+                self._each(f"chat_c{c}", r, self._load("json", c), include_multi=c > 1)
             sc = plan.stream_concurrency
-            streams = functools.partial(scenarios.load, which="stream", connections=sc, seconds=plan.load_s,
-                                        cores=self.cores)
-            self._each(f"stream_c{sc}", r, streams, include_multi=True)
+            self._each(f"stream_c{sc}", r, self._load("stream", sc), include_multi=True)
             self._each("stream_timing_c1", r, lambda t: scenarios.stream_timing(t, plan.stream_s))
             self._each("paced", r, lambda t: scenarios.paced(t, plan.paced_trials, PACED_INTERVAL_MS))
         for t in self.targets + ([self.multi] if self.multi else []):
             if t.process is not None:
                 self.results["memory"].setdefault(t.name, {})["after_load"] = t.memory()
+        self._profile()
         self._soak()
         self._revocation()
         self._pipeline()
 
     def _faregate(self) -> Target | None:
         return next((t for t in self.targets if t.name == "faregate"), None)
+
+    def _profile(self) -> None:
+        fg = self._faregate()
+        if fg is None or self.plan.profile_s <= 0 or fg.worker_pids is None:
+            return
+        if profile.py_spy() is None:
+            self.results["skipped"]["profile"] = "py-spy is not installed (pip install py-spy)"
+            return
+        log(f"profile: py-spy on the 1-worker gateway for {self.plan.profile_s:.0f}s at 16 connections")
+        with step(self.results, "profile", "profile"):
+            worker = fg.worker_pids()[0]
+            loaded: dict[str, Any] = {}
+            thread = threading.Thread(target=lambda: loaded.update(
+                scenarios.load(fg, "json", 16, self.plan.profile_s + 2, self.cores)))
+            thread.start()
+            try:
+                raw = profile.sample(worker, self.plan.profile_s, WORK / "profile.collapsed")
+            finally:
+                thread.join()
+            self.results["profile"] = {**profile.summarize(raw), "rps_while_sampled": loaded.get("rps"),
+                                       "seconds": self.plan.profile_s}
 
     def _soak(self) -> None:
         fg = self._faregate()
@@ -251,10 +309,9 @@ class Bench:
             self.results["skipped"]["pipeline"] = "not requested (--no-pipeline / smoke mode)"
             return
         log("billing throughput (bench/billing_bench.py)")
-        quick = ["--quick"] if self.plan.mode != "full" else []
         # These measure whole services on the machine, not one process on one core: they get every core.
-        self.results["billing"] = pipeline.run_script("billing_bench", quick, self.plan.pipeline_timeout_s,
-                                                      self.cores.all)
+        self.results["billing"] = pipeline.run_script("billing_bench", list(self.plan.billing_args),
+                                                      self.plan.pipeline_timeout_s, self.cores.all)
         log(f"usage dashboard at {self.plan.usage_rows:,} rows (bench/usage_bench.py)")
         self.results["usage"] = pipeline.run_script("usage_bench", ["--rows", str(self.plan.usage_rows)],
                                                     self.plan.pipeline_timeout_s, self.cores.all)
