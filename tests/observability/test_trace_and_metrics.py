@@ -142,14 +142,11 @@ async def test_a_request_through_the_gateway_shows_on_metrics(
     assert "faregate_usage_batch_duration_seconds_bucket" in usage_metrics
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue 4 (gateway): usage.recorded is published after the request's only span ('upstream attempt') has "
-    "ended and no request span is open, so no traceparent travels in its headers and the usage span starts a "
-    "new trace. Strict: this fails loudly once the gateway opens a request span with gen_ai.* attributes and "
-    "publishes inside it; then drop the marker."))
 async def test_the_usage_span_joins_the_gateway_requests_trace(
         spans: InMemorySpanExporter, world: World, gateway: AsyncTestClient[Any],
         usage_log: Resources) -> None:
+    """gateway request span (SERVER, gen_ai.*) -> its upstream attempt, and -> through usage.recorded's
+    traceparent on NATS -> the usage consumer's span (CONSUMER, gen_ai.*): one trace."""
     rid, prompt_tokens = await _one_streamed_request(world, gateway)
 
     async def seen() -> bool:
@@ -169,6 +166,11 @@ async def test_the_usage_span_joins_the_gateway_requests_trace(
     assert consumed.parent.span_id in {s.context.span_id for s in same_trace}
     root = [s for s in same_trace if s.parent is None]
     assert len(root) == 1 and root[0].kind == SpanKind.SERVER
+    assert consumed.parent.span_id == root[0].context.span_id
     attrs = dict(root[0].attributes or {})
+    assert attrs.get("gen_ai.operation.name") == "chat"
     assert attrs.get("gen_ai.request.model") == "gpt-4o-mini"
     assert attrs.get("gen_ai.usage.input_tokens") == prompt_tokens
+    attempts = [s for s in same_trace if s.name == "upstream attempt"]
+    assert attempts and all(a.parent is not None and a.parent.span_id == root[0].context.span_id
+                            for a in attempts)
