@@ -100,6 +100,11 @@ DELETE FROM notifier.outbox
 WHERE status IN ('sent', 'cancelled', 'failed') AND created_at < now() - make_interval(days => $1)
 """
 
+BACKLOG = """
+SELECT channel, count(*) AS pending, extract(epoch FROM now() - min(created_at)) AS oldest_s
+FROM notifier.outbox WHERE status = 'pending' GROUP BY channel
+"""
+
 PRUNE_PROCESSED = """
 DELETE FROM notifier.processed_events WHERE processed_at < now() - make_interval(days => $1)
 """

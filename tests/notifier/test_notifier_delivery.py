@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from prometheus_client import REGISTRY
 
 from services.notifier import consumer, housekeeping
 from services.notifier.notifications import Context
@@ -588,3 +589,21 @@ async def test_a_webhook_host_that_turned_private_is_refused_at_send_time(
             await asyncio.sleep(0.05)
     assert rows and rows[0]["last_error"] == "webhook URL resolves to a private or local address"
     assert receiver.attempts == 0
+
+
+async def test_the_backlog_is_visible_as_metrics(resources: Resources) -> None:
+    """What an operator watches to see that SMTP is down: how many wait, and for how long."""
+    assert resources.pool
+    await resources.pool.execute(
+        "INSERT INTO notifier.outbox (dedupe_key, channel, recipient, kind, event_type, payload, created_at)"
+        " VALUES ($1, 'email', 'admin:ops@example.com', 'channel_open', 'channel.state_changed', '{}',"
+        " now() - interval '10 minutes')",
+        uid("metrics"),
+    )
+    await housekeeping.measure(resources.pool)
+    pending = REGISTRY.get_sample_value("faregate_notifier_outbox_pending", {"channel": "email"})
+    oldest = REGISTRY.get_sample_value(
+        "faregate_notifier_outbox_oldest_pending_seconds", {"channel": "email"}
+    )
+    assert pending is not None and pending >= 1
+    assert oldest is not None and oldest >= 600
