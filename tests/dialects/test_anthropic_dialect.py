@@ -449,3 +449,12 @@ def test_count_tokens_bodies_translate_without_max_tokens() -> None:
     with pytest.raises(InvalidField):
         anthropic.request_to_openai(body)
     assert anthropic.count_tokens_response(12) == {"input_tokens": 12}
+
+
+def test_message_start_carries_the_gateways_prompt_estimate_and_message_delta_the_truth() -> None:
+    conv = anthropic.StreamFromOpenAI("m", input_tokens=321)
+    events = _anthropic_events(
+        [f for c in openai_chunks(OPENAI_TEXT_STREAM) for f in conv.feed(c)] + conv.finish()
+    )
+    assert events[0][1]["message"]["usage"]["input_tokens"] == 321
+    assert events[-2][1]["usage"]["input_tokens"] == 20

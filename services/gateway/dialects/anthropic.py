@@ -751,8 +751,11 @@ class StreamFromOpenAI:
     `finish(usage)` once (usage from the upstream's final chunk, or counted by the gateway), or
     `error(...)`."""
 
-    def __init__(self, model: str, message_id: str | None = None) -> None:
+    def __init__(self, model: str, message_id: str | None = None, input_tokens: int = 0) -> None:
+        # `input_tokens`: the gateway's own count of the prompt, for `message_start` (the upstream's exact
+        # usage only arrives at the end, in `message_delta`).
         self.model = model
+        self.input_tokens = input_tokens
         self.id = message_id or "msg_" + uuid.uuid4().hex[:24]
         self.stop_reason: str | None = None
         self.usage: TokenUsage | None = None
@@ -774,7 +777,7 @@ class StreamFromOpenAI:
             "stop_reason": None,
             "stop_sequence": None,
             "usage": {
-                "input_tokens": 0,
+                "input_tokens": self.input_tokens,
                 "cache_creation_input_tokens": 0,
                 "cache_read_input_tokens": 0,
                 "output_tokens": 0,
