@@ -9,7 +9,7 @@ form, OpenAI Chat Completions JSON as plain dicts. No I/O here; the gateway wire
 
 How the gateway chains them for a client in dialect C and an upstream in dialect U (C != U):
 
-How the gateway chains them for a client in dialect C and an upstream in dialect U (when C != U):
+    internal = C.request_to_openai(body)  # or responses.request_to_chat(body), gemini's (body, model, stream)
     upstream = U.request_from_openai(internal, model)  # openai: to_upstream(internal, model, translated=True)
     whole:   C.response_from_openai(U.response_to_openai(answer), model)
     stream:  up = U.StreamToOpenAI(...); down = C.StreamFromOpenAI(model)
