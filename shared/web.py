@@ -11,6 +11,7 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
+from litestar.logging.config import LoggingConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
@@ -96,6 +97,16 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             request_id_var.reset(token)
 
     return middleware
+
+
+def logging_config() -> LoggingConfig:
+    """Litestar's logging, routed into ours: by default Litestar replaces the root handler with its own text
+    format; this keeps `shared.logs` JSON lines and still logs uncaught exceptions (through the root logger)."""
+    return LoggingConfig(
+        configure_root_logger=False,
+        loggers={"litestar": {"level": "INFO", "handlers": [], "propagate": True}},
+        log_exceptions="always",
+    )
 
 
 def metrics_payload() -> bytes:

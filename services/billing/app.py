@@ -20,7 +20,7 @@ from services.billing.auth import Authenticator, Caller, internal_ok, require_ad
 from services.billing.config import BillingSettings
 from services.billing.funding import Funding
 from services.billing.guard import BillingGuard
-from shared import bus, config, logs, telemetry
+from shared import bus, config, logs, telemetry, web
 from shared.config import CommonSettings
 from shared.money import parse_usd, usd
 from shared.runtime import open_resources
@@ -373,6 +373,7 @@ def create_app(settings: BillingSettings, common: CommonSettings, *, consume: bo
             yield
 
     return Litestar(
+        logging_config=web.logging_config(),
         route_handlers=[*HANDLERS, *ops_handlers(checks)],
         dependencies={"caller": Provide(provide_caller)},
         lifespan=[lifespan],

@@ -36,7 +36,7 @@ from services.gateway.errors import (
 from services.gateway.providers import openai as oai
 from services.gateway.relay import Call
 from services.gateway.usage import Usage
-from shared import config, logs, telemetry
+from shared import config, logs, telemetry, web
 from shared.catalog import Model
 from shared.config import CommonSettings
 from shared.events import ModelPrice
@@ -467,6 +467,7 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
 
     ready_checks: dict[str, Any] = {}
     return Litestar(
+        logging_config=web.logging_config(),
         route_handlers=[
             *ops_handlers(ready_checks),
             chat_completions,

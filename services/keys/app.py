@@ -28,7 +28,7 @@ from services.keys import (
 from services.keys.config import KeysSettings
 from services.keys.context import Ctx
 from services.keys.web import provide_ctx
-from shared import bus, config, logs, telemetry
+from shared import bus, config, logs, telemetry, web
 from shared.config import CommonSettings
 from shared.events import AnyEvent
 from shared.runtime import Resources, open_resources
@@ -89,6 +89,7 @@ def create_app(settings: KeysSettings, common: CommonSettings) -> Litestar:
         await check("nats")
 
     return Litestar(
+        logging_config=web.logging_config(),
         route_handlers=[
             *ops_handlers({"postgres": postgres, "redis": redis, "nats": nats}),
             auth_api.router,

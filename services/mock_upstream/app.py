@@ -11,7 +11,7 @@ from litestar.datastructures import State
 from services.mock_upstream import anthropic_api, gemini_api, openai_api
 from services.mock_upstream.config import MockUpstreamSettings
 from services.mock_upstream.exchange import stats_of
-from shared import config, logs, telemetry
+from shared import config, logs, telemetry, web
 from shared.config import CommonSettings
 from shared.web import ops_handlers, request_id_middleware
 
@@ -42,6 +42,7 @@ def create_app(settings: MockUpstreamSettings, common: CommonSettings) -> Litest
     from services.mock_upstream.stats import Stats
 
     return Litestar(
+        logging_config=web.logging_config(),
         route_handlers=[
             *ops_handlers({}),
             list_models,

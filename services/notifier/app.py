@@ -21,7 +21,7 @@ from services.notifier.deliveries import Delivery
 from services.notifier.notifications import CHANNELS, Context
 from services.notifier.preferences import PrefsUpdate, PrefsView
 from services.notifier.sender import Sender
-from shared import bus, config, logs, telemetry
+from shared import bus, config, logs, telemetry, web
 from shared.config import CommonSettings
 from shared.runtime import open_resources
 from shared.web import ReadyCheck, ServiceError, ops_handlers, request_id_middleware, service_error_handler
@@ -104,6 +104,7 @@ def create_app(settings: NotifierSettings, common: CommonSettings) -> Litestar:
             yield
 
     return Litestar(
+        logging_config=web.logging_config(),
         route_handlers=[get_preferences, put_preferences, rotate_secret, test_webhook, list_deliveries,
                         retry_delivery, *ops_handlers(checks)],
         dependencies={"caller": Provide(provide_caller)},

@@ -33,7 +33,7 @@ from prometheus_client import Gauge
 from services.usage import balance, consumer, periods, reports, retention
 from services.usage.auth import Authenticator, Principal, scope
 from services.usage.config import UsageSettings
-from shared import config, logs, telemetry
+from shared import config, logs, telemetry, web
 from shared.config import CommonSettings
 from shared.runtime import open_resources
 from shared.web import ReadyCheck, ServiceError, ops_handlers, request_id_middleware, service_error_handler
@@ -167,6 +167,7 @@ def create_app(settings: UsageSettings, common: CommonSettings, *, consumers: bo
             yield
 
     return Litestar(
+        logging_config=web.logging_config(),
         route_handlers=[get_summary, get_series, get_keys, get_logs, get_logs_csv, *ops_handlers(checks)],
         dependencies={"who": Provide(current_principal)},
         middleware=[request_id_middleware],
