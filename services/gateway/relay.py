@@ -532,29 +532,34 @@ class SSEUsageFilter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> bytes:
+        """The complete events of what has arrived, minus a usage-only chunk the client did not ask for.
+        Raises UpstreamStreamError on an error event or malformed JSON (whose text must not reach the client)."""
         self._buf += chunk
         end = self._buf.rfind(b"\n\n")
         if end < 0:
             return b""
         ready, self._buf = self._buf[: end + 2], self._buf[end + 2 :]
-        if b'"usage":{' not in ready and b'"usage": {' not in ready:
-            # The common case: nothing to decode, forward the bytes as they came.
-            self.payloads.append(ready)
-            return ready
+        self.payloads.append(ready)
+        dropped = False
         out = []
         for event in ready.split(b"\n\n"):
-            if not event:
+            if not event.startswith(b"data:"):
+                out.append(event)
                 continue
-            if b'"usage":{' in event or b'"usage": {' in event:
-                usage, only = oai.stream_event_usage(event[6:] if event.startswith(b"data: ") else event)
-                if usage is not None:
-                    self.usage = usage
-                    if only and not self.client_wants_usage:
-                        continue
-            else:
-                self.payloads.append(event)
-            out.append(event + b"\n\n")
-        return b"".join(out)
+            data = event[5:].lstrip()
+            if data == b"[DONE]":
+                out.append(event)
+                continue
+            usage, usage_only = oai.probe_event(data)
+            if usage is not None:
+                self.usage = usage
+                if usage_only and not self.client_wants_usage:
+                    dropped = True
+                    continue
+            out.append(event)
+        if not dropped:
+            return ready  # the common case: forward the bytes exactly as they came
+        return b"\n\n".join(e for e in out if e) + b"\n\n"
 
     def rest(self) -> bytes:
         rest, self._buf = self._buf, b""
@@ -598,11 +603,11 @@ def stream_body(
             if rest:
                 yield rest
             ended = True
-        except (TimeoutError, httpx.HTTPError) as exc:
+        except (TimeoutError, httpx.HTTPError, UpstreamStreamError) as exc:
             failed: GatewayError = (
                 UpstreamTimeout("The upstream stopped sending mid-stream.")
                 if isinstance(exc, TimeoutError | httpx.TimeoutException)
-                else BadUpstream("The upstream connection broke mid-stream.")
+                else BadUpstream("The upstream stream broke or reported an error mid-stream.")
             )
             call.fail(failed)
             metrics.UPSTREAM_ERRORS.labels(call.channel_id, "mid_stream").inc()

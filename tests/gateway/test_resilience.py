@@ -256,3 +256,48 @@ async def test_a_recovered_channel_is_closed_by_its_probe(
         return bool(gw.breaker.view["healing"].state == "closed")
 
     await eventually(closed)
+
+
+@pytest.mark.parametrize("fault", ["error_after=3", "garbage=1"])
+async def test_an_error_or_garbage_inside_the_stream_becomes_our_own_error_event(
+    world: World, gateway: AsyncTestClient[Any], fault: str
+) -> None:
+    await use(world, gateway, [ch(world, "noisy", fault=fault)])
+    secret, _ = await world.add_key()
+    r = await gateway.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True},
+        headers={"authorization": f"Bearer {secret}"},
+    )
+    frames = [f for f in r.text.split("\n\n") if f.strip()]
+    last = msgspec.json.decode(frames[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "bad_upstream_response"
+    # the upstream's own error event (or junk) stays with the gateway: ours is the only error the client sees
+    assert "mock" not in frames[-1].lower() and not any('"error"' in f for f in frames[:-1])
+    [event] = await usage_events(world.res, {r.headers["x-request-id"]})
+    assert event.status == 502 and event.error_code == "bad_upstream_response"
+
+
+async def test_an_anthropic_upstream_error_event_reaches_an_openai_client_as_an_error(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
+    from shared import catalog as cat
+    from shared import crypto
+    from tests.gateway.conftest import MOCK_KEY
+
+    claude = cat.Channel(
+        id="claude",
+        name="claude",
+        provider="anthropic",
+        base_url=world.mock.url,
+        api_keys_enc=(crypto.seal(MOCK_KEY, world.common.secret_key),),
+        models=("gpt-4o-mini",),
+        model_map={"gpt-4o-mini": "claude-haiku-4-5@error_after=4"},
+    )
+    await use(world, gateway, [claude])
+    secret, _ = await world.add_key()
+    with pytest.raises(openai.APIError):
+        async for _ in await sdk(gateway, secret).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        ):
+            pass

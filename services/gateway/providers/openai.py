@@ -83,6 +83,35 @@ def response_usage(raw: bytes) -> Usage | None:
     return _usage(parsed.usage) if parsed.usage is not None else None
 
 
+_NULL = msgspec.Raw(b"null")
+
+
+class _Probe(msgspec.Struct):
+    """One stream event, decoded only as far as the gateway needs: nested objects are skipped (but still
+    checked to be well-formed JSON), so this costs about a microsecond per chunk."""
+
+    usage: _Usage | None = None
+    choices: msgspec.Raw = _NULL
+    error: msgspec.Raw = _NULL
+
+
+_decode_probe = msgspec.json.Decoder(_Probe).decode
+
+
+def probe_event(data: bytes) -> tuple[Usage | None, bool]:
+    """(usage, is_usage_only_chunk) of one `data:` payload. Raises UpstreamStreamError when the upstream
+    reports an error inside the stream or sends something that is not JSON."""
+    try:
+        parsed = _decode_probe(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise UpstreamStreamError("malformed", "the upstream sent a malformed stream event") from None
+    if bytes(parsed.error) != b"null":
+        raise UpstreamStreamError("upstream_error", "the upstream reported an error mid-stream")
+    if parsed.usage is None:
+        return None, False
+    return _usage(parsed.usage), bytes(parsed.choices).strip() in (b"[]", b"null")
+
+
 def stream_event_usage(data: bytes) -> tuple[Usage | None, bool]:
     """(usage, is_usage_only_chunk) of one `data:` payload that mentions usage."""
     try:
