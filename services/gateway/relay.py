@@ -533,7 +533,7 @@ class SSEUsageFilter:
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete events of what has arrived, minus a usage-only chunk the client did not ask for.
-        Raises UpstreamStreamError on an error event or malformed JSON (whose text must not reach the client)."""
+        Raises UpstreamStreamError on an error event or malformed JSON (its text must not reach clients)."""
         self._buf += chunk
         end = self._buf.rfind(b"\n\n")
         if end < 0:
