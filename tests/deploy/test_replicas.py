@@ -2,7 +2,7 @@
 one Postgres, Redis and NATS, as the Kubernetes Deployments do. Traffic goes through both gateways; every
 request is debited once and logged once, the wallet moves by exactly the priced cost, the two replicas of each
 consumer split the work between them (one durable consumer per service), and when one replica of each stops,
-the other takes over the rest.
+the other takes over the rest. A gateway stopped in the middle of a streamed response lets it finish first.
 
 Every part is a real `faregate <service>` process; each has its own data directory, as each pod has its own
 emptyDir.
@@ -223,5 +223,80 @@ async def test_two_of_everything_debit_and_log_each_request_once(common: CommonS
         expected = await _price(common, sent)
         assert expected > 0
         assert before - after == expected
+    finally:
+        await pool.close()
+
+
+SLOW_MODEL = "gpt-4o"
+SLOW_CHUNKS = 24
+
+
+async def _slow_streams_on_the_mock(common: CommonSettings, gateway: procs.ServiceProcess,
+                                    api_key: str) -> None:
+    """Make the demo channel stream SLOW_MODEL slowly (the mock reads its faults from the upstream model
+    name), then wait until `gateway` routes with the new catalog: its streams of SLOW_MODEL turn slow."""
+    from services.keys import catalog_admin
+    from services.keys.config import KeysSettings
+    from services.keys.context import Ctx
+    from services.keys.schemas import ChannelPatch
+    from shared import config
+    from shared.runtime import open_resources
+
+    fault = f"{SLOW_MODEL}@delay_chunk_ms=250;chunks={SLOW_CHUNKS}"
+    async with open_resources(common, "deploy-test", pool_size=2) as res:
+        await catalog_admin.update_channel(Ctx.from_resources(config.load(KeysSettings), res), "mock",
+                                           ChannelPatch(model_map={SLOW_MODEL: fault}))
+    async with httpx.AsyncClient(timeout=30) as client:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            async with client.stream("POST", gateway.url + "/v1/chat/completions",
+                                     headers={"authorization": f"Bearer {api_key}"},
+                                     json={"model": SLOW_MODEL, "stream": True, "max_tokens": 20,
+                                           "messages": [{"role": "user", "content": "probe"}]}) as r:
+                assert r.status_code == 200
+                events = 0
+                async for line in r.aiter_lines():
+                    events += line.startswith("data:")
+                    if events == 3:
+                        break
+            if time.monotonic() - started > 0.4:  # three events 250 ms apart: the new catalog is in use
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError("the gateway never picked up the slow channel")
+
+
+async def test_a_stopping_gateway_finishes_the_stream_in_flight(common: CommonSettings, stack: Stack) -> None:
+    """What the pod's preStop and termination grace rely on: SIGTERM in the middle of a streamed response lets
+    it finish, its usage is still recorded and debited, and the process exits cleanly."""
+    demo = await keys_seed.seed_demo(common, upstream_base_url=stack.mock.url)
+    leaving = stack.gateways[0]
+    await _slow_streams_on_the_mock(common, leaving, demo.api_key)
+    client = openai.AsyncOpenAI(base_url=leaving.url + "/v1", api_key=demo.api_key, max_retries=0)
+    try:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=SLOW_MODEL, messages=[{"role": "user", "content": "A long story, please."}],
+            max_tokens=200, stream=True, stream_options={"include_usage": True})
+        request_id = raw.headers["x-request-id"]
+        pieces, usage, stopping = 0, None, None
+        started = time.monotonic()
+        async for chunk in raw.parse():
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces += 1
+            usage = chunk.usage or usage
+            if stopping is None:  # the first event is here: the pod is being deleted now
+                stopping = asyncio.create_task(asyncio.to_thread(leaving.stop))
+        assert stopping is not None
+        exit_code = await stopping
+    finally:
+        await client.close()
+    assert time.monotonic() - started > 3  # it really was a long stream, and SIGTERM came early in it
+    assert pieces >= SLOW_CHUNKS - 1 and usage is not None and usage.completion_tokens > 0
+    assert exit_code == 0, leaving.log()[-3000:]
+    pool = await asyncpg.create_pool(common.database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        assert await _count(pool, LEDGER, [request_id], 1) == 1
+        assert await _count(pool, LOG, [request_id], 1) == 1
     finally:
         await pool.close()
