@@ -25,6 +25,7 @@ from shared import cache
 from shared import events as ev
 from shared.config import CommonSettings
 from shared.crypto import hash_api_key
+from shared.wallet import SpendGuard
 from tests.keys.conftest import Tap, User, register
 
 INTERNAL = "/internal/keys/"
@@ -437,3 +438,18 @@ async def test_with_redis_unreachable_a_change_is_still_announced_and_the_caller
     assert again.status_code == 200
     snap = await snapshot_in_redis(ctx.common, hash_api_key(alice.api_key))
     assert snap is not None and snap.status == "disabled"
+
+
+async def test_quota_used_and_left_come_from_what_billing_debited(client: AsyncTestClient[Litestar],
+                                                                  ctx: Ctx) -> None:
+    alice = await register(client)
+    r = await alice.post("/api/keys", json={"label": "capped", "quota_micros": 2_000_000})
+    key_id = r.json()["key"]["id"]
+    # Billing keeps `used` in the spend guard's quota hash after each debit (shared/wallet.py).
+    await SpendGuard(ctx.redis, ctx.keys).set_quota(key_id, 2_000_000, 750_001)
+    shown = (await alice.get(f"/api/keys/{key_id}")).json()
+    assert shown["quota_used_micros"] == 750_001 and shown["quota_left_micros"] == 1_249_999
+    listed = next(k for k in (await alice.get("/api/keys")).json()["items"] if k["id"] == key_id)
+    assert listed["quota_left_micros"] == 1_249_999
+    unlimited = (await alice.get(f"/api/keys/{alice.key_id}")).json()
+    assert unlimited["quota_micros"] == 0 and unlimited["quota_left_micros"] is None
