@@ -1,7 +1,7 @@
-"""One paid request end to end (issue 2): the demo account and key seeded by keys, its wallet funded by billing,
-real billing and usage processes consuming the gateway's usage.recorded. The OpenAI SDK calls the gateway,
-streaming and not; the wallet goes down by exactly the priced cost, one log row exists per request, and the same
-usage.recorded published again changes nothing."""
+"""One paid request end to end (issue 2): the demo account and key seeded by keys, its wallet funded by
+billing, real billing and usage processes consuming the gateway's usage.recorded. The OpenAI SDK calls the
+gateway, streaming and not; the wallet goes down by exactly the priced cost, one log row exists per request,
+and the same usage.recorded published again changes nothing."""
 
 from __future__ import annotations
 
