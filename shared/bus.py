@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError
 from prometheus_client import Counter, Gauge
 
 from shared import events as ev
@@ -244,10 +244,12 @@ async def ensure_consumer(js: JetStreamContext, namespace: str, spec: ConsumerSp
     )
     try:
         await js.add_consumer(sname, config)
-    except BadRequestError:
-        # Exists with other settings: update what may be updated.
-        with contextlib.suppress(BadRequestError, NotFoundError):
-            await js.update_consumer(sname, config)
+    except BadRequestError as exc:
+        # The durable exists with other settings (an older release declared it): keep consuming with it rather
+        # than stop; an operator applies the new settings by deleting the consumer (deploy/README.md, replay).
+        await js.consumer_info(sname, spec.durable)  # raises NotFoundError if it truly is not there
+        log.warning("consumer exists with different settings; using it as is",
+                    extra={"consumer": spec.durable, "error": str(exc)})
 
 
 async def run_consumer(

@@ -105,7 +105,7 @@ def load(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
             values[field] = _convert(name, env[name], hints[field])
     try:
         return cls(**values)
-    except (TypeError, msgspec.ValidationError) as exc:
+    except (TypeError, ValueError, msgspec.ValidationError) as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from None
 
 

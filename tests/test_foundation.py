@@ -21,6 +21,11 @@ def test_unknown_setting_fails_naming_the_variable() -> None:
         config.load(CommonSettings, {"FAREGATE_DATABSE_URL": "postgresql://x"})
 
 
+def test_invalid_common_setting_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="FAREGATE_LOG_FORMAT"):
+        config.load(CommonSettings, {"FAREGATE_LOG_FORMAT": "xml"})
+
+
 def test_malformed_setting_fails_naming_the_variable() -> None:
     from services.gateway.config import GatewaySettings
 
@@ -66,10 +71,13 @@ def test_services_never_import_each_other_and_shared_imports_no_service() -> Non
 async def test_publish_is_deduplicated_by_event_id(resources: Resources) -> None:
     assert resources.publisher and resources.js
     e = events.CatalogChanged(version=1)
+    first = await resources.js.publish(f"{resources.common.namespace}.catalog.changed", events.encode(e),
+                                       headers={"Nats-Msg-Id": e.event_id})
     await resources.publisher.publish(e)
-    await resources.publisher.publish(e)
-    info = await resources.js.stream_info(bus.stream_name(resources.common.namespace, bus.STREAMS[1]))
-    assert info.state.messages == 1
+    again = await resources.js.publish(f"{resources.common.namespace}.catalog.changed", events.encode(e),
+                                       headers={"Nats-Msg-Id": e.event_id})
+    assert not first.duplicate and again.duplicate
+    assert again.seq == first.seq  # the stream kept one copy
 
 
 async def test_spooled_events_are_published_once_when_nats_returns(resources: Resources,
@@ -102,15 +110,16 @@ async def test_spooled_events_are_published_once_when_nats_returns(resources: Re
 async def test_consumer_terminates_malformed_and_acks_after_handler(resources: Resources) -> None:
     assert resources.js and resources.publisher
     ns = resources.common.namespace
-    spec = bus.ConsumerSpec(durable="tests-probe", stream="OPS", filter_subjects=("channel.state_changed",))
+    # A subject of its own, so events other tests publish in this session don't reach this consumer.
+    spec = bus.ConsumerSpec(durable="tests-probe", stream="OPS", filter_subjects=("channel.probe_test",))
     handled: list[str] = []
 
     async def handle(batch):  # type: ignore[no-untyped-def]
         handled.extend(e.event_id for _, e in batch)
 
-    await resources.js.publish(f"{ns}.channel.state_changed", b"{not json")
+    await resources.js.publish(f"{ns}.channel.probe_test", b"{not json")
     good = events.ChannelStateChanged(channel_id="c1", state="open")
-    await resources.publisher.publish(good)
+    await resources.js.publish(f"{ns}.channel.probe_test", events.encode(good))
     stop = asyncio.Event()
     task = asyncio.create_task(bus.run_consumer(resources.js, ns, spec, handle, stop))
     for _ in range(50):
@@ -120,5 +129,8 @@ async def test_consumer_terminates_malformed_and_acks_after_handler(resources: R
     stop.set()
     await task
     assert handled == [good.event_id]
+    # Declared again by a release with other settings: it keeps the existing consumer instead of crashing.
+    await bus.ensure_consumer(resources.js, ns, bus.ConsumerSpec(
+        durable="tests-probe", stream="OPS", filter_subjects=("channel.probe_test",), ack_wait_s=99))
     info = await resources.js.consumer_info(bus.stream_name(ns, bus.STREAMS[3]), "tests-probe")
     assert info.num_ack_pending == 0 and info.num_pending == 0
