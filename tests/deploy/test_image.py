@@ -3,6 +3,7 @@ ships the packages the CLI imports, and its runtime stage is the small non-root 
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -168,3 +169,56 @@ def test_entry_point_is_the_cli_and_reaches_every_service(dockerfile: Parsed,
     bad = subprocess.run([str(launcher), "no-such-service"], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=60)
     assert bad.returncode != 0 and "invalid choice" in bad.stderr
+
+
+def _imported_libraries() -> set[str]:
+    """Top-level modules the shipped packages import (statements, and `importlib` calls with a literal name),
+    minus the standard library and the project's own packages."""
+    names: set[str] = set()
+    for package in ("faregate", "shared", "services"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.split(".")[0])
+                elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                      and node.func.attr in ("files", "import_module") and node.args
+                      and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                    names.add(node.args[0].value.split(".")[0])
+    own = {"faregate", "shared", "services"}
+    return {n for n in names if n not in sys.stdlib_module_names and n not in own}
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_image_installs_every_library_the_code_imports() -> None:
+    """The image installs pyproject's dependencies and nothing else (no dev or test extras), so a library the
+    code imports must be one of them or something they pull in; otherwise the image fails where the virtualenv
+    here, with everything installed by hand, works."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    closure: set[str] = set()
+    pending = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+               ["dependencies"]]
+    while pending:
+        requirement = pending.pop()
+        if _normal(requirement.name) in closure:
+            continue
+        closure.add(_normal(requirement.name))
+        try:
+            requires = metadata.requires(requirement.name) or []
+        except metadata.PackageNotFoundError:  # not for this platform; its name is all we need
+            continue
+        for raw in requires:
+            sub = Requirement(raw)
+            if sub.marker is None or sub.marker.evaluate({"extra": ""}):
+                pending.append(sub)
+    provided_by = metadata.packages_distributions()
+    missing = {module: provided_by.get(module, ["?"]) for module in sorted(_imported_libraries())
+               if not any(_normal(dist) in closure for dist in provided_by.get(module, []))}
+    assert not missing, f"imported, not in pyproject.toml's dependencies (module: distributions): {missing}"
