@@ -127,3 +127,19 @@ async def test_paid_requests_debit_exactly_their_cost_once(
     await asyncio.sleep(3)
     assert await balance(common, stack["billing"], demo.account_id) == start - expected
     assert await resources.pool.fetchval(rows_sql, list(rids)) == 2
+
+
+async def test_a_wallet_missing_from_redis_is_loaded_from_billing(
+    common: CommonSettings,
+    resources: Resources,
+    stack: dict[str, procs.ServiceProcess],
+    demo_gateway: tuple[AsyncTestClient[Any], Any],
+) -> None:
+    gateway, demo = demo_gateway
+    assert resources.redis
+    await resources.redis.delete(resources.keys.wallet(demo.account_id))  # e.g. Redis restarted empty
+    reply = await sdk(gateway, demo.api_key).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert reply.choices[0].message.content
+    assert await resources.redis.hget(resources.keys.wallet(demo.account_id), "balance") is not None

@@ -16,6 +16,7 @@ from litestar.testing import AsyncTestClient
 
 from services.gateway.config import GatewaySettings
 from shared import catalog as cat
+from shared import events as ev
 from tests.gateway.conftest import MOCK_KEY, World, channel, eventually, model, sdk, settings, usage_events
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
@@ -261,3 +262,34 @@ async def _has_channel(gateway: AsyncTestClient[Any], cid: str) -> bool:
 async def test_unknown_route_is_404_in_openai_shape(world: World, gateway: AsyncTestClient[Any]) -> None:
     r = await gateway.post("/v1/no/such/thing", json={})
     assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+
+
+async def test_account_change_makes_workers_reread_its_keys(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
+    secret, snap = await world.add_key()
+    assert (await post(gateway, secret, body())).status_code == 200
+    # keys rewrites the account's snapshots, then announces the account change
+    await world.put_key(msgspec.structs.replace(snap, account_status="disabled"), publish=False)
+    assert world.res.publisher
+    await world.res.publisher.publish(
+        ev.AccountChanged(account_id=snap.account_id, status="disabled", group="default", role="user")
+    )
+
+    async def refused() -> bool:
+        r = await post(gateway, secret, body())
+        return bool(r.status_code == 401 and "account" in error_of(r)["message"])
+
+    await eventually(refused, 3)
+
+
+async def test_a_key_created_after_a_miss_works_at_once(world: World, gateway: AsyncTestClient[Any]) -> None:
+    secret, snap = await world.add_key()
+    await world.redis.delete(world.res.keys.api_key(snap.key_hash))
+    assert (await post(gateway, secret, body())).status_code == 401  # unknown now, and remembered as unknown
+    await world.put_key(snap, publish=True)  # keys creates it: the event reaches every worker
+
+    async def accepted() -> bool:
+        return bool((await post(gateway, secret, body())).status_code == 200)
+
+    await eventually(accepted, 3)
