@@ -175,3 +175,8 @@ def test_error_inside_a_stream(mock_url: str) -> None:
     assert json.loads(frames[-1].removeprefix("data: ")) == {
         "error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}
     }
+
+
+def test_models_are_listed_in_googles_shape(client: genai.Client) -> None:
+    names = [m.name for m in client.models.list()]
+    assert "models/gemini-2.5-flash" in names
