@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.system import WORK, BenchError, Child, Cores, free_port, pin, spawn, wait_port
+from bench.system import WORK, BenchError, Child, Cores, binary, free_port, pin, spawn, wait_port
 
 
 @dataclass
@@ -32,9 +32,7 @@ def _nats_binary() -> str:
 
 
 def start(cores: Cores) -> Engines:
-    redis_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not Path(redis_bin).exists():
-        raise BenchError("redis-server not found (Debian package redis-server)")
+    redis_bin = binary("redis-server")
     folder = WORK / "engines"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)

@@ -159,7 +159,7 @@ class Goal:
             return "**missed**", f"at {share:.0f}% of the target ({short:.1f}× short)"
         if self.at_most is not None:
             if m < self.at_most:
-                return "met", f"{100 * (1 - m / self.at_most):.0f}% headroom"
+                return "met", f"{100 * (1 - m / self.at_most):.0f}% headroom" if m >= 0 else "below zero"
             return "**missed**", f"{m / self.at_most:.1f}× the limit" if self.at_most else "over the limit"
         return "", ""
 

@@ -22,9 +22,12 @@ class BenchError(RuntimeError):
     """A target or tool could not be brought up; the message says which and why."""
 
 
+_TOOLS = (("nginx", "nginx"), ("wrk", "wrk"), ("redis-server", "redis-server"))  # Debian package, binary
+
+
 def ensure_debian_tools() -> None:
-    """nginx and wrk come from Debian's packages; install them the first time the bench runs."""
-    missing = [pkg for pkg, binary in (("nginx", "nginx"), ("wrk", "wrk")) if not _which(binary)]
+    """nginx, wrk and redis-server come from Debian's packages, installed the first time they are needed."""
+    missing = [pkg for pkg, binary in _TOOLS if not _which(binary)]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -33,11 +36,6 @@ def ensure_debian_tools() -> None:
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True,
                    env=env, stdout=subprocess.DEVNULL)
-    # Debian's package may start its own nginx on port 80 where a service manager exists; the bench runs its
-    # own.
-    if Path("/run/nginx.pid").exists():
-        with contextlib.suppress(Exception):
-            subprocess.run(["nginx", "-s", "stop"], check=False, timeout=10, capture_output=True)
 
 
 def _which(binary: str) -> str | None:
