@@ -18,6 +18,7 @@ from services.keys import (
     admin_api,
     auth_api,
     catalog_admin,
+    console,
     consumer,
     errors,
     internal_api,
@@ -56,6 +57,8 @@ async def start_up(ctx: Ctx) -> None:
 
 def create_app(settings: KeysSettings, common: CommonSettings) -> Litestar:
     holder: dict[str, Resources] = {}
+    # The web console: its pages, and (console_proxy) the other services' browser APIs on this one origin.
+    proxy = console.Proxy() if settings.console_proxy else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -74,6 +77,9 @@ def create_app(settings: KeysSettings, common: CommonSettings) -> Litestar:
                       consumer.LAST_USED.durable)
             res.spawn(scan.run_forever(ctx, res.stop), "keys-scan")
             yield
+            # The web console's proxy (services/keys/console.py) holds an HTTP client.
+            if proxy is not None:
+                await proxy.aclose()
 
     # The resources exist only once the lifespan runs, so the ready checks look them up when called.
     async def check(name: str) -> None:
@@ -97,6 +103,7 @@ def create_app(settings: KeysSettings, common: CommonSettings) -> Litestar:
             admin_api.router,
             internal_api.router,
             internal_api.public_models,
+            *console.route_handlers(settings, common, proxy),
         ],
         dependencies={"ctx": Provide(provide_ctx)},
         lifespan=[lifespan],

@@ -43,6 +43,12 @@ class KeysSettings(ServerSettings, frozen=True, kw_only=True):
     expiry_lookahead_s: int = 3 * 24 * 3600
     # Catalog file imported at start-up when the catalog is empty ("" = none).
     catalog_file: str = ""
+    # Web console (services/keys/console.py): the built files ("" = the repo's console/dist), and whether to
+    # reverse-proxy the other services' browser APIs (off where an Ingress routes them), and where those live.
+    console_dir: str = ""
+    console_proxy: bool = True
+    gateway_url: str = "http://127.0.0.1:8100"
+    notifier_url: str = "http://127.0.0.1:8104"
 
     def __post_init__(self) -> None:
         if self.cookie_secure not in ("auto", "always", "never"):
