@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ def mock_process() -> Iterator[ServiceProcess]:
 @pytest.fixture(scope="session")
 def relay_url(mock_process: ServiceProcess) -> Iterator[str]:
     port = free_port()
-    log = open(os.devnull, "wb")
+    log = tempfile.NamedTemporaryFile(prefix="faregate-test-relay-", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -60,10 +61,11 @@ def relay_url(mock_process: ServiceProcess) -> Iterator[str]:
                 httpx.get(url + "/", timeout=1)
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the test relay did not start")
+                raise RuntimeError(f"the test relay did not start:\n{Path(log.name).read_text()[-4000:]}")
             time.sleep(0.1)
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+        Path(log.name).unlink(missing_ok=True)
