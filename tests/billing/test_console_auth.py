@@ -3,25 +3,52 @@ need the CSRF token; a stale session is refused. The keys service runs for real 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import msgspec
+import nats
 import pytest
 from litestar.testing import AsyncTestClient
 
 from services.billing.app import create_app
 from services.billing.config import BillingSettings
+from shared import bus, cache
 from shared.config import CommonSettings
 from shared.events import new_id
 from tests import procs
 
+NAMESPACE = f"bauth{new_id()[:8]}"
+
 
 @pytest.fixture(scope="module")
 def keys_service(common: CommonSettings) -> Iterator[procs.ServiceProcess]:
-    with procs.running("keys") as sp:
-        yield sp
+    """The keys service in a namespace of its own, so the account events it publishes stay out of the streams
+    other tests in the session count."""
+    try:
+        with procs.running("keys", {"FAREGATE_NAMESPACE": NAMESPACE}) as sp:
+            yield sp
+    finally:
+        asyncio.run(_drop_namespace(common))
+
+
+async def _drop_namespace(common: CommonSettings) -> None:
+    nc = await nats.connect(common.nats_url)
+    try:
+        for spec in bus.STREAMS:
+            with contextlib.suppress(Exception):
+                await nc.jetstream().delete_stream(bus.stream_name(NAMESPACE, spec))
+    finally:
+        await nc.close()
+    r = cache.client(common.redis_url)
+    try:
+        async for key in r.scan_iter(f"{NAMESPACE}:*", count=1000):
+            await r.delete(key)
+    finally:
+        await r.aclose()
 
 
 async def test_session_cookie_csrf_and_expiry(common: CommonSettings,
@@ -35,7 +62,8 @@ async def test_session_cookie_csrf_and_expiry(common: CommonSettings,
         csrf = r.cookies["csrf"]
 
     app = create_app(BillingSettings(plan_expiry_scan_s=3600),
-                     msgspec.structs.replace(common, keys_url=keys_service.url), consume=False)
+                     msgspec.structs.replace(common, keys_url=keys_service.url, namespace=NAMESPACE),
+                     consume=False)
     async with AsyncTestClient(app) as c:
         c.cookies.set("fg_session", session)
         r = await c.get("/v1/billing/wallet")

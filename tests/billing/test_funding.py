@@ -368,10 +368,11 @@ async def test_threshold_is_per_account(client: AsyncTestClient[Any]) -> None:
 
 def test_malformed_billing_settings_fail_at_start_naming_the_variable() -> None:
     from shared import config
+    from shared.config import ConfigError
 
     for env, name in [({"FAREGATE_BILLING_BONUS_TIERS": "20=ten"}, "FAREGATE_BILLING_BONUS_TIERS"),
                       ({"FAREGATE_BILLING_TOPUP_MIN_USD": "one"}, "FAREGATE_BILLING_TOPUP_MIN_USD"),
                       ({"FAREGATE_BILLING_PAYMENT_PROVIDER": "stripe"}, "FAREGATE_BILLING_STRIPE_SECRET_KEY"),
                       ({"FAREGATE_BILLING_PAYMENT_PROVIDER": "paypal"}, "FAREGATE_BILLING_PAYMENT_PROVIDER")]:
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ConfigError, match=name):
             config.load(BillingSettings, env)

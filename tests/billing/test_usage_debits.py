@@ -137,17 +137,21 @@ async def test_a_poison_message_is_terminated_and_the_stream_moves_on(resources:
     ns = resources.common.namespace
     account = new_id()
     await credit(funding, account, 1_000_000)
-    await resources.js.publish(f"{ns}.usage.recorded", b'{"type": "usage.recorded", "event_id": ')  # cut off
+    poison = await resources.js.publish(f"{ns}.usage.recorded", b'{"type": "usage.recorded", "event_id": ')
     bad = usage(account, prompt_tokens=-5)  # well-formed, but not chargeable
     good = usage(account)
     await resources.publisher.publish(bad)
     await resources.publisher.publish(good)
-    async with running_consumer(resources, guard):
-        async def debited() -> bool:
-            return await charged_count(resources, account) == 1
-        await wait_for(debited)
-        info = await resources.js.consumer_info(bus.stream_name(ns, bus.STREAMS[0]), consumer.NAME)
-        assert info.num_ack_pending == 0
+    try:
+        async with running_consumer(resources, guard):
+            async def debited() -> bool:
+                return await charged_count(resources, account) == 1
+            await wait_for(debited)
+            info = await resources.js.consumer_info(bus.stream_name(ns, bus.STREAMS[0]), consumer.NAME)
+            assert info.num_ack_pending == 0
+    finally:
+        # Other tests in the session read this stream back and expect well-formed events.
+        await resources.js.delete_msg(bus.stream_name(ns, bus.STREAMS[0]), poison.seq)
     assert await balance(resources, account) == 1_000_000 - 450
     reason = await resources.pool.fetchval("SELECT reason FROM billing.rejected_events WHERE event_id = $1",
                                            bad.event_id)
