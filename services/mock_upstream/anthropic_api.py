@@ -16,6 +16,8 @@ from services.mock_upstream import content
 from services.mock_upstream.exchange import Exchange, fail, open_exchange
 
 MODELS = ("claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-7", "claude-sonnet-4-5")
+# Anthropic refuses a call without a version header; a gateway must send one.
+VERSION_REQUIRED = "anthropic-version: header is required"
 # What Claude says before it calls a tool when it is free to choose (a fixed phrase: never the prompt).
 TOOL_PREAMBLE = "Let me look that up."
 
@@ -286,6 +288,8 @@ async def messages(request: Request[Any, Any, Any]) -> Response[Any]:
     if isinstance(opened, Response):
         return opened
     ex = opened
+    if "anthropic-version" not in request.headers:
+        return fail(ex, 400, VERSION_REQUIRED)
     problem = validate(ex.body)
     parts = read_prompt(ex.body) if problem is None else problem
     if isinstance(parts, str):
@@ -327,6 +331,8 @@ async def count_tokens(request: Request[Any, Any, Any]) -> Response[Any]:
     )
     if isinstance(opened, Response):
         return opened
+    if "anthropic-version" not in request.headers:
+        return fail(opened, 400, VERSION_REQUIRED)
     parts = read_prompt(opened.body)
     if isinstance(parts, str):
         return fail(opened, 400, parts)

@@ -147,7 +147,7 @@ def test_errors_in_anthropic_shape(client: anthropic.Anthropic, mock_url: str) -
         client.messages.create(model="claude-haiku-4-5@fail529", max_tokens=10, messages=ASK)  # type: ignore[arg-type]
     no_max = httpx.post(
         mock_url + "/v1/messages",
-        headers={"x-api-key": KEY},
+        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
         json={"model": "claude-haiku-4-5", "messages": ASK},
     )
     assert no_max.status_code == 400
@@ -178,7 +178,7 @@ def test_disconnect_mid_stream_and_models(client: anthropic.Anthropic, stats: St
 
 
 def test_no_usage_fault_drops_usage(mock_url: str) -> None:
-    headers = {"x-api-key": KEY, "x-mock-fault": "no_usage=1"}
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "x-mock-fault": "no_usage=1"}
     body = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": ASK}
     assert "usage" not in httpx.post(mock_url + "/v1/messages", headers=headers, json=body).json()
     raw = httpx.post(mock_url + "/v1/messages", headers=headers, json={**body, "stream": True}).text
@@ -198,9 +198,18 @@ def test_error_event_inside_a_stream(client: anthropic.Anthropic, mock_url: str)
             pass
     raw = httpx.post(
         mock_url + "/v1/messages",
-        headers={"x-api-key": KEY},
+        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
         json={"model": "claude-haiku-4-5@error_after=4", "max_tokens": 100, "messages": ASK, "stream": True},
     ).text
     assert raw.endswith(
         'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
     )
+
+
+def test_a_call_without_anthropic_version_is_refused(mock_url: str) -> None:
+    r = httpx.post(
+        mock_url + "/v1/messages",
+        headers={"x-api-key": KEY},
+        json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": ASK},
+    )
+    assert r.status_code == 400 and r.json()["error"]["message"] == "anthropic-version: header is required"

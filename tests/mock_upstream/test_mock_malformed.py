@@ -96,7 +96,7 @@ REQUESTS: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
     ),
     "anthropic": (
         "/v1/messages",
-        {"x-api-key": "k"},
+        {"x-api-key": "k", "anthropic-version": "2023-06-01"},
         {
             "model": "claude-haiku-4-5",
             "max_tokens": 50,
