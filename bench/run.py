@@ -157,6 +157,7 @@ class Bench:
         try:
             self.engines = engines.start(self.cores)
             self.stack = gateway.open_stack(self.engines.redis_url, self.engines.nats_url)
+            self.results["setup"]["redis_rtt"] = engines.redis_rtt_ms(self.engines.redis_url)
             secret = gateway.seed(self.stack, ports.json, ports.stream, ports.paced)
             log("starting Faregate's gateway (1 worker, system-under-test core)")
             one = gateway.start(self.stack, secret, workers=1, cpus=self.cores.sut, name="faregate",
@@ -323,7 +324,7 @@ class Bench:
             "plan": asdict(self.plan),
             "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
             "duration_s": round(time.time() - started, 1),
-            "machine": {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
+            "machine": {"cpu": cpu_model(), "cores": len(self.cores.all),
                         "python": platform.python_version(), "kernel": platform.release(),
                         "loadavg_at_end": loadavg()},
             "pinning": {"system_under_test": list(self.cores.sut), "load_and_upstream": list(self.cores.load),
