@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from redis.exceptions import RedisError
 
 from services.keys import repo, snapshots, validation
 from services.keys.context import Ctx, Principal
@@ -125,7 +126,10 @@ async def snapshot_by_hash(ctx: Ctx, key_hash: str) -> ev.KeySnapshot | None:
                 snap = snapshots.retired_snapshot(old, old["retired_hash"], old["grace_until"],
                                                   retired=old["retired_at"] is not None)
     if snap is not None:
-        await snapshots.put_key(ctx, snap)
+        try:
+            await snapshots.put_key(ctx, snap)
+        except RedisError as exc:  # gateways ask here precisely when Redis fails them: answer anyway
+            log.warning("could not refill Redis", extra={"key_id": snap.key_id, "error": repr(exc)})
     return snap
 
 

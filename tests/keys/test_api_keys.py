@@ -453,3 +453,15 @@ async def test_quota_used_and_left_come_from_what_billing_debited(client: AsyncT
     assert listed["quota_left_micros"] == 1_249_999
     unlimited = (await alice.get(f"/api/keys/{alice.key_id}")).json()
     assert unlimited["quota_micros"] == 0 and unlimited["quota_left_micros"] is None
+
+
+async def test_the_internal_lookup_answers_even_when_redis_is_down(client: AsyncTestClient[Litestar],
+                                                                   ctx: Ctx) -> None:
+    alice = await register(client)
+    dead = cache.client("redis://127.0.0.1:1/0")
+    try:
+        broken = dataclasses.replace(ctx, redis=dead)
+        snap = await apikeys.snapshot_by_hash(broken, hash_api_key(alice.api_key))
+    finally:
+        await dead.aclose()
+    assert snap is not None and snap.key_id == alice.key_id and snap.status == "active"
