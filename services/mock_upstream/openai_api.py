@@ -243,6 +243,8 @@ def decide(
 
 def validate_chat(body: dict[str, Any]) -> tuple[str, str] | None:
     """(param, message) for the first invalid field, or None."""
+    if body.get("stream_options") is not None and not body.get("stream"):
+        return "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled."
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

@@ -338,3 +338,11 @@ def test_error_inside_a_stream_after_n_events(client: openai.OpenAI, stats: Stat
             received.append(chunk)
     assert len(received) == 3
     assert stats()["requests"][0]["outcome"] == "stream_error"
+
+
+def test_stream_options_without_stream_is_refused_as_openai_does(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=USER, stream_options={"include_usage": True}
+        )  # type: ignore[call-overload]
+    assert refused.value.body["param"] == "stream_options"  # type: ignore[index]
