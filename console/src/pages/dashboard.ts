@@ -1,0 +1,66 @@
+import { get, qs } from "../api";
+import { barChart, pairChart, shareChart } from "../chart";
+import { clear, field, h, select } from "../dom";
+import { day, num, timeZone, usd } from "../format";
+import { listKeys } from "./keys";
+
+interface Totals { requests: number; errors: number; prompt_tokens: number; completion_tokens: number; cost_micros: number }
+interface Summary { balance_micros: number | null; today: Totals; week: Totals; month: Totals; by_model: (Totals & { model: string })[] }
+interface Point extends Totals { bucket: string; group: string }
+interface Series { points: Point[]; granularity: string }
+
+const SPANS: Record<string, { granularity: string; days: number; label: string }> = {
+  daily: { granularity: "day", days: 30, label: "Daily, last 30 days" },
+  weekly: { granularity: "week", days: 7 * 12, label: "Weekly, last 12 weeks" },
+  monthly: { granularity: "month", days: 365, label: "Monthly, last 12 months" },
+};
+
+function stat(label: string, value: string, sub = ""): HTMLElement {
+  return h("div", { class: "stat" }, h("span", { class: "label" }, label), h("strong", {}, value), sub ? h("span", { class: "muted" }, sub) : null);
+}
+
+export async function dashboardPage(root: HTMLElement, params: URLSearchParams): Promise<void> {
+  const tz = timeZone();
+  const keys = await listKeys();
+  const keyFilter = select([["", "All keys"], ...keys.map((k) => [k.id, `${k.label} (${k.prefix}…)`] as [string, string])], { value: params.get("key") ?? "" });
+  const spanPick = select([["daily", "Daily"], ["weekly", "Weekly"], ["monthly", "Monthly"]], { value: params.get("span") ?? "daily" });
+  const stats = h("div", { class: "stats" });
+  const charts = h("div", { class: "grid" });
+  clear(root, h("div", { class: "page-head" }, h("h1", {}, "Dashboard"),
+    h("div", { class: "filters row" }, field("Key", "key", keyFilter), field("Trend", "span", spanPick))), stats, charts);
+
+  async function load(): Promise<void> {
+    const keyId = keyFilter.value;
+    const span = SPANS[spanPick.value] ?? SPANS.daily;
+    const u = new URL(location.href);
+    u.searchParams.set("span", spanPick.value);
+    if (keyId) u.searchParams.set("key", keyId); else u.searchParams.delete("key");
+    history.replaceState(null, "", u.pathname + u.search);
+    const from = new Date(Date.now() - span.days * 86400_000).toISOString().slice(0, 10);
+    const [summary, series] = await Promise.all([
+      get<Summary>(`/api/usage/summary${qs({ tz })}`),
+      get<Series>(`/api/usage/series${qs({ tz, granularity: span.granularity, group_by: keyId ? "key" : "none", from })}`),
+    ]);
+    // The summary is per account; a key filter narrows the trend charts (series grouped by key).
+    const points = keyId ? series.points.filter((p) => p.group === keyId) : series.points;
+    clear(stats,
+      stat("Balance", usd(summary.balance_micros), ""),
+      stat("Requests today", num(summary.today.requests), `${usd(summary.today.cost_micros)} spent`),
+      stat("This week", num(summary.week.requests), `${usd(summary.week.cost_micros)} spent`),
+      stat("This month", num(summary.month.requests), `${usd(summary.month.cost_micros)} spent`),
+      stat("Tokens in / out (month)", `${num(summary.month.prompt_tokens)} / ${num(summary.month.completion_tokens)}`));
+    const label = (iso: string) => (span.granularity === "month" ? new Date(iso).toLocaleDateString(undefined, { month: "short", year: "2-digit" }) : day(iso));
+    clear(charts,
+      h("section", { class: "card wide" }, h("h2", {}, "Spending"), barChart(points.map((p) => ({ label: label(p.bucket), value: p.cost_micros, title: `${label(p.bucket)}: ${usd(p.cost_micros, 4)}, ${num(p.requests)} requests` })),
+        `${span.label}${keyId ? ", this key" : ""}`, (v) => usd(Math.round(v), v < 10_000 ? 4 : 2))),
+      h("section", { class: "card" }, h("h2", {}, "Requests"), barChart(points.map((p) => ({ label: label(p.bucket), value: p.requests, title: `${label(p.bucket)}: ${num(p.requests)} requests, ${num(p.errors)} errors` })),
+        span.label, (v) => num(Math.round(v)))),
+      h("section", { class: "card" }, h("h2", {}, "Input vs output tokens"), pairChart(points.map((p) => ({ label: label(p.bucket), a: p.prompt_tokens, b: p.completion_tokens })),
+        span.label, ["input", "output"], (v) => num(Math.round(v)))),
+      h("section", { class: "card" }, h("h2", {}, "Models this month"), shareChart(summary.by_model.map((m) => ({ label: m.model, value: m.cost_micros || m.requests, text: `${num(m.requests)} req, ${usd(m.cost_micros, 4)}` })), "Share of spending by model")),
+    );
+  }
+  keyFilter.addEventListener("change", () => void load());
+  spanPick.addEventListener("change", () => void load());
+  await load();
+}
