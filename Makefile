@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint typecheck bench bench-quick stack-down clean
+.PHONY: install run test lint typecheck bench bench-quick stack-down clean console console-test-deps
 
 install: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q $(if $(wildcard constraints.txt),-c constraints.txt) -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-run: install
+run: install console
 	$(BIN)/faregate dev
 
 test: install
@@ -35,6 +35,24 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m bench.run --quick
+
+# The web console (console/, Vite + TypeScript): npm ci from the lock file, built into console/dist, which the keys
+# service serves at /. Rebuilt only when its sources or lock file change.
+CONSOLE_SRC := $(shell find console/src console/public -type f 2>/dev/null) console/index.html console/package-lock.json \
+  console/vite.config.ts console/tsconfig.json
+
+console: console/dist/index.html
+
+console/node_modules/.package-lock.json: console/package-lock.json
+	cd console && npm ci --no-audit --no-fund
+
+console/dist/index.html: console/node_modules/.package-lock.json $(CONSOLE_SRC)
+	cd console && npm run build
+
+# The console's browser tests: Debian's Chromium (no browser download) and Playwright for Python.
+console-test-deps: install
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(BIN)/pip install -q playwright
 
 stack-down:
 	$(BIN)/faregate stack down
