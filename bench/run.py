@@ -51,6 +51,10 @@ from bench.system import (
     wait_port,
 )
 from bench.targets import Target
+from faregate import stack as faregate_stack
+from faregate.cli import load_all_configs
+from shared import config
+from shared.config import CommonSettings
 
 PACED_INTERVAL_MS = 20.0
 
@@ -119,6 +123,7 @@ class Bench:
 
     def start(self) -> None:
         ensure_debian_tools()
+        self._ensure_engines()
         up, ports = nginx.start_upstream(self.cores)
         self.children.append(up)
         ports.paced = free_port()
@@ -147,6 +152,18 @@ class Bench:
         for t in self.targets + ([self.multi] if self.multi else []):
             if t.process is not None:
                 self.results["memory"].setdefault(t.name, {})["idle"] = t.memory()
+
+    def _ensure_engines(self) -> None:
+        """The configured Postgres, Redis and NATS (migrations, the billing and usage scripts) answer, or
+        private ones start, as for `make test`; unattended runs need nothing started by hand."""
+        load_all_configs()
+        common = config.load(CommonSettings)
+        with step(self.results, "engines", "configured engines"):
+            try:
+                self.results["setup"]["engines"] = faregate_stack.ensure_all(
+                    common.database_url, common.redis_url, common.nats_url, common.data_dir)
+            except SystemExit as exc:
+                raise BenchError(f"engines: {exc}") from None
 
     def _start_faregate(self, ports: nginx.Ports) -> None:
         why = gateway.gateway_available()
