@@ -5,10 +5,21 @@
 # ENTRYPOINT is the `faregate` CLI (faregate/cli.py), so the Kubernetes manifests set only `args`.
 #
 # Build:  docker build -t faregate:0.1.0 .
-# Stage 1 installs the locked dependencies into a virtualenv; stage 2 is python:3.11-slim with that virtualenv,
-# the source, and nothing else (no compiler, no pip cache), running as an unprivileged user.
+# One stage builds the console, one installs the dependencies into a virtualenv; the runtime stage is
+# python:3.11-slim with that virtualenv, the source and the built console, nothing else (no compiler, no node,
+# no pip cache), running as an unprivileged user.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:22-bookworm-slim
+
+# ---------------------------------------------------------------------------------------------------------------
+# The web console (a Vite single-page app, served by the keys service): built here, only its dist/ ships.
+FROM ${NODE_IMAGE} AS console
+WORKDIR /console
+COPY console/package.json console/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY console/ ./
+RUN npm run build
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -54,6 +65,8 @@ RUN groupadd --system --gid 10001 faregate \
 
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
+# Where services/keys/console.py looks by default (<repo>/console/dist).
+COPY --from=console /console/dist /app/console/dist
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \

@@ -17,7 +17,7 @@ import pytest
 from faregate.cli import SERVICES, load_all_configs, settings_class
 from shared import config
 from shared.config import CommonSettings
-from tests.deploy.conftest import ROOT, Manifest, Rendered
+from tests.deploy.conftest import ROOT, SECRETS, Manifest, Rendered
 
 # Oldest Kubernetes we support (matchLabelKeys in topology spread is on by default from 1.27) and the
 # newest the validator knows.
@@ -28,21 +28,6 @@ DEPLOYED = ("gateway", "keys", "billing", "usage", "notifier")
 CONSUMERS = ("billing", "usage", "notifier")
 # The gateway opens no Postgres pool (services/gateway/app.py: open_resources(..., use_db=False)).
 NO_DATABASE = {"gateway", "mock-upstream"}
-
-
-# What each Secret the manifests reference but do not generate holds (listed in base/kustomization.yaml),
-# with stand-in values to check the settings parse once the Secret is there.
-SECRETS: dict[str, dict[str, str]] = {
-    "faregate-secrets": {"FAREGATE_SECRET_KEY": "s" * 48, "FAREGATE_INTERNAL_TOKEN": "t" * 32,
-                         "FAREGATE_REDIS_URL": "redis://:pw@redis-master:6379/0"},
-    "faregate-keys-secrets": {"FAREGATE_KEYS_ADMIN_EMAIL": "ops@example.com",
-                              "FAREGATE_KEYS_ADMIN_PASSWORD": "p" * 16},
-    "faregate-billing-secrets": {"FAREGATE_BILLING_STRIPE_SECRET_KEY": "sk_test_x",
-                                 "FAREGATE_BILLING_STRIPE_WEBHOOK_SECRET": "whsec_x"},
-    "faregate-notifier-secrets": {"FAREGATE_NOTIFIER_SMTP_USERNAME": "u",
-                                  "FAREGATE_NOTIFIER_SMTP_PASSWORD": "p",
-                                  "FAREGATE_NOTIFIER_ADMIN_WEBHOOK_SECRET": "w"},
-}
 
 
 def _env_prefix(service: str) -> str:
@@ -233,12 +218,7 @@ def test_every_process_gets_only_settings_it_knows_and_they_parse(overlay: Rende
     load_all_configs()
     for workload, container in overlay.faregate_containers():
         service = container["args"][0]
-        env = overlay.container_env(container)
-        for source in container["envFrom"]:
-            name = source.get("secretRef", {}).get("name")
-            if name and overlay.secret_data(name) is None:  # referenced, made out of band
-                assert name in SECRETS, f"{name}: document what it holds"
-                env = {**SECRETS[name], **env}
+        env = overlay.process_env(container)
         names = {n for n in env if n.startswith("FAREGATE_")}
         unknown = names - _known(None if service == "migrate" else service)
         assert not unknown, f"{workload['metadata']['name']} gets unknown settings {sorted(unknown)}"

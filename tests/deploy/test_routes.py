@@ -12,6 +12,7 @@ import re
 import pytest
 
 from faregate.cli import SERVICES, load_all_configs, settings_class
+from shared import config
 from shared.config import CommonSettings
 from tests.deploy.conftest import Rendered
 
@@ -20,17 +21,23 @@ EDGE = ("gateway", "keys", "billing", "usage", "notifier")
 NOT_PUBLIC = re.compile(r"^/(healthz|readyz|metrics|schema)(/|$)")
 
 
-def _routes(service: str) -> set[str]:
+def _routes(overlay: Rendered, service: str) -> set[str]:
+    """The routes `faregate <service>` serves with the settings this overlay gives its Deployment."""
     load_all_configs()
     package = SERVICES[service]
-    app = importlib.import_module(f"{package}.app").create_app(settings_class(package)(), CommonSettings())
+    container = overlay.get("Deployment", f"faregate-{service}")["spec"]["template"]["spec"]["containers"][0]
+    env = {k: v for k, v in overlay.process_env(container).items() if v is not None}
+    settings = config.load(settings_class(package), env)  # type: ignore[type-var]
+    app = importlib.import_module(f"{package}.app").create_app(settings, config.load(CommonSettings, env))
     # A concrete path for each route: parameters become one path element.
     return {re.sub(r"\{[^}]+\}", "x", route.path) for route in app.routes}
 
 
-@pytest.fixture(scope="module")
-def served() -> dict[str, set[str]]:
-    return {service: _routes(service) for service in EDGE}
+@pytest.fixture(scope="module", params=("dev", "production"))
+def served(request: pytest.FixtureRequest,
+           rendered: dict[str, Rendered]) -> tuple[Rendered, dict[str, set[str]]]:
+    overlay = rendered[request.param]
+    return overlay, {service: _routes(overlay, service) for service in EDGE}
 
 
 def _element_prefix(prefix: str, path: str) -> bool:
@@ -70,10 +77,11 @@ def test_the_matching_rules_used_here() -> None:
     assert route(rules[1:], "/api") is None
 
 
-def test_every_public_route_reaches_its_service(overlay: Rendered, served: dict[str, set[str]]) -> None:
+def test_every_public_route_reaches_its_service(served: tuple[Rendered, dict[str, set[str]]]) -> None:
+    overlay, routes = served
     hosts = _hosts(overlay)
     unreachable = []
-    for service, paths in served.items():
+    for service, paths in routes.items():
         for path in sorted(paths):
             if path.startswith("/internal") or NOT_PUBLIC.match(path):
                 continue
@@ -82,20 +90,21 @@ def test_every_public_route_reaches_its_service(overlay: Rendered, served: dict[
     assert not unreachable, "public routes the Ingress does not reach:\n" + "\n".join(unreachable)
 
 
-def test_internal_routes_and_metrics_never_reach_a_pod(overlay: Rendered,
-                                                       served: dict[str, set[str]]) -> None:
-    internal = {path for paths in served.values() for path in paths if path.startswith("/internal")}
+def test_internal_routes_and_metrics_never_reach_a_pod(served: tuple[Rendered, dict[str, set[str]]]) -> None:
+    overlay, routes = served
+    internal = {path for paths in routes.values() for path in paths if path.startswith("/internal")}
     assert internal, "the services serve internal routes; this test must see them"
     for host, rules in _hosts(overlay).items():
         for path in sorted(internal | {"/metrics"}):
             assert route(rules, path) == "faregate-blocked", f"{host}{path}"
 
 
-def test_every_ingress_prefix_leads_somewhere(overlay: Rendered, served: dict[str, set[str]]) -> None:
+def test_every_ingress_prefix_leads_somewhere(served: tuple[Rendered, dict[str, set[str]]]) -> None:
     """No stale path: each non-root prefix routed to a service matches at least one route it serves."""
+    overlay, routes = served
     for rules in _hosts(overlay).values():
         for rule in rules:
             name = rule["service"].removeprefix("faregate-")
             if name == "blocked" or rule["path"] == "/":
                 continue
-            assert any(_element_prefix(rule["path"], path) for path in served[name]), rule
+            assert any(_element_prefix(rule["path"], path) for path in routes[name]), rule
