@@ -80,7 +80,7 @@ class Plan:
 
 PLANS = {
     "full": Plan("full", rounds=3, load_s=3, stream_s=2, paced_trials=5, soak_s=600, revocation_trials=100,
-                 profile_s=10, max_load_s=15,
+                 profile_s=10, max_load_s=8,
                  billing_args=("--events", "50000", "--rate", "2000", "--seconds", "10")),
     "quick": Plan("quick", rounds=1, load_s=2, stream_s=0.5, paced_trials=3, soak_s=10, revocation_trials=10,
                   profile_s=3, max_load_s=4, usage_rows=100_000, pipeline_timeout_s=90,
@@ -234,13 +234,13 @@ class Bench:
     def _load(self, which: str, connections: int) -> Callable[[Target], dict[str, Any]]:
         """A wrk run long enough for this target: wrk counts only requests that finished, so a run must
         last many request latencies or the requests still in flight at the end (up to `connections` of them)
-        bias a slow target's req/s down. Eight latencies, from the best rate seen so far, keep that under
-        ~6% (within the plan's cap: quick mode accepts more)."""
+        bias a slow target's req/s down. Six latencies, from the best rate seen so far, keep that under
+        ~8% (within the plan's cap, which bounds the run's time: a very slow target gets less)."""
 
         def run(t: Target) -> dict[str, Any]:
             best = self.capacity.get((t.name, which), 0.0)
             latency = connections / best if best else 1.0
-            seconds = min(max(self.plan.load_s, 8 * latency), max(self.plan.load_s, self.plan.max_load_s))
+            seconds = min(max(self.plan.load_s, 6 * latency), max(self.plan.load_s, self.plan.max_load_s))
             out = scenarios.load(t, which, connections, seconds, self.cores)
             self.capacity[(t.name, which)] = max(best, out["rps"])
             return out
@@ -268,7 +268,6 @@ class Bench:
         for t in self.targets + ([self.multi] if self.multi else []):
             if t.process is not None:
                 self.results["memory"].setdefault(t.name, {})["after_load"] = t.memory()
-        self._profile()
         self._soak()
         self._revocation()
         self._pipeline()
@@ -276,26 +275,17 @@ class Bench:
     def _faregate(self) -> Target | None:
         return next((t for t in self.targets if t.name == "faregate"), None)
 
-    def _profile(self) -> None:
-        fg = self._faregate()
-        if fg is None or self.plan.profile_s <= 0 or fg.worker_pids is None:
+    def _profile(self, fg: Target) -> None:
+        """py-spy on the 1-worker gateway while the soak loads it (the sampler's slowdown is brief)."""
+        if self.plan.profile_s <= 0 or fg.worker_pids is None:
             return
         if profile.py_spy() is None:
             self.results["skipped"]["profile"] = "py-spy is not installed (pip install py-spy)"
             return
-        log(f"profile: py-spy on the 1-worker gateway for {self.plan.profile_s:.0f}s at 16 connections")
+        log(f"profile: py-spy on the 1-worker gateway for {self.plan.profile_s:.0f}s")
         with step(self.results, "profile", "profile"):
-            worker = fg.worker_pids()[0]
-            loaded: dict[str, Any] = {}
-            thread = threading.Thread(target=lambda: loaded.update(
-                scenarios.load(fg, "json", 16, self.plan.profile_s + 2, self.cores)))
-            thread.start()
-            try:
-                raw = profile.sample(worker, self.plan.profile_s, WORK / "profile.collapsed")
-            finally:
-                thread.join()
-            self.results["profile"] = {**profile.summarize(raw), "rps_while_sampled": loaded.get("rps"),
-                                       "seconds": self.plan.profile_s}
+            raw = profile.sample(fg.worker_pids()[0], self.plan.profile_s, WORK / "profile.collapsed")
+            self.results["profile"] = {**profile.summarize(raw), "seconds": self.plan.profile_s}
 
     def _soak(self) -> None:
         fg = self._faregate()
@@ -303,9 +293,16 @@ class Bench:
             return
         log(f"soak: Faregate (1 worker) at 16 connections for {self.plan.soak_s:.0f}s")
         with step(self.results, "soak", "soak"):
-            self.results["soak"] = scenarios.soak(fg, "json", 16, self.plan.soak_s, self.cores,
-                                                  every_s=min(10.0, self.plan.soak_s / 4))
-            self.results["soak"]["seconds"] = self.plan.soak_s
+            out: dict[str, Any] = {}
+            thread = threading.Thread(target=lambda: out.update(scenarios.soak(
+                fg, "json", 16, self.plan.soak_s, self.cores, every_s=min(10.0, self.plan.soak_s / 4))))
+            thread.start()
+            try:
+                time.sleep(min(3.0, self.plan.soak_s / 4))
+                self._profile(fg)
+            finally:
+                thread.join()
+            self.results["soak"] = {**out, "seconds": self.plan.soak_s}
 
     def _revocation(self) -> None:
         target = self.multi or self._faregate()
