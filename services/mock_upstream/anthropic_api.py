@@ -268,6 +268,12 @@ def validate(body: dict[str, Any]) -> str | None:
     stops = body.get("stop_sequences")
     if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
         return "stop_sequences: Input should be a valid list of strings"
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+        ):
+            return f"{name}: Input should be less than or equal to 1"
     tools = body.get("tools")
     if tools is not None and not (
         isinstance(tools, list) and all(isinstance(t, dict) and t.get("name") for t in tools)

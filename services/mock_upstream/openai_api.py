@@ -243,6 +243,13 @@ def decide(
 
 def validate_chat(body: dict[str, Any]) -> tuple[str, str] | None:
     """(param, message) for the first invalid field, or None."""
+    temperature = body.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 <= temperature <= 2
+    ):
+        return "temperature", "Invalid 'temperature': expected a number between 0 and 2."
     if body.get("stream_options") is not None and not body.get("stream"):
         return "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled."
     for name in ("max_tokens", "max_completion_tokens"):

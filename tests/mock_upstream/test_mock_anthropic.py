@@ -213,3 +213,10 @@ def test_a_call_without_anthropic_version_is_refused(mock_url: str) -> None:
         json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": ASK},
     )
     assert r.status_code == 400 and r.json()["error"]["message"] == "anthropic-version: header is required"
+
+
+def test_sampling_out_of_anthropics_range_is_refused(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError, match="temperature"):
+        client.messages.create(
+            model="claude-haiku-4-5", max_tokens=5, messages=ASK, extra_body={"temperature": 1.5}
+        )  # type: ignore[arg-type]

@@ -346,3 +346,9 @@ def test_stream_options_without_stream_is_refused_as_openai_does(client: openai.
             model="gpt-4o-mini", messages=USER, stream_options={"include_usage": True}
         )  # type: ignore[call-overload]
     assert refused.value.body["param"] == "stream_options"  # type: ignore[index]
+
+
+def test_temperature_out_of_range_is_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="gpt-4o-mini", messages=USER, temperature=2.5)  # type: ignore[arg-type]
+    assert refused.value.body["param"] == "temperature"  # type: ignore[index]
