@@ -462,6 +462,16 @@ def _notes(res: Results) -> list[str]:
     notes += [f"- Failed: {fail['what']}: {fail['error'][:500]}" for fail in res.get("failures", [])]
     if res.get("setup", {}).get("litellm_install_s"):
         notes.append(f"- LiteLLM was installed during this run ({res['setup']['litellm_install_s']:.0f} s).")
+    shares = res.get("cpu_available") or []
+    if shares:
+        sut = str(res["context"]["pinning"]["system_under_test"][0])
+        seen = [s[sut] for s in shares if sut in s]
+        if seen:
+            notes.append(
+                f"- A busy process pinned to the system-under-test core got {100 * min(seen):.0f}–"
+                f"{100 * max(seen):.0f}% of it at the start of each round: the rest went to other people's "
+                f"processes on this shared machine. Throughput and latency suffer accordingly; CPU µs/req "
+                f"much less.")
     rtt = res.get("setup", {}).get("redis_rtt")
     notes += [
         "- Redis and NATS are private to the run and pinned to the load core: their CPU is not in 'SUT CPU', "

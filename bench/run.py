@@ -42,6 +42,7 @@ from bench.system import (
     BenchError,
     Child,
     Cores,
+    cpu_available,
     cpu_model,
     ensure_debian_tools,
     free_port,
@@ -259,6 +260,8 @@ class Bench:
                 self.capacity[(t.name, "stream")] = rate / 2
         for r in range(plan.rounds):
             log(f"round {r + 1}/{plan.rounds}")
+            self.results.setdefault("cpu_available", []).append(
+                {str(c): cpu_available(c, 0.5) for c in self.cores.all})
             for c in plan.concurrency:
                 self._each(f"chat_c{c}", r, self._load("json", c), include_multi=c > 1)
             sc = plan.stream_concurrency

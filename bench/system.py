@@ -175,6 +175,28 @@ def comm(pid: int) -> str:
     return ""
 
 
+_SPIN = """
+import time
+wall, cpu = time.perf_counter(), time.process_time()
+while time.perf_counter() - wall < SECONDS:
+    pass
+print((time.process_time() - cpu) / (time.perf_counter() - wall))
+"""
+
+
+def cpu_available(cpu: int, seconds: float = 1.0) -> float:
+    """The share of one CPU a busy process actually gets (1.0 = all of it): on a shared machine, what other
+    people's processes leave for the system under test."""
+    import sys
+
+    out = subprocess.run(pin((cpu,), [sys.executable, "-c", _SPIN.replace("SECONDS", str(seconds))]),
+                         capture_output=True, text=True, check=False, timeout=seconds + 30).stdout
+    try:
+        return round(float(out.strip()), 3)
+    except ValueError:
+        return 0.0
+
+
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
