@@ -18,6 +18,7 @@ from services.mock_upstream.exchange import Exchange, fail, open_exchange
 MODELS = ("claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-7", "claude-sonnet-4-5")
 # Anthropic refuses a call without a version header; a gateway must send one.
 VERSION_REQUIRED = "anthropic-version: header is required"
+SAMPLING_REMOVED_IN = "2026-10-21"
 # What Claude says before it calls a tool when it is free to choose (a fixed phrase: never the prompt).
 TOOL_PREAMBLE = "Let me look that up."
 
@@ -259,7 +260,7 @@ def stream_frames(
     return frames
 
 
-def validate(body: dict[str, Any]) -> str | None:
+def validate(body: dict[str, Any], version: str = "2023-06-01") -> str | None:
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         return "max_tokens: Field required"
@@ -268,6 +269,11 @@ def validate(body: dict[str, Any]) -> str | None:
     stops = body.get("stop_sequences")
     if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
         return "stop_sequences: Input should be a valid list of strings"
+    for name in ("temperature", "top_p", "top_k"):
+        # From API version 2026-10-21 (the default of Anthropic's 2.x SDKs) sampling parameters are refused
+        # at any value.
+        if name in body and version >= SAMPLING_REMOVED_IN:
+            return f"{name}: Extra inputs are not permitted"
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None and (
@@ -296,7 +302,7 @@ async def messages(request: Request[Any, Any, Any]) -> Response[Any]:
     ex = opened
     if "anthropic-version" not in request.headers:
         return fail(ex, 400, VERSION_REQUIRED)
-    problem = validate(ex.body)
+    problem = validate(ex.body, request.headers["anthropic-version"])
     parts = read_prompt(ex.body) if problem is None else problem
     if isinstance(parts, str):
         return fail(ex, 400, parts)

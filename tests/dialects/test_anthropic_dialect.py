@@ -458,3 +458,14 @@ def test_message_start_carries_the_gateways_prompt_estimate_and_message_delta_th
     )
     assert events[0][1]["message"]["usage"]["input_tokens"] == 321
     assert events[-2][1]["usage"]["input_tokens"] == 20
+
+
+def test_an_api_version_without_sampling_refuses_what_would_change_the_answer() -> None:
+    assert anthropic.takes_sampling("2023-06-01") and not anthropic.takes_sampling("2026-10-21")
+    neutral = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 1, "top_p": 1}
+    out = anthropic.request_from_openai(neutral, "c", sampling=False)
+    assert "temperature" not in out and "top_p" not in out
+    with pytest.raises(UnsupportedField) as refused:
+        anthropic.request_from_openai({**neutral, "temperature": 0.2}, "c", sampling=False)
+    assert refused.value.field == "temperature"
+    assert anthropic.request_from_openai({**neutral, "temperature": 0.2}, "c")["temperature"] == 0.2

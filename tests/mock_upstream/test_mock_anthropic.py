@@ -215,8 +215,19 @@ def test_a_call_without_anthropic_version_is_refused(mock_url: str) -> None:
     assert r.status_code == 400 and r.json()["error"]["message"] == "anthropic-version: header is required"
 
 
-def test_sampling_out_of_anthropics_range_is_refused(client: anthropic.Anthropic) -> None:
-    with pytest.raises(anthropic.BadRequestError, match="temperature"):
-        client.messages.create(
-            model="claude-haiku-4-5", max_tokens=5, messages=ASK, extra_body={"temperature": 1.5}
-        )  # type: ignore[arg-type]
+def test_sampling_parameters_follow_the_api_version(mock_url: str) -> None:
+    def ask(version: str, **sampling: float) -> httpx.Response:
+        return httpx.post(
+            mock_url + "/v1/messages",
+            headers={"x-api-key": KEY, "anthropic-version": version},
+            json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": ASK, **sampling},
+        )
+
+    assert ask("2023-06-01", temperature=0.5, top_p=0.9).status_code == 200
+    too_hot = ask("2023-06-01", temperature=1.5)
+    assert too_hot.status_code == 400 and "temperature" in too_hot.json()["error"]["message"]
+    # The version Anthropic's 2.x SDKs send refuses sampling parameters at any value, defaults included.
+    refused = ask("2026-10-21", temperature=1.0)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == "temperature: Extra inputs are not permitted"
+    assert ask("2026-10-21").status_code == 200

@@ -27,6 +27,8 @@ from services.gateway.dialects.openai import (
 DIALECT = "anthropic"
 # Anthropic requires max_tokens; an OpenAI request may leave it out.
 DEFAULT_MAX_TOKENS = 4096
+# From this `anthropic-version` on, temperature, top_p and top_k are refused at any value.
+SAMPLING_REMOVED_IN = "2026-10-21"
 # reasoning_effort <-> thinking budget (Anthropic's minimum budget is 1024).
 EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 
@@ -411,8 +413,19 @@ def _tool_choice_from_openai(choice: Any, parallel: Any) -> dict[str, Any] | Non
     return None if choice is None and parallel is not False else out
 
 
-def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
-    """The internal OpenAI chat request -> an Anthropic Messages request for an Anthropic channel."""
+def takes_sampling(api_version: str) -> bool:
+    """Whether an `anthropic-version` still accepts temperature/top_p/top_k (2026-10-21 refuses them all)."""
+    return api_version < SAMPLING_REMOVED_IN
+
+
+def request_from_openai(
+    body: dict[str, Any], upstream_model: str, *, sampling: bool = True
+) -> dict[str, Any]:
+    """The internal OpenAI chat request -> an Anthropic Messages request for an Anthropic channel.
+
+    `sampling=False` for an API version without sampling parameters (see `takes_sampling`): a value that
+    changes nothing (temperature 1, top_p 1) is left out, any other is refused by name.
+    """
     for name, neutral in _NEUTRAL.items():
         if name in body and body[name] is not None and body[name] != neutral:
             raise UnsupportedField(name, DIALECT)
@@ -491,6 +504,13 @@ def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, 
     for name in ("top_p", "top_k"):
         if body.get(name) is not None:
             out[name] = body[name]
+    if not sampling:
+        for name in ("temperature", "top_p", "top_k"):
+            value = out.pop(name, None)
+            if value is not None and not (name != "top_k" and value == 1):
+                raise UnsupportedField(
+                    name, DIALECT, "this Anthropic API version takes no sampling parameters"
+                )
     if body.get("tools"):
         tools = []
         for i, tool in enumerate(shape.arr(body["tools"], "tools")):
