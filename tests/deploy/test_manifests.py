@@ -326,6 +326,7 @@ def test_gateway_lets_a_streaming_response_finish_and_scales_out(overlay: Render
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                             "name": "faregate-gateway"}
     assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert "replicas" not in gateway["spec"], "the HPA owns it; `kubectl apply` would reset it"
     pdb = overlay.get("PodDisruptionBudget", "faregate-gateway")
     assert _selects(pdb["spec"]["selector"], labels)
 
