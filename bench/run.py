@@ -97,10 +97,13 @@ def log(msg: str) -> None:
 
 @contextlib.contextmanager
 def step(results: dict[str, Any], key: str, what: str) -> Iterator[None]:
-    """Run one measurement; a failure is recorded beside the results instead of ending the run."""
+    """Run one measurement; a failure is recorded beside the results instead of ending the run.
+
+    Any exception: an unattended run must still stop what it started and write the report, and the failure
+    with its message is in that report."""
     try:
         yield
-    except (BenchError, OSError, TimeoutError) as exc:
+    except Exception as exc:
         log(f"{what} failed: {exc}")
         results.setdefault("failures", []).append({"what": what, "key": key, "error": str(exc)[:2000]})
 
@@ -146,7 +149,7 @@ class Bench:
                 litellm_proxy.wait_ready(litellm)
                 log("LiteLLM proxy ready")
                 self.targets.append(litellm)
-            except (BenchError, OSError) as exc:
+            except Exception as exc:  # left out, with the reason in the report
                 self.results["skipped"]["litellm"] = f"could not start: {str(exc)[:1500]}"
                 log(f"LiteLLM skipped: {exc}")
         time.sleep(1)
@@ -187,7 +190,7 @@ class Bench:
                 self.multi = gateway.start(self.stack, secret, workers=n, cpus=self.cores.all,
                                            name=f"faregate-{n}w",
                                            label=f"Faregate gateway ({n} workers, {n} cores)")
-        except (BenchError, OSError) as exc:
+        except Exception as exc:  # left out, with the reason in the report
             self.results["skipped"]["faregate"] = f"could not start: {str(exc)[:1500]}"
             log(f"Faregate skipped: {exc}")
 
@@ -201,7 +204,7 @@ class Bench:
             self.results["setup"]["litellm_install_s"] = round(litellm_proxy.install(), 1)
             log("starting LiteLLM proxy (1 worker, system-under-test core)")
             return litellm_proxy.launch(ports.json, ports.stream, ports.paced, self.cores.sut)
-        except (BenchError, OSError) as exc:
+        except Exception as exc:  # left out, with the reason in the report
             self.results["skipped"]["litellm"] = f"could not start: {str(exc)[:1500]}"
             log(f"LiteLLM skipped: {exc}")
             return None
