@@ -462,6 +462,19 @@ def _notes(res: Results) -> list[str]:
     notes += [f"- Failed: {fail['what']}: {fail['error'][:500]}" for fail in res.get("failures", [])]
     if res.get("setup", {}).get("litellm_install_s"):
         notes.append(f"- LiteLLM was installed during this run ({res['setup']['litellm_install_s']:.0f} s).")
+    short = []
+    for scenario, by_target in res.get("scenarios", {}).items():
+        if not scenario.startswith(("chat_c", "stream_c")):
+            continue
+        conns = int(scenario.rsplit("_c", 1)[1])
+        for name, rs in by_target.items():
+            # wrk drops the requests in flight when it stops: about half a request per connection.
+            biases = [conns / 2 / r["requests"] for r in rs if r.get("requests")]
+            if biases and stats.median(biases) > 0.05:
+                short.append(f"{name} {scenario} (~{100 * stats.median(biases):.0f}%)")
+    if short:
+        notes.append("- Runs too short for the target's latency (the run's time budget capped them), so "
+                     "req/s may be under-counted by about: " + ", ".join(short) + ".")
     shares = res.get("cpu_available") or []
     if shares:
         sut = str(res["context"]["pinning"]["system_under_test"][0])

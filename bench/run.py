@@ -64,7 +64,7 @@ PACED_INTERVAL_MS = 20.0
 class Plan:
     mode: str
     rounds: int
-    load_s: float  # each wrk run
+    load_s: int  # each wrk run (wrk takes whole seconds)
     stream_s: float  # each run of back-to-back timed streams
     paced_trials: int  # paced streams per target per round
     soak_s: float
@@ -80,9 +80,9 @@ class Plan:
 
 
 PLANS = {
-    "full": Plan("full", rounds=3, load_s=3, stream_s=2, paced_trials=5, soak_s=600, revocation_trials=100,
-                 profile_s=10, max_load_s=8,
-                 billing_args=("--events", "50000", "--rate", "2000", "--seconds", "10")),
+    "full": Plan("full", rounds=3, load_s=3, stream_s=1.5, paced_trials=4, soak_s=600, revocation_trials=100,
+                 profile_s=10, max_load_s=6,
+                 billing_args=("--events", "30000", "--rate", "2000", "--seconds", "8")),
     "quick": Plan("quick", rounds=1, load_s=2, stream_s=0.5, paced_trials=3, soak_s=10, revocation_trials=10,
                   profile_s=3, max_load_s=4, usage_rows=100_000, pipeline_timeout_s=90,
                   billing_args=("--events", "10000", "--rate", "1000", "--seconds", "3", "--accounts", "20")),
@@ -239,7 +239,8 @@ class Bench:
         """A wrk run long enough for this target: wrk counts only requests that finished, so a run must
         last many request latencies or the requests still in flight at the end (up to `connections` of them)
         bias a slow target's req/s down. Six latencies, from the best rate seen so far, keep that under
-        ~8% (within the plan's cap, which bounds the run's time: a very slow target gets less)."""
+        ~8% (within the plan's cap, which bounds the run's time: a very slow target gets less, and the
+        report's note says so)."""
 
         def run(t: Target) -> dict[str, Any]:
             best = self.capacity.get((t.name, which), 0.0)
