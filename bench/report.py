@@ -501,9 +501,9 @@ def _notes(res: Results) -> list[str]:
 def markdown(res: Results) -> str:
     lines = _header(res)
     lines += ["## Summary", "", *summary_table(res)]
-    lines += ["For scale, issue 10's measurements with this method on an idle machine of this kind: the nginx "
-              "hop ~80,000 req/s adding ~0.09 ms at p50; LiteLLM (1 worker) ~105 req/s, ~40 streams/s, adding "
-              "~9 ms at p50, 430 MB RSS. Compare this run's rows with each other, not with those.", ""]
+    lines += ["For scale, issue 10's measurements with this method on an idle machine of this kind: the "
+              "nginx hop ~80,000 req/s adding ~0.09 ms at p50; LiteLLM (1 worker) ~105 req/s, ~40 streams/s, "
+              "adding ~9 ms at p50, 430 MB RSS. Compare this run's rows with each other, not with those.", ""]
     lines += ["## Targets from issue 10", ""]
     lines += table(["what", "target", "measured", "verdict", "how far"],
                    [[g.what, g.target, g.shown(), *g.verdict()] for g in goals(res)])
