@@ -1,0 +1,239 @@
+"""Issue 8's acceptance run, in Debian's Chromium against the real stack: sign up -> create a key -> top up with the
+sandbox provider -> a playground chat that streams -> the request in the logs and on the dashboard -> CSV export
+-> disable the key -> the playground shows the key refused. Then every page is photographed at phone (375 px)
+and desktop (1280 px) widths into tests/console/screenshots/ (git-ignored)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+import secrets
+import time
+from typing import Any
+
+from services.keys import seed as keys_seed
+from shared.config import CommonSettings
+from tests import procs
+from tests.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, SCREENSHOTS
+
+MODEL = "gpt-4o-mini"
+PASSWORD = "a-long-console-password"  # noqa: S105 (a throwaway test account)
+
+# Counts the playground's reply updates as they happen, so the test can tell a stream from one final write.
+WATCH_REPLIES = """
+() => {
+  window.__deltas = 0;
+  new MutationObserver((ms) => {
+    for (const m of ms) {
+      const el = m.target.nodeType === 1 ? m.target : m.target.parentElement;
+      if (el && el.closest && el.closest('[data-testid=reply] p.streaming')) window.__deltas += 1;
+    }
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}
+"""
+
+
+async def _nav(page: Any, label: str) -> None:
+    """Follow a main-menu link (in-app navigation keeps the tab's memory, like a person clicking)."""
+    toggle = page.locator(".nav-toggle")
+    if await toggle.is_visible():
+        await toggle.click()
+    await page.locator("#main-nav").get_by_role("link", name=label, exact=True).click()
+
+
+async def _until(check: Any, seconds: float = 30, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + seconds
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    return last
+
+
+async def _shoot(page: Any, name: str, width: int) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)
+
+
+async def test_sign_up_to_refused_key_in_a_browser(common: CommonSettings, stack: dict[str, procs.ServiceProcess],
+                                                   browser: Any) -> None:
+    base = stack["keys"].url
+    await keys_seed.seed_demo(common, upstream_base_url=stack["mock-upstream"].url)  # catalog + mock channel
+    email = f"console-{secrets.token_hex(4)}@example.com"
+    ctx = await browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = await ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    # Sign up: the onboarding screen shows the base URL, the default key (once) and a first snippet.
+    await page.goto(base + "/signup")
+    await page.get_by_label("E-mail").fill(email)
+    await page.get_by_label("Password").fill("short")
+    await page.get_by_role("button", name="Sign up").click()
+    # The API's field-level message lands next to the password field.
+    await page.locator('[data-error-for="password"]').filter(has_text=re.compile(r"\S")).wait_for()
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign up").click()
+    await page.get_by_role("heading", name="Welcome to Faregate").wait_for()
+    default_secret = (await page.get_by_test_id("new-secret").inner_text()).strip()
+    assert default_secret and await page.get_by_test_id("base-url").inner_text() == f"{base}/v1"
+    assert default_secret in await page.locator("pre.code").inner_text()
+    await _shoot(page, "onboarding", 1280)
+
+    # Create a key: the secret is shown once, with a warning and a copy button.
+    await _nav(page, "API keys")
+    await page.get_by_role("button", name="Create key").click()
+    dialog = page.get_by_role("dialog")
+    await dialog.get_by_label("Label").fill("playground")
+    await dialog.get_by_role("button", name="Create").click()
+    card = page.get_by_role("region", name="New key")
+    await card.wait_for()
+    secret = (await card.get_by_test_id("new-secret").inner_text()).strip()
+    assert secret.startswith("sk-") and secret != default_secret
+    assert "only time it is shown" in await card.inner_text()
+    row = page.locator("tr", has_text="playground")
+    await row.get_by_text("active").wait_for()
+    assert secret not in await row.inner_text()  # the list shows the prefix only
+
+    # Top up $20 with the sandbox provider; the 10% bonus is shown before paying.
+    await _nav(page, "Wallet")
+    await page.locator('button.preset[data-amount="20000000"]').click()
+    preview = await page.get_by_test_id("bonus-preview").inner_text()
+    assert "$20.00" in preview and "10%" in preview and "$2.00" in preview, preview
+    await page.get_by_role("button", name="Continue to payment").click()
+    await page.get_by_role("button", name="Pay now (sandbox)").click()
+    await page.get_by_text("Paid.").wait_for()
+    await page.get_by_test_id("balance").filter(has_text="$22.00").wait_for()
+    await page.locator("table tbody tr", has_text="topup").first.wait_for()
+
+    # Playground with the new key: the reply streams in, piece by piece.
+    await _nav(page, "Playground")
+    await page.get_by_label("API key", exact=True).select_option(label=f"playground ({secret[:10]}…)")
+    await page.locator(".model-pickers select").first.select_option(MODEL)
+    await page.evaluate(WATCH_REPLIES)
+    await page.get_by_label("Message").fill("Tell me about trains.")
+    await page.get_by_role("button", name="Send").click()
+    reply = page.get_by_test_id("reply").last
+    await reply.locator(".meta").filter(has_text="tokens").wait_for(timeout=30_000)
+    text = await reply.locator("p").first.inner_text()
+    assert text.strip() and "refused" not in text
+    deltas = await page.evaluate("window.__deltas")
+    assert deltas >= 3, f"the reply arrived in {deltas} update(s): not streamed"
+    await page.get_by_role("button", name="Copy as code").click()
+    code = await page.locator("pre.code").all_inner_texts()
+    assert any("curl" in c and f"{base}/v1/chat/completions" in c for c in code)
+    assert any("from openai import OpenAI" in c for c in code) and any('import OpenAI from "openai"' in c for c in code)
+    assert not any(secret in c for c in code)  # the snippet never embeds the key
+
+    # The request shows up in the logs (usage consumes the event asynchronously).
+    await _nav(page, "Logs")
+
+    async def logged() -> bool:
+        await page.get_by_role("button", name="Apply").click()
+        await page.wait_for_load_state("networkidle")
+        return await page.locator("tr[data-request-id]", has_text=MODEL).count() >= 1
+
+    assert await _until(logged), "the playground's request never appeared in the usage logs"
+    log_row = page.locator("tr[data-request-id]", has_text=MODEL).first
+    request_id = await log_row.get_attribute("data-request-id")
+    assert "playground" in await log_row.inner_text()
+
+    # CSV export of the current filter: the same request, metadata only.
+    async with page.expect_download() as dl_info:
+        await page.get_by_test_id("csv-link").click()
+    download = await dl_info.value
+    body = (await download.path()).read_text()  # type: ignore[union-attr]
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert any(request_id in r.values() for r in rows), body[:500]
+    assert "trains" not in body  # no prompt content in the export
+
+    # The dashboard counts it.
+    await _nav(page, "Dashboard")
+
+    async def counted() -> bool:
+        stat = page.locator(".stat", has_text="Requests today").locator("strong")
+        await stat.wait_for()
+        if (await stat.inner_text()).strip() not in ("0", ""):
+            return True
+        await _nav(page, "Models & pricing")
+        await _nav(page, "Dashboard")
+        return False
+
+    assert await _until(counted), "the dashboard never counted the request"
+    assert await page.locator(".share-fig li", has_text=MODEL).count() == 1
+    assert await page.locator("svg.chart rect.bar").count() >= 1
+    await _shoot(page, "dashboard-after-chat", 1280)
+
+    # Disable the key; the playground then shows the gateway refusing it.
+    await _nav(page, "API keys")
+    row = page.locator("tr", has_text="playground")
+    await row.get_by_role("button", name="Disable playground").click()
+    await row.get_by_text("disabled").wait_for()
+    await _nav(page, "Playground")
+    await page.get_by_label("API key", exact=True).select_option(label=f"playground ({secret[:10]}…)")
+    await page.get_by_label("Message").fill("Still there?")
+    await page.get_by_role("button", name="Send").click()
+    refused = page.locator("[data-testid=reply].error")
+    await refused.wait_for(timeout=15_000)
+    message = await refused.inner_text()
+    assert "refused" in message and re.search(r"\((401|403)\)", message), message
+    await _shoot(page, "playground-refused", 1280)
+    assert not errors, errors
+
+    # Log out, then the session-expired path: a page that needs a login sends you back there afterwards.
+    await page.get_by_role("button", name="Log out").click()
+    await page.get_by_role("heading", name="Log in").wait_for()
+    await page.goto(base + "/logs?status=ok")
+    await page.get_by_role("heading", name="Log in").wait_for()
+    await page.get_by_label("E-mail").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await page.get_by_role("heading", name="Usage logs").wait_for()
+    assert page.url.endswith("/logs?status=ok")
+    await ctx.close()
+
+    await _screenshots(browser, base, email)
+
+
+USER_PAGES = ["dashboard", "keys", "wallet", "logs", "playground", "models", "settings", "onboarding"]
+GUEST_PAGES = ["login", "signup", "forgot", "models"]
+ADMIN_PAGES = ["admin/users", "admin/channels", "admin/models", "admin/groups", "admin/plans", "admin/codes",
+               "admin/bonus"]
+
+
+async def _login(page: Any, base: str, email: str, password: str) -> None:
+    await page.goto(base + "/login")
+    await page.get_by_label("E-mail").fill(email)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Log in").click()
+    await page.get_by_role("heading", name="Dashboard").wait_for()
+
+
+async def _screenshots(browser: Any, base: str, email: str) -> None:
+    """Every page at both widths; each must render its heading without a script error."""
+    for width in (375, 1280):
+        for who, pages in (("guest", GUEST_PAGES), ("user", USER_PAGES), ("admin", ADMIN_PAGES)):
+            ctx = await browser.new_context(viewport={"width": width, "height": 800})
+            page = await ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
+            if who == "user":
+                await _login(page, base, email, PASSWORD)
+            elif who == "admin":
+                await _login(page, base, ADMIN_EMAIL, ADMIN_PASSWORD)
+            for name in pages:
+                await page.goto(f"{base}/{name}")
+                await page.locator("main h1").first.wait_for()
+                await page.wait_for_load_state("networkidle")
+                assert not await page.locator("main > .notice.err").count(), f"{name}: {await page.inner_text('main')}"
+                await _shoot(page, f"{who}-{name.replace('/', '-')}", width)
+            assert not errors, errors
+            # Nothing wider than the viewport at phone width (tables turn into cards).
+            if width == 375:
+                overflow = await page.evaluate("document.documentElement.scrollWidth")
+                assert overflow <= width + 1, f"{who}: page is {overflow}px wide at {width}px"
+            await ctx.close()
