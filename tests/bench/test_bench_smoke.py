@@ -45,6 +45,30 @@ def test_goal_verdicts_say_how_far_off() -> None:
     assert absent.verdict() == ("not measured", "peer not run")
 
 
+def test_report_ratios_and_held_back_chunks_from_raw_runs() -> None:
+    """A relay that forwards chunks as they come passes even with one stream hiccup; one that holds every
+    other chunk back fails; peak req/s and added latency come from the medians of the repeats."""
+    steady = [20.0 * i for i in range(21)]
+    hiccup = [*steady[:5], steady[6], *steady[6:]]  # one read delayed: chunk 5 arrived with chunk 6
+    pairs = [20.0 * (i + i % 2) for i in range(21)]  # every odd chunk waits for the next one
+    res = {
+        "context": {"upstream": {"paced_interval_ms": 20.0}},
+        "scenarios": {
+            "paced": {"direct": [{"trials": 3, "offsets_ms": [steady, steady, steady]}],
+                      "good": [{"trials": 3, "offsets_ms": [steady, hiccup, steady]}],
+                      "bad": [{"trials": 3, "offsets_ms": [pairs, pairs, pairs]}]},
+            "chat_c1": {"direct": [{"p50_ms": 0.1}, {"p50_ms": 0.3}, {"p50_ms": 0.2}],
+                        "good": [{"p50_ms": 1.2}, {"p50_ms": 1.4}, {"p50_ms": 9.0}]},
+            "chat_c16": {"good": [{"rps": 100.0}, {"rps": 300.0}, {"rps": 200.0}]},
+            "chat_c64": {"good": [{"rps": 150.0}, {"rps": 150.0}, {"rps": 150.0}]},
+        },
+    }
+    assert report.held_back(res, "good", 20.0) == 0
+    assert report.held_back(res, "bad", 20.0) == 10
+    assert report.added(res, "chat_c1", "good", "p50_ms") == pytest.approx(1.2)
+    assert report.peak_rps(res, "good") == (200.0, "c16")
+
+
 def test_stream_fixture_is_twenty_valid_chunks_then_done() -> None:
     events = fixtures.stream_events()
     assert len(events) == fixtures.STREAM_CHUNKS + 1
