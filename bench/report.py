@@ -424,8 +424,26 @@ def _pipeline_section(res: Results) -> list[str]:
             if part.get("seconds") is not None else ""
         note = f" — {part['note']}" if part.get("note") else ""
         lines += [f"**{title}**: {part.get('status')}{note}{took}", ""]
-        if isinstance(part.get("result"), dict):
-            lines += ["```json", json.dumps(part["result"], indent=1)[:3000], "```", ""]
+        result = part.get("result")
+        if isinstance(result, dict) and key == "billing" and "applied_events_per_s" in result:
+            r = result
+            lines += [f"A backlog of {fmt(r.get('events'), 0)} usage events drained at "
+                      f"{fmt(r['applied_events_per_s'], 0)} events/s; then "
+                      f"{fmt(r.get('lag_events'), 0)} events at {fmt(r.get('paced_per_s'), 0)}/s: response → debit lag p50 "
+                      f"{fmt(r.get('lag_p50_ms'), 0)} ms, p99 {fmt(r.get('lag_p99_ms'), 0)} ms, max "
+                      f"{fmt(r.get('lag_max_ms'), 0)} ms.", ""]
+        elif isinstance(result, dict) and key == "usage" and isinstance(result.get("queries"), dict):
+            rows = [[name, fmt(q.get("median_ms"), 1), fmt(q.get("max_ms"), 1)]
+                    for name, q in result["queries"].items() if isinstance(q, dict)]
+            lines += [f"{fmt(result.get('rows'), 0)} request-log rows (made in "
+                      f"{fmt(result.get('load_seconds'), 1)} s):", ""]
+            lines += table(["query", "median ms", "max ms"], rows)
+            ingest = result.get("ingest")
+            if isinstance(ingest, dict) and ingest.get("events_per_s"):
+                lines += [f"The usage consumer ingested {fmt(ingest.get('events'), 0)} events at "
+                          f"{fmt(ingest['events_per_s'], 0)} events/s.", ""]
+        elif isinstance(result, dict):
+            lines += ["```json", json.dumps(result, indent=1)[:3000], "```", ""]
         elif part.get("output_tail"):
             lines += ["```", part["output_tail"][-1500:], "```", ""]
     return lines
