@@ -430,8 +430,8 @@ def _pipeline_section(res: Results) -> list[str]:
             lines += [f"A backlog of {fmt(r.get('events'), 0)} usage events drained at "
                       f"{fmt(r['applied_events_per_s'], 0)} events/s; then "
                       f"{fmt(r.get('lag_events'), 0)} events at {fmt(r.get('paced_per_s'), 0)}/s: "
-                      f"response → debit lag p50 {fmt(r.get('lag_p50_ms'), 0)} ms, p99 {fmt(r.get('lag_p99_ms'), 0)} ms, max "
-                      f"{fmt(r.get('lag_max_ms'), 0)} ms.", ""]
+                      f"response → debit lag p50 {fmt(r.get('lag_p50_ms'), 0)} ms, "
+                      f"p99 {fmt(r.get('lag_p99_ms'), 0)} ms, max {fmt(r.get('lag_max_ms'), 0)} ms.", ""]
         elif isinstance(result, dict) and key == "usage" and isinstance(result.get("queries"), dict):
             rows = [[name, fmt(q.get("median_ms"), 1), fmt(q.get("max_ms"), 1)]
                     for name, q in result["queries"].items() if isinstance(q, dict)]
