@@ -18,7 +18,7 @@ from litestar.params import FromPath
 from litestar.response import Stream
 from opentelemetry import trace
 
-from services.gateway import clients, metrics, relay, tokenizer
+from services.gateway import clients, metrics, relay, tokenizer, upstream_http
 from services.gateway.admission import Ticket
 from services.gateway.config import GatewaySettings
 from services.gateway.context import Gateway
@@ -438,14 +438,9 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_resources(common, "gateway", use_db=False) as res:
-            http = httpx.AsyncClient(
-                timeout=httpx.Timeout(
-                    connect=settings.connect_timeout_s, read=None, write=60, pool=settings.connect_timeout_s
-                ),
-                limits=httpx.Limits(
-                    max_connections=settings.max_upstream_connections,
-                    max_keepalive_connections=settings.max_upstream_connections,
-                ),
+            http = upstream_http.Client(
+                connect_timeout_s=settings.connect_timeout_s,
+                max_idle_per_origin=settings.max_upstream_connections,
             )
             internal = httpx.AsyncClient(timeout=5)
             gw = Gateway(settings=settings, common=common, res=res, http=http, internal=internal)

@@ -14,6 +14,7 @@ import httpx
 import msgspec
 from nats.aio.msg import Msg
 
+from services.gateway import upstream_http
 from services.gateway.admission import Admission
 from services.gateway.auth import KeyCache
 from services.gateway.breaker import Breaker
@@ -33,7 +34,7 @@ class Gateway:
     settings: GatewaySettings
     common: CommonSettings
     res: Resources
-    http: httpx.AsyncClient  # upstreams: one keep-alive pool per worker
+    http: upstream_http.Client  # upstreams: one keep-alive pool per worker
     internal: httpx.AsyncClient  # keys and billing
     keycache: KeyCache = field(init=False)
     catalog: CatalogView = field(init=False)

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import msgspec
 from opentelemetry import trace
 
@@ -53,6 +52,7 @@ from services.gateway.providers import gemini as p_gemini
 from services.gateway.providers import openai as oai
 from services.gateway.routing import candidates
 from services.gateway.sse import SSEParser
+from services.gateway.upstream_http import Response, UpstreamError
 from services.gateway.usage import Usage, cost_of
 from shared import events as ev
 from shared.catalog import Model
@@ -123,7 +123,7 @@ class AttemptFailed(Exception):
 class Opened:
     """An upstream that answered 200 before anything was sent to the client."""
 
-    resp: httpx.Response
+    resp: Response
     channel: ChannelView
     model: Model
     upstream_model: str
@@ -265,7 +265,7 @@ async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, toke
 # ----------------------------------------------------------------------------------------
 
 
-def _classify(status: int, headers: httpx.Headers) -> AttemptFailed:
+def _classify(status: int, headers: dict[str, str]) -> AttemptFailed:
     retry_after = None
     if "retry-after" in headers:
         try:
@@ -369,12 +369,11 @@ async def _attempt(
         )
     api_key = channel.api_keys[hash(call.request_id) % len(channel.api_keys)]
     url, headers, content, translated = _build(plan, channel, upstream_model, api_key, call.request_id)
-    request = gw.http.build_request("POST", url, headers=headers, content=content)
     first_byte = min(s.first_byte_timeout_s, max(deadline - time.monotonic(), 0.001) + s.first_byte_timeout_s)
-    resp: httpx.Response | None = None
+    resp: Response | None = None
     try:
         async with asyncio.timeout(first_byte):
-            resp = await gw.http.send(request, stream=True)
+            resp = await gw.http.post(url, headers, content)
             if resp.status_code != 200:
                 await _read_capped(resp)
                 raise _classify(resp.status_code, resp.headers)
@@ -404,15 +403,7 @@ async def _attempt(
             breaker=True,
             client=BadUpstream("The upstream sent an empty response."),
         ) from None
-    except httpx.TimeoutException:
-        await _close(resp)
-        raise AttemptFailed(
-            "connect_timeout",
-            retryable=True,
-            breaker=True,
-            client=UpstreamTimeout("The upstream did not answer in time."),
-        ) from None
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         await _close(resp)
         raise AttemptFailed(
             f"connect_error:{type(exc).__name__}",
@@ -425,7 +416,7 @@ async def _attempt(
         raise
 
 
-async def _read_capped(resp: httpx.Response) -> None:
+async def _read_capped(resp: Response) -> None:
     """Drain (a bounded part of) an error answer so the connection can be reused; its content is not used."""
     total = 0
     async for chunk in resp.aiter_raw():
@@ -434,7 +425,7 @@ async def _read_capped(resp: httpx.Response) -> None:
             break
 
 
-async def _close(resp: httpx.Response | None) -> None:
+async def _close(resp: Response | None) -> None:
     if resp is not None:
         try:
             await resp.aclose()
@@ -603,10 +594,10 @@ def stream_body(
             if rest:
                 yield rest
             ended = True
-        except (TimeoutError, httpx.HTTPError, UpstreamStreamError) as exc:
+        except (TimeoutError, UpstreamError, UpstreamStreamError) as exc:
             failed: GatewayError = (
                 UpstreamTimeout("The upstream stopped sending mid-stream.")
-                if isinstance(exc, TimeoutError | httpx.TimeoutException)
+                if isinstance(exc, TimeoutError)
                 else BadUpstream("The upstream stream broke or reported an error mid-stream.")
             )
             call.fail(failed)
@@ -723,10 +714,10 @@ def translated_stream_body(gw: Gateway, call: Call, opened: Opened, plan: Plan) 
                 )
             )
             ended = True
-        except (TimeoutError, httpx.HTTPError, UpstreamStreamError, msgspec.DecodeError) as exc:
+        except (TimeoutError, UpstreamError, UpstreamStreamError, msgspec.DecodeError) as exc:
             failed: GatewayError = (
                 UpstreamTimeout("The upstream stopped sending mid-stream.")
-                if isinstance(exc, TimeoutError | httpx.TimeoutException)
+                if isinstance(exc, TimeoutError)
                 else BadUpstream("The upstream stream broke or reported an error mid-stream.")
             )
             call.fail(failed)

@@ -46,8 +46,12 @@ def stack(common: CommonSettings) -> Iterator[dict[str, procs.ServiceProcess]]:
 
 @pytest.fixture
 async def demo_gateway(
-    common: CommonSettings, stack: dict[str, procs.ServiceProcess]
+    common: CommonSettings, resources: Resources, stack: dict[str, procs.ServiceProcess]
 ) -> AsyncIterator[tuple[AsyncTestClient[Any], Any]]:
+    # Other gateway tests write catalogs straight into Redis with clock-based versions; make room for the one
+    # keys seeds here (keys never overwrites a newer snapshot).
+    assert resources.redis
+    await resources.redis.delete(resources.keys.catalog())
     demo = await seed_demo(common, upstream_base_url=stack["mock-upstream"].url)
     await fund_demo(common, account_id=demo.account_id, amount_micros=FUNDS)
     wired = msgspec.structs.replace(common, billing_url=stack["billing"].url)
