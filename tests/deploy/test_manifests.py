@@ -446,3 +446,32 @@ def test_the_migrate_first_apply_carries_what_the_job_needs(overlay: Rendered) -
         ref = var["valueFrom"]["secretKeyRef"]["name"]
         if overlay.secret_data(ref) is not None:
             assert ("Secret", ref) in names
+
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def test_production_pods_meet_the_restricted_pod_security_standard(rendered: dict[str, Rendered]) -> None:
+    """The production namespace enforces `restricted`: a pod that breaks it is refused at admission, which no
+    schema check would notice."""
+    prod = rendered["production"]
+    (namespace,) = prod.of_kind("Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    checked = 0
+    for workload, pod in prod.workloads():
+        name = workload["metadata"]["name"]
+        pod_security = pod.get("securityContext", {})
+        assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), name
+        assert set().union(*(v.keys() for v in pod.get("volumes", []))) - {"name"} <= RESTRICTED_VOLUMES, name
+        for container in pod["containers"] + pod.get("initContainers", []):
+            security = {**pod_security, **container.get("securityContext", {})}
+            assert security.get("runAsNonRoot") is True, name
+            assert security.get("seccompProfile", {}).get("type") in ("RuntimeDefault", "Localhost"), name
+            assert container["securityContext"].get("allowPrivilegeEscalation") is False, name
+            capabilities = container["securityContext"].get("capabilities", {})
+            assert "ALL" in capabilities.get("drop", []), name
+            assert set(capabilities.get("add", [])) <= {"NET_BIND_SERVICE"}, name
+            assert not any(p.get("hostPort") for p in container.get("ports", [])), name
+            checked += 1
+    assert checked >= 7  # five services, the migrate Job, the verify CronJob
