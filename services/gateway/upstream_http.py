@@ -2,10 +2,10 @@
 
 Why not httpx here: profiling the gateway under load (py-spy, 16 concurrent clients) put ~45% of a worker's
 CPU inside httpx/httpcore for the one upstream call, mostly connection-pool bookkeeping (a readability poll of
-every idle connection, anyio attribute lookups) on every request; with this client the worker's CPU per request
-fell from ~5.4 ms to ~1.7 ms on the same (busy, shared) machine. The gateway needs far less: POST a body, read the
-status and headers, then the body as it arrives (Content-Length, chunked, or to the end of the connection).
-Timeouts are the caller's (asyncio.timeout around each step). httpx stays for the internal keys/billing calls.
+every idle connection, anyio attribute lookups) on every request; with this client the worker's CPU per
+request fell from ~5.4 ms to ~1.7 ms on the same (busy, shared) machine. The gateway needs far less: POST a
+body, read the status and headers, then the body as it arrives (Content-Length, chunked, or to the end of the
+connection). Timeouts are the caller's (asyncio.timeout around each step); httpx stays for the internal calls.
 
 A connection is reused only after its response was read to the end; anything else (an error, a cancellation,
 an early close by the caller) closes it. A request on a reused connection that the server had meanwhile closed
