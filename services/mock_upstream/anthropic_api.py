@@ -178,7 +178,12 @@ def decide(
             if cut:
                 return blocks, "max_tokens", None, used
         return blocks, "tool_use", None, used
-    text = content.reply_text(seed, min_tokens)
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        text = content.json_reply(seed, fmt.get("schema"))
+    else:
+        text = content.reply_text(seed, min_tokens)
     stop_sequence = None
     hits = sorted((text.find(s), s) for s in body.get("stop_sequences") or [] if s and s in text)
     if hits:

@@ -236,7 +236,7 @@ def test_openai_request_becomes_anthropic_with_merged_tool_results() -> None:
     ("patch", "field"),
     [
         ({"n": 2}, "n"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "grammar"}}, "response_format.type"),
         ({"temperature": 1.7}, "temperature"),
         ({"logprobs": True}, "logprobs"),
         ({"seed": 7}, "seed"),
@@ -261,18 +261,19 @@ def test_defaults_and_reasoning_effort_for_anthropic() -> None:
         "max_tokens": anthropic.DEFAULT_MAX_TOKENS,
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
     }
-    thinking = anthropic.request_from_openai(
-        {
-            "model": "m",
-            "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 100,
-            "reasoning_effort": "medium",
-            "temperature": 0.3,
-        },
-        "c",
-    )
-    assert thinking["thinking"] == {"type": "enabled", "budget_tokens": 8192}
-    assert thinking["max_tokens"] > 8192 and "temperature" not in thinking
+    effortful = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 100,
+        "reasoning_effort": "medium",
+        "temperature": 0.3,
+    }
+    adaptive = anthropic.request_from_openai(effortful, "c")
+    assert adaptive["thinking"] == {"type": "adaptive"}
+    assert adaptive["output_config"] == {"effort": "medium"} and "temperature" not in adaptive
+    budget = anthropic.request_from_openai(effortful, "c", thinking="budget")
+    assert budget["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert budget["max_tokens"] > 8192 and "temperature" not in budget and "output_config" not in budget
     with pytest.raises(InvalidField):
         anthropic.request_from_openai(
             {
@@ -469,3 +470,35 @@ def test_an_api_version_without_sampling_refuses_what_would_change_the_answer() 
         anthropic.request_from_openai({**neutral, "temperature": 0.2}, "c", sampling=False)
     assert refused.value.field == "temperature"
     assert anthropic.request_from_openai({**neutral, "temperature": 0.2}, "c")["temperature"] == 0.2
+
+
+def test_json_output_maps_to_output_config_format_both_ways() -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    chat = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    }
+    assert anthropic.request_from_openai(chat, "c")["output_config"] == {
+        "format": {"type": "json_schema", "schema": schema}
+    }
+    loose = {**chat, "response_format": {"type": "json_object"}}
+    assert anthropic.request_from_openai(loose, "c")["output_config"]["format"]["schema"] == {
+        "type": "object"
+    }
+    client = {
+        "model": "c",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "high", "format": {"type": "json_schema", "schema": schema}},
+    }
+    out = anthropic.request_to_openai(client)
+    assert out["reasoning_effort"] == "high"
+    assert out["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema},
+    }
+    with pytest.raises(UnsupportedField) as refused:
+        anthropic.request_to_openai({**client, "output_config": {"task_budget": 5}})
+    assert refused.value.field == "output_config.task_budget"

@@ -447,3 +447,15 @@ def test_an_upstream_error_mid_stream_reaches_every_client_as_an_error(
         "gemini": "ServerError",
     }
     assert seen == expected[client]
+
+
+@pytest.mark.parametrize("upstream", list(UPSTREAMS))
+def test_json_mode_reaches_every_upstream(relay_url: str, upstream: str) -> None:
+    client = openai_sdk.OpenAI(api_key="k", base_url=f"{relay_url}/{upstream}/v1", max_retries=0)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    r = client.chat.completions.create(
+        model=UPSTREAMS[upstream],
+        messages=[{"role": "user", "content": QUESTION}],
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+    )
+    assert json.loads(r.choices[0].message.content or "") == {"city": "Paris"}

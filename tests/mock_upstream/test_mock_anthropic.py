@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -231,3 +232,18 @@ def test_sampling_parameters_follow_the_api_version(mock_url: str) -> None:
     assert refused.status_code == 400
     assert refused.json()["error"]["message"] == "temperature: Extra inputs are not permitted"
     assert ask("2026-10-21").status_code == 200
+
+
+def test_structured_output_is_json(mock_url: str) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    r = httpx.post(
+        mock_url + "/v1/messages",
+        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+        json={
+            "model": "claude-haiku-4-5",
+            "max_tokens": 100,
+            "messages": ASK,
+            "output_config": {"format": {"type": "json_schema", "schema": schema}},
+        },
+    )
+    assert json.loads(r.json()["content"][0]["text"]) == {"city": "Paris"}

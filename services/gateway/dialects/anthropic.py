@@ -31,6 +31,9 @@ DEFAULT_MAX_TOKENS = 4096
 SAMPLING_REMOVED_IN = "2026-10-21"
 # reasoning_effort <-> thinking budget (Anthropic's minimum budget is 1024).
 EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+# reasoning_effort <-> output_config.effort, used with adaptive thinking (Claude 4.6 and later; 4.7 and later
+# refuse budget_tokens outright).
+EFFORT_LEVEL = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}
 
 STOP_TO_OPENAI = {
     "end_turn": "stop",
@@ -82,6 +85,7 @@ def usage_from_openai_usage(u: TokenUsage) -> dict[str, Any]:
 # --- client request (Anthropic) -> internal (OpenAI) ---
 
 _CLIENT_FIELDS = {
+    "output_config",
     "model",
     "messages",
     "system",
@@ -289,10 +293,32 @@ def request_to_openai(body: dict[str, Any], *, counting: bool = False) -> dict[s
     user = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
     if user:
         out["user"] = str(user)
-    thinking = body.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
-        budget = thinking.get("budget_tokens") or EFFORT_BUDGET["medium"]
+    thinking = shape.obj(body.get("thinking"), "thinking")
+    config = shape.obj(body.get("output_config"), "output_config")
+    for key in sorted(set(config) - {"effort", "format"}):
+        raise UnsupportedField(f"output_config.{key}", "openai")
+    if thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        budget = budget if isinstance(budget, int) else EFFORT_BUDGET["medium"]
         out["reasoning_effort"] = next((e for e, b in EFFORT_BUDGET.items() if budget <= b), "high")
+    elif thinking.get("type") == "adaptive":
+        out["reasoning_effort"] = "medium"
+    effort = config.get("effort")
+    if effort is not None:
+        if effort not in ("low", "medium", "high", "xhigh", "max"):
+            raise InvalidField("output_config.effort", f"unknown effort {effort!r}")
+        out["reasoning_effort"] = "xhigh" if effort == "max" else effort
+    fmt = shape.obj(config.get("format"), "output_config.format")
+    if fmt:
+        if fmt.get("type") != "json_schema":
+            raise UnsupportedField("output_config.format.type", "openai", f"{fmt.get('type')!r}")
+        out["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "output",
+                "schema": shape.obj(fmt.get("schema"), "output_config.format.schema"),
+            },
+        }
     if body.get("stream"):
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
@@ -419,12 +445,14 @@ def takes_sampling(api_version: str) -> bool:
 
 
 def request_from_openai(
-    body: dict[str, Any], upstream_model: str, *, sampling: bool = True
+    body: dict[str, Any], upstream_model: str, *, sampling: bool = True, thinking: str = "adaptive"
 ) -> dict[str, Any]:
     """The internal OpenAI chat request -> an Anthropic Messages request for an Anthropic channel.
 
     `sampling=False` for an API version without sampling parameters (see `takes_sampling`): a value that
     changes nothing (temperature 1, top_p 1) is left out, any other is refused by name.
+    `thinking` is how `reasoning_effort` is asked for: "adaptive" (adaptive thinking and
+    `output_config.effort`, Claude 4.6 and later) or "budget" (`budget_tokens`, the models before 4.6).
     """
     for name, neutral in _NEUTRAL.items():
         if name in body and body[name] is not None and body[name] != neutral:
@@ -432,9 +460,9 @@ def request_from_openai(
     unknown = sorted(set(body) - _IGNORED - set(_NEUTRAL))
     if unknown:
         raise UnsupportedField(unknown[0], DIALECT)
-    fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-        raise UnsupportedField("response_format", DIALECT, "JSON mode has no Anthropic equivalent")
+    fmt = shape.obj(body.get("response_format"), "response_format")
+    if fmt.get("type") not in (None, "text", "json_object", "json_schema"):
+        raise UnsupportedField("response_format.type", DIALECT, f"{fmt.get('type')!r}")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidField("messages", "'messages' must be a non-empty list")
@@ -529,14 +557,26 @@ def request_from_openai(
         choice = _tool_choice_from_openai(body.get("tool_choice"), body.get("parallel_tool_calls"))
         if choice is not None:
             out["tool_choice"] = choice
+    config: dict[str, Any] = {}
+    if fmt.get("type") == "json_schema":
+        schema = shape.obj(fmt.get("json_schema"), "response_format.json_schema").get("schema")
+        config["format"] = {"type": "json_schema", "schema": schema or {"type": "object"}}
+    elif fmt.get("type") == "json_object":
+        config["format"] = {"type": "json_schema", "schema": {"type": "object"}}
     effort = body.get("reasoning_effort")
-    if effort:
-        budget = EFFORT_BUDGET.get(str(effort))
-        if budget is None:
+    if effort and effort != "none":
+        if str(effort) not in EFFORT_LEVEL:
             raise InvalidField("reasoning_effort", f"unknown reasoning_effort {effort!r}")
-        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        out["max_tokens"] = max(out["max_tokens"], budget + 1024)
+        if thinking == "budget":
+            budget = EFFORT_BUDGET.get(str(effort), EFFORT_BUDGET["high"])
+            out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            out["max_tokens"] = max(out["max_tokens"], budget + 1024)
+        else:
+            out["thinking"] = {"type": "adaptive"}
+            config["effort"] = EFFORT_LEVEL[str(effort)]
         out.pop("temperature", None)  # Anthropic refuses temperature with thinking on
+    if config:
+        out["output_config"] = config
     if body.get("user"):
         out["metadata"] = {"user_id": str(body["user"])}
     if body.get("stream"):
