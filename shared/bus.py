@@ -75,7 +75,7 @@ async def connect(url: str, *, name: str, **kw: object) -> NATS:
     )
 
 
-async def ensure_streams(js: JetStreamContext, namespace: str) -> None:
+async def ensure_streams(js: JetStreamContext, namespace: str, replicas: int = 1) -> None:
     for spec in STREAMS:
         config = StreamConfig(
             name=stream_name(namespace, spec),
@@ -84,6 +84,7 @@ async def ensure_streams(js: JetStreamContext, namespace: str) -> None:
             storage=StorageType.FILE,
             max_age=spec.max_age_s,
             duplicate_window=spec.duplicate_window_s,
+            num_replicas=replicas,
         )
         try:
             await js.add_stream(config)

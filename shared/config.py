@@ -118,6 +118,8 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
     # Prefix for NATS streams/subjects and Redis keys, so several stacks (or test runs) share one server.
     namespace: str = "faregate"
+    # JetStream stream replicas (1 on a single server; 3 on a 3-node cluster, see deploy/README.md).
+    stream_replicas: int = 1
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
     # OpenTelemetry: "none" (default), "otlp" (OTLP/HTTP to otlp_endpoint) or "console".

@@ -119,7 +119,7 @@ async def open_resources(
         if use_nats:
             res.nc = await retry("nats", lambda: bus.connect(common.nats_url, name=f"faregate-{service}"))
             res.js = res.nc.jetstream()
-            await retry("jetstream", lambda: bus.ensure_streams(res.js, common.namespace))  # type: ignore[arg-type]
+            await retry("jetstream", lambda: bus.ensure_streams(res.js, common.namespace, common.stream_replicas))  # type: ignore[arg-type]
             res.publisher = bus.Publisher(res.js, common.namespace, Path(common.data_dir) / "spool" / service)
             res.publisher.start()
         yield res
