@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -148,6 +149,26 @@ def seed(stack: Stack, json_port: int, stream_port: int, paced_port: int) -> str
     secret = new_secret()
     asyncio.run(_seed(stack, bench_catalog(stack.common, json_port, stream_port, paced_port), secret))
     return secret
+
+
+_FOOTPRINT = """
+import os
+import services.gateway.app
+for line in open(f"/proc/{os.getpid()}/status"):
+    if line.startswith("VmRSS:"):
+        print(int(line.split()[1]) / 1024)
+"""
+
+
+def import_footprint_mb() -> float | None:
+    """RSS of a fresh interpreter that has only imported the gateway app: what a worker weighs before it
+    allocates anything at start-up or per request."""
+    proc = subprocess.run([sys.executable, "-c", _FOOTPRINT], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False, timeout=120)
+    try:
+        return round(float(proc.stdout.strip().splitlines()[-1]), 1)
+    except (ValueError, IndexError):
+        return None
 
 
 def gateway_available() -> str | None:

@@ -383,6 +383,10 @@ def _memory_section(res: Results) -> list[str]:
     lines = ["## Memory (RSS)", ""]
     lines += table(["target", "worker idle MB", "worker peak under load MB", "worker after the rounds MB",
                     "all processes idle MB", "all processes peak MB"], rows)
+    imported = res.get("setup", {}).get("gateway_import_mb")
+    if imported:
+        lines += [f"A Python process that has only imported the gateway app (`services.gateway.app`) holds "
+                  f"{imported:.0f} MB; the rest of an idle worker's RSS is what it sets up at start-up.", ""]
     soak = res.get("soak")
     if soak:
         load = soak.get("load", {})
@@ -412,6 +416,12 @@ def _pipeline_section(res: Results) -> list[str]:
                   f"own keep-alive connections; `ss` confirms every worker holds one).", ""]
         lines += table(["disabled by", "trials", "connections / workers", "p50 ms", "p99 ms", "max ms",
                         "the disable call itself, p50 / p99 ms"], rows)
+        api, contract = rev.get("keys_api"), rev.get("contract")
+        if api and contract and "call_p50_ms" in api:
+            lines += [f"Through the API, the keys service's answer to the disable call takes "
+                      f"{api['call_p50_ms'] / api['p50_ms']:.0%} of the p50; the gateway's own part (the "
+                      f"contract row: from the published change to every worker refusing) is "
+                      f"{contract['p50_ms']:.1f} ms at p50 and {contract['p99_ms']:.1f} ms at p99.", ""]
     parts = [("billing", "Billing throughput and lag (bench/billing_bench.py)"),
              ("usage", "Usage dashboard queries (bench/usage_bench.py)")]
     if any(res.get(k) for k, _ in parts):

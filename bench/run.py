@@ -179,6 +179,7 @@ class Bench:
             self.engines = engines.start(self.cores)
             self.stack = gateway.open_stack(self.engines.redis_url, self.engines.nats_url)
             self.results["setup"]["redis_rtt"] = engines.redis_rtt_ms(self.engines.redis_url)
+            self.results["setup"]["gateway_import_mb"] = gateway.import_footprint_mb()
             secret = gateway.seed(self.stack, ports.json, ports.stream, ports.paced)
             log("starting Faregate's gateway (1 worker, system-under-test core)")
             one = gateway.start(self.stack, secret, workers=1, cpus=self.cores.sut, name="faregate",
