@@ -1,6 +1,18 @@
 // Hand-drawn SVG charts: bars over time and a share list. Sized by viewBox so they scale to any width.
 import { h, svg } from "./dom";
 
+function axis(root: SVGElement, max: number, fmt: (v: number) => string, padL: number, padT: number, plotH: number, W: number): void {
+  let last = "";
+  for (const frac of [0, 0.5, 1]) {
+    const y = padT + plotH * (1 - frac);
+    root.append(svg("line", { x1: padL, x2: W - 8, y1: y, y2: y, class: "grid" }));
+    const text = fmt(max * frac);
+    // Small integer ranges would repeat a rounded label (0, 1, 1): show each value once.
+    if (text !== last) root.append(svg("text", { x: padL - 6, y: y + 4, "text-anchor": "end", class: "axis" }, text));
+    last = text;
+  }
+}
+
 export interface Bar { label: string; value: number; title: string }
 
 export function barChart(bars: Bar[], caption: string, fmt: (v: number) => string): HTMLElement {
@@ -9,11 +21,7 @@ export function barChart(bars: Bar[], caption: string, fmt: (v: number) => strin
   const plotW = W - padL - 8, plotH = H - padB - padT;
   const step = bars.length ? plotW / bars.length : plotW;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": caption });
-  for (const frac of [0, 0.5, 1]) {
-    const y = padT + plotH * (1 - frac);
-    root.append(svg("line", { x1: padL, x2: W - 8, y1: y, y2: y, class: "grid" }));
-    root.append(svg("text", { x: padL - 6, y: y + 4, "text-anchor": "end", class: "axis" }, fmt(max * frac)));
-  }
+  axis(root, max, fmt, padL, padT, plotH, W);
   const every = Math.ceil(bars.length / 10);
   bars.forEach((b, i) => {
     const bh = (b.value / max) * plotH;
@@ -47,11 +55,7 @@ export function pairChart(points: { label: string; a: number; b: number }[], cap
   const plotW = W - padL - 8, plotH = H - padB - padT;
   const step = points.length ? plotW / points.length : plotW;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": caption });
-  for (const frac of [0, 0.5, 1]) {
-    const y = padT + plotH * (1 - frac);
-    root.append(svg("line", { x1: padL, x2: W - 8, y1: y, y2: y, class: "grid" }));
-    root.append(svg("text", { x: padL - 6, y: y + 4, "text-anchor": "end", class: "axis" }, fmt(max * frac)));
-  }
+  axis(root, max, fmt, padL, padT, plotH, W);
   const every = Math.ceil(points.length / 10);
   points.forEach((p, i) => {
     const x = padL + i * step + step * 0.15;

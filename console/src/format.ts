@@ -3,15 +3,12 @@
 export function usd(micros: number | null | undefined, digits = 2): string {
   if (micros === null || micros === undefined) return "—";
   const neg = micros < 0;
-  const abs = Math.abs(micros);
+  const abs = Math.abs(Math.trunc(micros));
   const whole = Math.floor(abs / 1_000_000);
-  const frac = abs % 1_000_000;
-  let fracStr = String(frac).padStart(6, "0");
-  // Keep at least `digits` decimals, more when a small amount would otherwise show as 0.00.
-  let keep = digits;
-  while (keep < 6 && whole === 0 && Number(fracStr.slice(0, keep)) === 0 && frac !== 0) keep += 1;
-  fracStr = fracStr.slice(0, keep);
-  return `${neg ? "-" : ""}$${whole.toLocaleString("en-US")}.${fracStr}`;
+  // Exact: every non-zero micro-dollar digit is shown, and at least `digits` decimals (none when digits is 0).
+  let frac = String(abs % 1_000_000).padStart(6, "0").replace(/0+$/, "");
+  if (frac.length < digits) frac = frac.padEnd(digits, "0");
+  return `${neg ? "-" : ""}$${whole.toLocaleString("en-US")}${frac ? `.${frac}` : ""}`;
 }
 
 /** "12.50" -> 12500000; null when it is not a non-negative amount with at most 6 decimals. */

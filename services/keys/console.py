@@ -29,7 +29,7 @@ DEFAULT_DIST = Path(__file__).resolve().parents[2] / "console" / "dist"
 # The client-side router's pages; each answers index.html so a reload or a deep link (a reset e-mail's link)
 # lands on the right page. Listed rather than caught-all so an unknown path stays a plain 404.
 PAGES = ["/", "/login", "/signup", "/forgot", "/reset-password", "/onboarding", "/dashboard", "/keys",
-         "/wallet", "/logs", "/playground", "/models", "/settings", "/admin", "/admin/{section:str}"]
+         "/wallet", "/logs", "/playground", "/models", "/settings", "/admin"]
 
 # The page shell may be replaced by a new build at any time; hashed assets never change under their name.
 NO_CACHE = "no-cache"
@@ -62,7 +62,11 @@ def static_handlers(settings: KeysSettings) -> list[BaseRouteHandler]:
                                  "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"})
 
     @get(PAGES, include_in_schema=False, sync_to_thread=False)
-    def page(section: str = "") -> Response[bytes]:
+    def page() -> Response[bytes]:
+        return index()
+
+    @get("/admin/{section:str}", include_in_schema=False, sync_to_thread=False)
+    def admin_page(section: FromPath[str]) -> Response[bytes]:
         return index()
 
     @get("/assets/{name:path}", include_in_schema=False, sync_to_thread=False)
@@ -82,7 +86,7 @@ def static_handlers(settings: KeysSettings) -> list[BaseRouteHandler]:
             return Response(b"", status_code=404)
         return Response(icon.read_bytes(), media_type="image/svg+xml", headers={"Cache-Control": NO_CACHE})
 
-    return [page, asset, favicon]
+    return [page, admin_page, asset, favicon]
 
 
 class Proxy:

@@ -15,6 +15,37 @@ const SPANS: Record<string, { granularity: string; days: number; label: string }
   monthly: { granularity: "month", days: 365, label: "Monthly, last 12 months" },
 };
 
+function bucketLabel(iso: string, granularity: string): string {
+  return granularity === "month" ? new Date(iso).toLocaleDateString(undefined, { month: "short", year: "2-digit" }) : day(iso);
+}
+
+/** The API leaves out buckets without traffic; the charts show every bucket of the period, empty ones as zero. */
+function fillBuckets(points: Point[], granularity: string, days: number): Point[] {
+  const byLabel = new Map<string, Point>();
+  for (const p of points) {
+    const key = bucketLabel(p.bucket, granularity);
+    const had = byLabel.get(key);
+    byLabel.set(key, had ? { ...had, requests: had.requests + p.requests, errors: had.errors + p.errors,
+      prompt_tokens: had.prompt_tokens + p.prompt_tokens, completion_tokens: had.completion_tokens + p.completion_tokens,
+      cost_micros: had.cost_micros + p.cost_micros } : p);
+  }
+  const starts: Date[] = [];
+  const now = new Date();
+  const today = new Date(now.getFullYear(), now.getMonth(), now.getDate());
+  if (granularity === "day") for (let i = days - 1; i >= 0; i--) starts.push(new Date(today.getFullYear(), today.getMonth(), today.getDate() - i));
+  if (granularity === "week") {
+    const monday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - ((today.getDay() + 6) % 7));
+    for (let i = Math.round(days / 7) - 1; i >= 0; i--) starts.push(new Date(monday.getFullYear(), monday.getMonth(), monday.getDate() - 7 * i));
+  }
+  if (granularity === "month") for (let i = 11; i >= 0; i--) starts.push(new Date(today.getFullYear(), today.getMonth() - i, 1));
+  const zero = { group: "", requests: 0, errors: 0, prompt_tokens: 0, completion_tokens: 0, cost_micros: 0 };
+  const filled = starts.map((d) => byLabel.get(bucketLabel(d.toISOString(), granularity)) ?? { ...zero, bucket: d.toISOString() });
+  // A bucket the calendar above did not foresee (another week start, say) still shows, in time order.
+  const shown = new Set(filled.map((p) => bucketLabel(p.bucket, granularity)));
+  const extra = [...byLabel.entries()].filter(([k]) => !shown.has(k)).map(([, p]) => p);
+  return [...filled, ...extra].sort((a, b) => Date.parse(a.bucket) - Date.parse(b.bucket));
+}
+
 function stat(label: string, value: string, sub = ""): HTMLElement {
   return h("div", { class: "stat" }, h("span", { class: "label" }, label), h("strong", {}, value), sub ? h("span", { class: "muted" }, sub) : null);
 }
@@ -42,22 +73,22 @@ export async function dashboardPage(root: HTMLElement, params: URLSearchParams):
       get<Series>(`/api/usage/series${qs({ tz, granularity: span.granularity, group_by: keyId ? "key" : "none", from })}`),
     ]);
     // The summary is per account; a key filter narrows the trend charts (series grouped by key).
-    const points = keyId ? series.points.filter((p) => p.group === keyId) : series.points;
+    const points = fillBuckets(keyId ? series.points.filter((p) => p.group === keyId) : series.points, span.granularity, span.days);
     clear(stats,
       stat("Balance", usd(summary.balance_micros), ""),
       stat("Requests today", num(summary.today.requests), `${usd(summary.today.cost_micros)} spent`),
       stat("This week", num(summary.week.requests), `${usd(summary.week.cost_micros)} spent`),
       stat("This month", num(summary.month.requests), `${usd(summary.month.cost_micros)} spent`),
       stat("Tokens in / out (month)", `${num(summary.month.prompt_tokens)} / ${num(summary.month.completion_tokens)}`));
-    const label = (iso: string) => (span.granularity === "month" ? new Date(iso).toLocaleDateString(undefined, { month: "short", year: "2-digit" }) : day(iso));
+    const label = (iso: string) => bucketLabel(iso, span.granularity);
     clear(charts,
-      h("section", { class: "card wide" }, h("h2", {}, "Spending"), barChart(points.map((p) => ({ label: label(p.bucket), value: p.cost_micros, title: `${label(p.bucket)}: ${usd(p.cost_micros, 4)}, ${num(p.requests)} requests` })),
-        `${span.label}${keyId ? ", this key" : ""}`, (v) => usd(Math.round(v), v < 10_000 ? 4 : 2))),
+      h("section", { class: "card wide" }, h("h2", {}, "Spending"), barChart(points.map((p) => ({ label: label(p.bucket), value: p.cost_micros, title: `${label(p.bucket)}: ${usd(p.cost_micros)}, ${num(p.requests)} requests` })),
+        `${span.label}${keyId ? ", this key" : ""}`, (v) => usd(Math.round(v)))),
       h("section", { class: "card" }, h("h2", {}, "Requests"), barChart(points.map((p) => ({ label: label(p.bucket), value: p.requests, title: `${label(p.bucket)}: ${num(p.requests)} requests, ${num(p.errors)} errors` })),
         span.label, (v) => num(Math.round(v)))),
       h("section", { class: "card" }, h("h2", {}, "Input vs output tokens"), pairChart(points.map((p) => ({ label: label(p.bucket), a: p.prompt_tokens, b: p.completion_tokens })),
         span.label, ["input", "output"], (v) => num(Math.round(v)))),
-      h("section", { class: "card" }, h("h2", {}, "Models this month"), shareChart(summary.by_model.map((m) => ({ label: m.model, value: m.cost_micros || m.requests, text: `${num(m.requests)} req, ${usd(m.cost_micros, 4)}` })), "Share of spending by model")),
+      h("section", { class: "card" }, h("h2", {}, "Models this month"), shareChart(summary.by_model.map((m) => ({ label: m.model, value: m.cost_micros || m.requests, text: `${num(m.requests)} req, ${usd(m.cost_micros)}` })), "Share of spending by model")),
     );
   }
   keyFilter.addEventListener("change", () => void load());

@@ -61,7 +61,7 @@ export async function logsPage(root: HTMLElement, params: URLSearchParams): Prom
         h("td", { "data-label": "Model" }, r.model),
         h("td", { "data-label": "Status" }, h("span", { class: `badge ${r.status >= 400 ? "disabled" : "active"}` }, r.error_code ? `${r.status} ${r.error_code}` : String(r.status))),
         h("td", { "data-label": "Tokens in / out", class: "num" }, `${num(r.prompt_tokens)} / ${num(r.completion_tokens)}`),
-        h("td", { "data-label": "Cost", class: "num" }, usd(r.cost_micros, 6), r.charged ? "" : h("span", { class: "muted", title: "not debited yet" }, " *")),
+        h("td", { "data-label": "Cost", class: "num" }, usd(r.cost_micros), r.charged ? "" : h("span", { class: "muted", title: "not debited yet" }, " *")),
         h("td", { "data-label": "Latency", class: "num" }, `${num(r.latency_ms)} ms`, r.stream ? h("span", { class: "muted" }, ` (first token ${num(r.ttft_ms)} ms)`) : ""),
         h("td", { "data-label": "Request id" }, h("code", { class: "small" }, r.request_id))))
         : h("tr", {}, h("td", { colspan: 8, class: "empty" }, "No requests match these filters.")));

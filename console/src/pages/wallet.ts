@@ -184,8 +184,8 @@ export async function walletPage(root: HTMLElement): Promise<void> {
         h("td", { "data-label": "When" }, when(r.occurred_at)),
         h("td", { "data-label": "Kind" }, r.kind),
         h("td", { "data-label": "Detail" }, r.model ?? r.reason ?? r.reference ?? ""),
-        h("td", { "data-label": "Amount", class: r.amount_micros < 0 ? "neg num" : "pos num" }, usd(r.amount_micros, 4)),
-        h("td", { "data-label": "Balance after", class: "num" }, usd(r.balance_after, 4))));
+        h("td", { "data-label": "Amount", class: r.amount_micros < 0 ? "neg num" : "pos num" }, usd(r.amount_micros)),
+        h("td", { "data-label": "Balance after", class: "num" }, usd(r.balance_after))));
     }
     before = page.next_before_seq;
     more.hidden = before === null;
