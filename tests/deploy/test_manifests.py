@@ -358,14 +358,32 @@ def test_services_select_exactly_their_deployment(overlay: Rendered) -> None:
                                                                             containers for p in c["ports"]}
 
 
+def _wave(doc: Manifest) -> int:
+    return int(doc["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-wave", "0"))
+
+
 def test_migrations_run_as_a_job_before_the_rollout(overlay: Rendered) -> None:
+    """Argo CD: the database (wave -3), settings (-2), the migrate Job as a Sync hook (-1, waited for), then
+    the rest (0)."""
     job = overlay.get("Job", "faregate-migrate")
     annotations = job["metadata"]["annotations"]
-    assert annotations["argocd.argoproj.io/hook"] == "PreSync"
-    assert "pre-upgrade" in annotations["helm.sh/hook"]
+    assert annotations["argocd.argoproj.io/hook"] == "Sync"  # PreSync would run before the new ConfigMaps
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["migrate"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
+    reads = [s["configMapRef"]["name"] for s in container["envFrom"] if "configMapRef" in s]
+    reads += [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
+    reads += [v["valueFrom"]["secretKeyRef"]["name"] for v in container.get("env", [])]
+    for name in reads:
+        found = [d for d in overlay.of_kind("ConfigMap") + overlay.of_kind("Secret")
+                 if d["metadata"]["name"] == name]
+        for doc in found:  # Secrets made out of band are not in the render
+            assert _wave(doc) < _wave(job), name
+    for kind in ("Deployment", "CronJob", "Service"):
+        for doc in overlay.of_kind(kind):
+            assert _wave(doc) > _wave(job), doc["metadata"]["name"]
+    for cluster in overlay.of_kind("Cluster"):  # the database the Job migrates exists before it runs
+        assert _wave(cluster) < _wave(job)
 
 
 def test_one_image_for_every_faregate_container(overlay: Rendered) -> None:
