@@ -450,9 +450,12 @@ async def open_upstream(gw: Gateway, call: Call, model: Model, plan: Plan) -> Op
             continue
         tried.add(channel.id)
         try:
-            with tracer.start_as_current_span("upstream attempt") as span:
-                span.set_attribute("faregate.channel_id", channel.id)
+            if call.span is None:
                 opened = await _attempt(gw, call, served, channel, plan, deadline)
+            else:
+                with tracer.start_as_current_span("upstream attempt") as span:
+                    span.set_attribute("faregate.channel_id", channel.id)
+                    opened = await _attempt(gw, call, served, channel, plan, deadline)
         except AttemptFailed as failure:
             metrics.UPSTREAM_ERRORS.labels(channel.id, failure.reason.split(":")[0]).inc()
             log.warning("upstream attempt failed: %s", failure.reason, extra={"channel_id": channel.id})
@@ -763,7 +766,10 @@ async def record(gw: Gateway, call: Call) -> None:
         metrics.TOKENS.labels(call.model, "output").inc(call.usage.completion_tokens)
         metrics.TOKENS.labels(call.model, "cached").inc(call.usage.cached_tokens)
         metrics.COST.labels(call.model).inc(cost)
-    span = call.span or trace.INVALID_SPAN
+    span = call.span
+    if span is None:
+        _publish_usage(gw, call, latency_ms)
+        return
     if span.is_recording():
         operation = OPERATION_OF.get(call.endpoint, "chat")
         span.update_name(f"{operation} {call.model}")
