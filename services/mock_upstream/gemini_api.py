@@ -162,8 +162,10 @@ class Candidate(msgspec.Struct, kw_only=True):
     index: int
     text: str | None = None
     calls: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    thought: str | None = None  # the thinking summary, sent only when includeThoughts asks for it
     finish: str = "STOP"
     tokens: int = 0
+    thought_tokens: int = 0
 
 
 def decide(
@@ -191,19 +193,29 @@ def decide(
     if hits:
         text = text[: min(hits)]
     text, cut = content.truncate_to_tokens(text, budget)
-    return Candidate(
+    candidate = Candidate(
         index=index, text=text, finish="MAX_TOKENS" if cut else "STOP", tokens=content.count_tokens(text)
     )
+    thinking = pick(gen, "thinkingConfig")
+    if isinstance(thinking, dict) and (pick(thinking, "thinkingLevel") or pick(thinking, "thinkingBudget")):
+        thought = content.reasoning_text(seed)
+        candidate.thought_tokens = content.count_tokens(thought)
+        if pick(thinking, "includeThoughts"):
+            candidate.thought = thought
+    return candidate
 
 
 def usage_metadata(prompt: int, cached: int, candidates: list[Candidate]) -> dict[str, Any]:
     out_tokens = sum(c.tokens for c in candidates)
+    thoughts = sum(c.thought_tokens for c in candidates)
     usage: dict[str, Any] = {
         "promptTokenCount": prompt,
         "candidatesTokenCount": out_tokens,
-        "totalTokenCount": prompt + out_tokens,
+        "totalTokenCount": prompt + out_tokens + thoughts,
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
     }
+    if thoughts:
+        usage["thoughtsTokenCount"] = thoughts
     if cached:
         usage["cachedContentTokenCount"] = cached
         usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
@@ -218,7 +230,8 @@ def candidate_json(c: Candidate, parts: list[dict[str, Any]], finish: bool) -> d
 
 
 def parts_of(c: Candidate) -> list[dict[str, Any]]:
-    return [{"functionCall": call} for call in c.calls] if c.calls else [{"text": c.text or ""}]
+    thought = [{"text": c.thought, "thought": True}] if c.thought else []
+    return thought + ([{"functionCall": call} for call in c.calls] if c.calls else [{"text": c.text or ""}])
 
 
 def stream_payloads(
@@ -232,6 +245,8 @@ def stream_payloads(
             pieces = [[{"text": p}] for p in content.split_text(c.text or "", ex.faults.chunks)] or [
                 [{"text": ""}]
             ]
+        if c.thought:
+            pieces = [[{"text": c.thought, "thought": True}], *pieces]
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
             payloads.append(
@@ -283,6 +298,9 @@ async def model_action(request: Request[Any, Any, Any], model_id: FromPath[str])
     limit = pick(gen, "maxOutputTokens")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         return fail(ex, 400, "maxOutputTokens must be a positive integer")
+    thinking = pick(gen, "thinkingConfig")
+    if isinstance(thinking, dict) and pick(thinking, "thinkingLevel") and pick(thinking, "thinkingBudget"):
+        return fail(ex, 400, "You can only set only one of thinking budget and thinking level.")
     cached = content.cached_tokens(prompt, ex.faults.cached)
     candidates = [
         decide(body, ex.model, parts, i, ex.faults.chunks, ex.faults.tool_calls) for i in range(count)

@@ -397,3 +397,20 @@ def test_count_tokens_bodies_translate_in_both_forms() -> None:
     assert gemini.count_tokens_to_openai(contents, "g") == expected
     assert gemini.count_tokens_to_openai(wrapped, "g") == expected
     assert gemini.count_tokens_response(7) == {"totalTokens": 7}
+
+
+def test_reasoning_effort_as_thinking_level_or_budget() -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "low"}
+    assert gemini.request_from_openai(chat, "g")["generationConfig"]["thinkingConfig"] == {
+        "thinkingLevel": "LOW",
+        "includeThoughts": True,
+    }
+    assert gemini.request_from_openai(chat, "g", thinking="budget")["generationConfig"]["thinkingConfig"] == {
+        "thinkingBudget": 1024,
+        "includeThoughts": True,
+    }
+    client = {
+        "contents": [{"parts": [{"text": "hi"}]}],
+        "generationConfig": {"thinkingConfig": {"thinkingLevel": "HIGH"}},
+    }
+    assert gemini.request_to_openai(client, "g", stream=False)["reasoning_effort"] == "high"

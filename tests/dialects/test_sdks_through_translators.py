@@ -459,3 +459,14 @@ def test_json_mode_reaches_every_upstream(relay_url: str, upstream: str) -> None
         response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
     )
     assert json.loads(r.choices[0].message.content or "") == {"city": "Paris"}
+
+
+def test_reasoning_effort_brings_gemini_thoughts_back_as_reasoning_content(relay_url: str) -> None:
+    client = openai_sdk.OpenAI(api_key="k", base_url=f"{relay_url}/gemini/v1", max_retries=0)
+    r = client.chat.completions.create(
+        model="gemini-3-flash", messages=[{"role": "user", "content": QUESTION}], reasoning_effort="low"
+    )
+    assert (r.choices[0].message.model_extra or {}).get("reasoning_content")
+    assert (
+        r.usage and r.usage.completion_tokens_details and r.usage.completion_tokens_details.reasoning_tokens
+    )

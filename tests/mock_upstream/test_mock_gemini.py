@@ -180,3 +180,30 @@ def test_error_inside_a_stream(mock_url: str) -> None:
 def test_models_are_listed_in_googles_shape(client: genai.Client) -> None:
     names = [m.name for m in client.models.list()]
     assert "models/gemini-2.5-flash" in names
+
+
+def test_thoughts_when_asked_and_counted_always(client: genai.Client) -> None:
+    shown = types.GenerateContentConfig(
+        thinking_config=types.ThinkingConfig(thinking_level=types.ThinkingLevel.LOW, include_thoughts=True)
+    )
+    resp = client.models.generate_content(model="gemini-3-flash", contents=ASK, config=shown)
+    parts = resp.candidates[0].content.parts  # type: ignore[index,union-attr]
+    assert [bool(p.thought) for p in parts] == [True, False]  # type: ignore[union-attr]
+    assert resp.usage_metadata and resp.usage_metadata.thoughts_token_count
+    hidden = client.models.generate_content(
+        model="gemini-2.5-flash",
+        contents=ASK,
+        config=types.GenerateContentConfig(thinking_config=types.ThinkingConfig(thinking_budget=1024)),
+    )
+    assert [bool(p.thought) for p in hidden.candidates[0].content.parts] == [False]  # type: ignore[index,union-attr]
+    assert hidden.usage_metadata and hidden.usage_metadata.thoughts_token_count
+    with pytest.raises(errors.ClientError, match="only one of"):
+        client.models.generate_content(
+            model="gemini-3-flash",
+            contents=ASK,
+            config=types.GenerateContentConfig(
+                thinking_config=types.ThinkingConfig(
+                    thinking_budget=1024, thinking_level=types.ThinkingLevel.LOW
+                )
+            ),
+        )

@@ -29,6 +29,8 @@ from services.gateway.dialects.openai import (
 
 DIALECT = "gemini"
 EFFORT_BUDGET = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+# reasoning_effort <-> thinkingLevel (Gemini 3 and later; 2.5 takes thinkingBudget; both at once is a 400).
+EFFORT_LEVEL = {"minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH", "xhigh": "HIGH"}
 
 FINISH_TO_OPENAI = {
     "STOP": "stop",
@@ -297,8 +299,11 @@ def _generation_to_openai(gen: dict[str, Any], out: dict[str, Any]) -> None:
     thinking = pick(gen, "thinkingConfig")
     if isinstance(thinking, dict):
         budget = pick(thinking, "thinkingBudget")
+        level = pick(thinking, "thinkingLevel")
         if isinstance(budget, int) and budget > 0:
             out["reasoning_effort"] = next((e for e, b in EFFORT_BUDGET.items() if budget <= b), "high")
+        elif isinstance(level, str) and level.lower() in EFFORT_LEVEL:
+            out["reasoning_effort"] = level.lower()
 
 
 def request_to_openai(body: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
@@ -470,9 +475,12 @@ def _function_response(content: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"result": text}
 
 
-def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
+def request_from_openai(
+    body: dict[str, Any], upstream_model: str, *, thinking: str = "level"
+) -> dict[str, Any]:
     """The internal OpenAI chat request -> a Gemini generateContent body (the model goes in the URL; see
-    `upstream_path`)."""
+    `upstream_path`). `thinking` is how `reasoning_effort` is asked for: "level" (`thinkingLevel`, Gemini 3
+    and later) or "budget" (`thinkingBudget`, Gemini 2.5)."""
     for name, neutral in _NEUTRAL.items():
         if body.get(name) is not None and body[name] != neutral:
             raise UnsupportedField(name, DIALECT)
@@ -565,10 +573,16 @@ def request_from_openai(body: dict[str, Any], upstream_model: str) -> dict[str, 
         schema = shape.obj(fmt.get("json_schema"), "response_format.json_schema").get("schema")
         gen["responseJsonSchema"] = schema or {"type": "object"}
     effort = body.get("reasoning_effort")
-    if effort:
-        if str(effort) not in EFFORT_BUDGET:
+    if effort and effort != "none":
+        if str(effort) not in EFFORT_LEVEL:
             raise InvalidField("reasoning_effort", f"unknown reasoning_effort {effort!r}")
-        gen["thinkingConfig"] = {"thinkingBudget": EFFORT_BUDGET[str(effort)], "includeThoughts": True}
+        if thinking == "budget":
+            gen["thinkingConfig"] = {
+                "thinkingBudget": EFFORT_BUDGET.get(str(effort), EFFORT_BUDGET["high"]),
+                "includeThoughts": True,
+            }
+        else:
+            gen["thinkingConfig"] = {"thinkingLevel": EFFORT_LEVEL[str(effort)], "includeThoughts": True}
     if gen:
         out["generationConfig"] = gen
     if body.get("tools"):
