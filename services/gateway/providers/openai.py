@@ -11,7 +11,6 @@ from typing import Any
 
 import msgspec
 
-from services.gateway.dialects import openai as dialect
 from services.gateway.dialects.errors import UpstreamStreamError
 from services.gateway.usage import Usage
 
@@ -123,9 +122,18 @@ def stream_event_usage(data: bytes) -> tuple[Usage | None, bool]:
     return _usage(parsed.usage), not parsed.choices
 
 
+class _Function(msgspec.Struct):
+    arguments: str | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    function: _Function | None = None
+
+
 class _Delta(msgspec.Struct):
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -151,11 +159,15 @@ def stream_text(data_payloads: list[bytes]) -> str:
             if c.delta is not None:
                 parts.append(c.delta.content or "")
                 parts.append(c.delta.reasoning_content or "")
+                for tc in c.delta.tool_calls or ():
+                    parts.append((tc.function.arguments or "") if tc.function else "")
     return "".join(parts)
 
 
 class _Message(msgspec.Struct):
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
 
 
 class _FullChoice(msgspec.Struct):
@@ -167,47 +179,15 @@ class _Full(msgspec.Struct):
 
 
 def response_text(raw: bytes) -> str:
+    """The generated text of a whole answer (content, reasoning, tool arguments), to count when no usage came."""
     try:
         full = msgspec.json.decode(raw, type=_Full)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return ""
-    return "".join((c.message.content or "") for c in full.choices or () if c.message)
-
-
-# --- the translated path (a client of another dialect reaching an OpenAI-compatible upstream)
-# -----------------
-
-_dec = msgspec.json.Decoder()
-
-
-def build(
-    base_url: str, api_key: str, upstream_model: str, internal: dict[str, Any], stream: bool, request_id: str
-) -> tuple[str, dict[str, str], bytes]:
-    body = dialect.to_upstream(internal, upstream_model, translated=True)
-    return url(base_url, "/chat/completions"), headers(api_key, request_id), _enc.encode(body)
-
-
-def response_to_internal(raw: bytes, model: str) -> dict[str, Any]:
-    out = _dec.decode(raw)
-    if not isinstance(out, dict):
-        raise msgspec.DecodeError("not a JSON object")
-    return out
-
-
-class Stream:
-    """OpenAI SSE payloads -> chunk dicts (already the internal form)."""
-
-    def __init__(self, model: str) -> None:
-        pass
-
-    def feed(self, event: str, data: bytes) -> list[dict[str, Any]]:
-        if data == b"[DONE]":
-            return []
-        chunk = _dec.decode(data)
-        if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-            err = chunk["error"] if isinstance(chunk["error"], dict) else {}
-            raise UpstreamStreamError(str(err.get("type", "api_error")), str(err.get("message", "")))
-        return [chunk] if isinstance(chunk, dict) else []
-
-    def finish(self) -> list[dict[str, Any]]:
-        return []
+    parts: list[str] = []
+    for c in full.choices or ():
+        if c.message is None:
+            continue
+        parts += [c.message.content or "", c.message.reasoning_content or ""]
+        parts += [(tc.function.arguments or "") if tc.function else "" for tc in c.message.tool_calls or ()]
+    return "".join(parts)
