@@ -179,7 +179,7 @@ class _Full(msgspec.Struct):
 
 
 def response_text(raw: bytes) -> str:
-    """The generated text of a whole answer (content, reasoning, tool arguments), to count when no usage came."""
+    """The generated text of a whole answer (content, reasoning, tool arguments), counted when no usage came."""
     try:
         full = msgspec.json.decode(raw, type=_Full)
     except (msgspec.DecodeError, msgspec.ValidationError):
