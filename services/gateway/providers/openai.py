@@ -179,7 +179,7 @@ class _Full(msgspec.Struct):
 
 
 def response_text(raw: bytes) -> str:
-    """The generated text of a whole answer (content, reasoning, tool arguments), counted when no usage came."""
+    """All generated text of a whole answer (content, reasoning, tool arguments), for counting."""
     try:
         full = msgspec.json.decode(raw, type=_Full)
     except (msgspec.DecodeError, msgspec.ValidationError):
