@@ -4,6 +4,7 @@ cancels the upstream at once, and limits hold across two gateways sharing Redis.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
 
@@ -185,3 +186,43 @@ async def test_client_leaving_before_the_answer_cancels_the_upstream(
         return w.get("reserved") == 0
 
     await eventually(released)
+
+
+async def test_sigterm_lets_an_in_flight_stream_finish_and_record(world: World) -> None:
+    dead = f"http://127.0.0.1:{procs.free_port()}"
+    gw = procs.start(
+        "gateway", {"FAREGATE_KEYS_URL": dead, "FAREGATE_BILLING_URL": dead}, ready_path="/readyz"
+    )
+    try:
+        await use_catalog(
+            world,
+            [gw],
+            [
+                channel(
+                    world.mock,
+                    "steady-drip",
+                    fault="delay_chunk_ms=100;chunks=15",
+                    secret=world.common.secret_key,
+                )
+            ],
+        )
+        secret, _ = await world.add_key()
+        async with httpx.AsyncClient(timeout=30) as client:
+            async with client.stream(
+                "POST",
+                f"{gw.url}/v1/chat/completions",
+                headers=auth(secret),
+                json={"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True},
+            ) as r:
+                rid = r.headers["x-request-id"]
+                body = b""
+                async for piece in r.aiter_raw():
+                    if not body:
+                        gw.proc.send_signal(signal.SIGTERM)  # the deploy rolls while the answer is streaming
+                    body += piece
+        assert body.rstrip().endswith(b"data: [DONE]")
+        [event] = await usage_events(world.res, {rid})
+        assert event.status == 200 and event.completion_tokens > 0
+        assert gw.proc.wait(timeout=30) == 0
+    finally:
+        gw.stop()
