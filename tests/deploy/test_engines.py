@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 import yaml
 
-from shared import bus
+from shared import bus, config
 from shared.config import CommonSettings
 from tests.deploy.conftest import ROOT, Rendered
 
@@ -77,10 +76,11 @@ def test_runbook_describes_the_streams_the_code_declares() -> None:
     assert f"{days.pop()} days" in RUNBOOK
 
 
-def test_production_asks_for_three_stream_replicas(rendered: dict[str, Rendered]) -> None:
-    if "stream_replicas" not in CommonSettings.__struct_fields__:
-        pytest.skip("streams get one replica until shared/config.py (issue 2, the foundation) has "
-                    "stream_replicas, FAREGATE_STREAM_REPLICAS, asked for in the issue 9 report; then this "
-                    "test checks production sets 3")
+def test_streams_are_replicated_on_every_nats_server(rendered: dict[str, Rendered]) -> None:
+    servers = _values(DEPLOY / "nats" / "values.yaml")["config"]["cluster"]["replicas"]
     data = rendered["production"].generated_configmap("faregate-config")
-    assert data.get("FAREGATE_STREAM_REPLICAS") == "3"
+    assert int(data["FAREGATE_STREAM_REPLICAS"]) == servers == 3
+    assert config.load(CommonSettings, data).stream_replicas == 3
+    # The dev cluster has one NATS server: a stream cannot have more replicas than servers.
+    dev = rendered["dev"].generated_configmap("faregate-config")
+    assert config.load(CommonSettings, dev).stream_replicas == 1
