@@ -148,6 +148,8 @@ class Admission:
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
             return self._admit_locally(request_id, account_id, key_id, amount, token_estimate, window, exc)
         code, available, rpm_used, tpm_used, retry_ms = (int(x) for x in out)
+        if self._local_held:
+            self.redis_recovered()
         if code == 0:
             self._last_available[account_id] = available
             return Verdict(

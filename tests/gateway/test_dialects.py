@@ -243,3 +243,27 @@ async def test_anthropic_count_tokens(dialect_world: World, gateways: list[procs
         messages=[{"role": "user", "content": "hello there, " * 50}],
     )
     assert 0 < short.input_tokens < long.input_tokens
+
+
+async def test_a_field_the_channel_cannot_express_is_a_400_naming_it(
+    dialect_world: World, gateways: list[procs.ServiceProcess]
+) -> None:
+    secret, _ = await dialect_world.add_key()
+    oc = openai_sdk.OpenAI(api_key=secret, base_url=gateways[0].url + "/v1", max_retries=0)
+    with pytest.raises(openai_sdk.BadRequestError) as info:
+        await asyncio.to_thread(
+            oc.chat.completions.create,
+            model="via-anthropic",
+            messages=[{"role": "user", "content": "hi"}],
+            logprobs=True,
+        )
+    assert info.value.status_code == 400
+    assert info.value.body["param"] == "logprobs"  # type: ignore[index]
+    # the same request to an OpenAI channel is fine: only the dialect that cannot say it refuses
+    ok = await asyncio.to_thread(
+        oc.chat.completions.create,
+        model="via-openai",
+        messages=[{"role": "user", "content": "hi"}],
+        logprobs=True,
+    )
+    assert ok.choices
