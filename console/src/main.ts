@@ -59,14 +59,14 @@ function header(path: string): HTMLElement {
     },
   }, "Menu");
   const user = acct
-    ? h("div", { class: "user" },
+    ? h("div", { class: "account-menu" },
       h("a", { href: "/settings", class: "who", title: "Settings" }, acct.email),
       button("Log out", async () => {
         try { await post("/api/auth/logout"); } catch { /* the session may be gone already */ }
         session.account = null;
         navigate("/login");
       }, "link"))
-    : h("div", { class: "user" }, h("a", { href: "/login" }, "Log in"), h("a", { href: "/signup", class: "btn" }, "Sign up"));
+    : h("div", { class: "account-menu" }, h("a", { href: "/login" }, "Log in"), h("a", { href: "/signup", class: "btn" }, "Sign up"));
   return h("header", { class: "top" },
     h("a", { href: acct ? "/dashboard" : "/models", class: "brand" }, h("span", { class: "logo", "aria-hidden": "true" }, "F"), "Faregate"),
     toggle, nav, user);

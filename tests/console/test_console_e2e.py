@@ -181,10 +181,24 @@ async def test_sign_up_to_refused_key_in_a_browser(common: CommonSettings, stack
     await refused.wait_for(timeout=15_000)
     message = await refused.inner_text()
     assert "refused" in message and re.search(r"\((401|403)\)", message), message
+    # The question shows above its answer (on screen, not only in the DOM: CSS can reorder).
+    question = await page.locator(".transcript .msg", has_text="Still there?").bounding_box()
+    answer = await refused.bounding_box()
+    assert question and answer and question["y"] < answer["y"], (question, answer)
     await _shoot(page, "playground-refused", 1280)
     assert not errors, errors
 
-    # Log out, then the session-expired path: a page that needs a login sends you back there afterwards.
+    # The session ends under the page (cookie gone, as after an expiry): the next call sends the person to log
+    # in, then back to the page they were on.
+    await ctx.clear_cookies()
+    await _nav(page, "Wallet")
+    await page.get_by_text("Your session has ended").wait_for()
+    await page.get_by_label("E-mail").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await page.get_by_role("heading", name="Wallet").wait_for()
+
+    # Log out, then a deep link: a page that needs a login sends you back there afterwards.
     await page.get_by_role("button", name="Log out").click()
     await page.get_by_role("heading", name="Log in").wait_for()
     await page.goto(base + "/logs?status=ok")
