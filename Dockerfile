@@ -38,7 +38,6 @@ WORKDIR /src
 COPY pyproject.toml constraints.tx[t] ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
-    && pip install --upgrade pip \
     && if [ -f constraints.txt ]; then pip install -r requirements.txt -c constraints.txt; \
        else pip install -r requirements.txt; fi
 
