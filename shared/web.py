@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import shutil
@@ -157,6 +158,10 @@ def serve(target: str, *, host: str, port: int, workers: int, data_dir: str, ser
         shutil.rmtree(prom, ignore_errors=True)
         prom.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom.resolve())
+        # prometheus-client picks its value store when first imported, and this process has imported it already:
+        # forked workers would inherit the single-process store and /metrics would miss their samples. Spawned
+        # workers import it afresh and see the variable.
+        multiprocessing.set_start_method("spawn", force=True)
     Server(
         target,
         address=host,
