@@ -74,7 +74,7 @@ def test_client_request_becomes_openai_chat_with_tool_turns_in_order() -> None:
     out = anthropic.request_to_openai(CLIENT_REQUEST)
     assert out == {
         "model": "claude-sonnet-4-6",
-        "max_tokens": 1024,
+        "max_completion_tokens": 1024,
         "messages": [
             {"role": "system", "content": "You are terse."},
             {

@@ -96,7 +96,7 @@ def test_client_request_becomes_openai_chat_with_matching_call_ids() -> None:
             },
             {"role": "tool", "tool_call_id": "call_1_get_weather", "content": '{"temp_c": 21}'},
         ],
-        "max_tokens": 200,
+        "max_completion_tokens": 200,
         "temperature": 0.4,
         "top_p": 0.9,
         "top_k": 32,
@@ -129,7 +129,7 @@ def test_client_request_snake_case_json_mode_and_refusals() -> None:
         "system_instruction": {"parts": [{"text": "S"}]},
     }
     out = gemini.request_to_openai(snake, "g", stream=False)
-    assert out["response_format"] == {"type": "json_object"} and out["max_tokens"] == 9
+    assert out["response_format"] == {"type": "json_object"} and out["max_completion_tokens"] == 9
     assert out["messages"][0] == {"role": "system", "content": "S"}
     with pytest.raises(UnsupportedField) as search:
         gemini.request_to_openai({**CLIENT_REQUEST, "tools": [{"googleSearch": {}}]}, "g", stream=False)

@@ -342,7 +342,7 @@ def test_an_openai_upstream_receives_anthropic_and_gemini_clients_in_openai_word
         "type": "image_url",
         "image_url": {"url": f"data:image/png;base64,{PNG}"},
     }
-    assert (body["max_tokens"], body["stop"]) == (9, ["zzz"])
+    assert (body["max_completion_tokens"], body["stop"]) == (9, ["zzz"])
 
     gclient = genai.Client(
         api_key="k",
@@ -361,7 +361,7 @@ def test_an_openai_upstream_receives_anthropic_and_gemini_clients_in_openai_word
     body = last_upstream_body(mock_process)
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
     assert body["messages"][1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
-    assert body["max_tokens"] == 9 and not body.get("stream")
+    assert body["max_completion_tokens"] == 9 and not body.get("stream")
 
 
 def test_reasoning_crosses_dialects(relay_url: str) -> None:

@@ -267,7 +267,8 @@ def request_to_openai(body: dict[str, Any], *, counting: bool = False) -> dict[s
     if not counting or max_tokens is not None:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise InvalidField("max_tokens", "'max_tokens' is required and must be a positive integer")
-        out["max_tokens"] = max_tokens
+        # OpenAI's reasoning models refuse `max_tokens`; every current OpenAI model takes this one.
+        out["max_completion_tokens"] = max_tokens
     chat: list[dict[str, Any]] = []
     if body.get("system") is not None:
         chat.append({"role": "system", "content": _text_of_system(body["system"])})

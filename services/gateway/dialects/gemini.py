@@ -267,7 +267,7 @@ def _generation_to_openai(gen: dict[str, Any], out: dict[str, Any]) -> None:
         if camel is None:
             raise UnsupportedField(f"generationConfig.{key}", "openai")
     simple = {
-        "maxOutputTokens": "max_tokens",
+        "maxOutputTokens": "max_completion_tokens",
         "temperature": "temperature",
         "topP": "top_p",
         "topK": "top_k",
