@@ -231,10 +231,7 @@ SLOW_MODEL = "gpt-4o"
 SLOW_CHUNKS = 24
 
 
-async def _slow_streams_on_the_mock(common: CommonSettings, gateway: procs.ServiceProcess,
-                                    api_key: str) -> None:
-    """Make the demo channel stream SLOW_MODEL slowly (the mock reads its faults from the upstream model
-    name), then wait until `gateway` routes with the new catalog: its streams of SLOW_MODEL turn slow."""
+async def _set_model_map(common: CommonSettings, model_map: dict[str, str]) -> None:
     from services.keys import catalog_admin
     from services.keys.config import KeysSettings
     from services.keys.context import Ctx
@@ -242,10 +239,17 @@ async def _slow_streams_on_the_mock(common: CommonSettings, gateway: procs.Servi
     from shared import config
     from shared.runtime import open_resources
 
-    fault = f"{SLOW_MODEL}@delay_chunk_ms=250;chunks={SLOW_CHUNKS}"
     async with open_resources(common, "deploy-test", pool_size=2) as res:
         await catalog_admin.update_channel(Ctx.from_resources(config.load(KeysSettings), res), "mock",
-                                           ChannelPatch(model_map={SLOW_MODEL: fault}))
+                                           ChannelPatch(model_map=model_map))
+
+
+async def _slow_streams_on_the_mock(common: CommonSettings, gateway: procs.ServiceProcess,
+                                    api_key: str) -> None:
+    """Make the demo channel stream SLOW_MODEL slowly (the mock reads its faults from the upstream model
+    name), then wait until `gateway` routes with the new catalog: its streams of SLOW_MODEL turn slow."""
+    fault = f"{SLOW_MODEL}@delay_chunk_ms=250;chunks={SLOW_CHUNKS}"
+    await _set_model_map(common, {SLOW_MODEL: fault})
     async with httpx.AsyncClient(timeout=30) as client:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -274,22 +278,28 @@ async def test_a_stopping_gateway_finishes_the_stream_in_flight(common: CommonSe
     await _slow_streams_on_the_mock(common, leaving, demo.api_key)
     client = openai.AsyncOpenAI(base_url=leaving.url + "/v1", api_key=demo.api_key, max_retries=0)
     try:
-        raw = await client.chat.completions.with_raw_response.create(
-            model=SLOW_MODEL, messages=[{"role": "user", "content": "A long story, please."}],
-            max_tokens=200, stream=True, stream_options={"include_usage": True})
-        request_id = raw.headers["x-request-id"]
-        pieces, usage, stopping = 0, None, None
-        started = time.monotonic()
-        async for chunk in raw.parse():
-            if chunk.choices and chunk.choices[0].delta.content:
-                pieces += 1
-            usage = chunk.usage or usage
-            if stopping is None:  # the first event is here: the pod is being deleted now
-                stopping = asyncio.create_task(asyncio.to_thread(leaving.stop))
-        assert stopping is not None
-        exit_code = await stopping
+        await _stream_while_stopping(client, leaving, common)
     finally:
         await client.close()
+        await _set_model_map(common, {})  # the demo channel as the seed made it, for tests that follow
+
+
+async def _stream_while_stopping(client: openai.AsyncOpenAI, leaving: procs.ServiceProcess,
+                                 common: CommonSettings) -> None:
+    raw = await client.chat.completions.with_raw_response.create(
+        model=SLOW_MODEL, messages=[{"role": "user", "content": "A long story, please."}],
+        max_tokens=200, stream=True, stream_options={"include_usage": True})
+    request_id = raw.headers["x-request-id"]
+    pieces, usage, stopping = 0, None, None
+    started = time.monotonic()
+    async for chunk in raw.parse():
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces += 1
+        usage = chunk.usage or usage
+        if stopping is None:  # the first event is here: the pod is being deleted now
+            stopping = asyncio.create_task(asyncio.to_thread(leaving.stop))
+    assert stopping is not None
+    exit_code = await stopping
     assert time.monotonic() - started > 3  # it really was a long stream, and SIGTERM came early in it
     assert pieces >= SLOW_CHUNKS - 1 and usage is not None and usage.completion_tokens > 0
     assert exit_code == 0, leaving.log()[-3000:]
