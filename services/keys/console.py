@@ -1,9 +1,10 @@
-"""The web console from the keys service: the built single-page app (`console/dist`) at its page paths, and, for
-local runs, a reverse proxy for the other services' browser APIs so the browser sees one origin.
+"""The web console from the keys service: the built single-page app (`console/dist`) at its page paths,
+and, for local runs, a reverse proxy for the other services' browser APIs so the browser sees one origin.
 
 In Kubernetes the Ingress routes `/v1/billing`, `/v1/admin/billing`, `/api/usage`, `/api/notifications` and
-`/v1/*` itself; there `FAREGATE_KEYS_CONSOLE_PROXY=false`. Locally (`faregate dev`, the browser tests) the keys
-service forwards those paths, streaming the answer through unbuffered (the playground reads SSE through it).
+`/v1/*` itself; there `FAREGATE_KEYS_CONSOLE_PROXY=false`. Locally (`faregate dev`, the browser tests) the
+keys service forwards those paths, streaming the answer through unbuffered (the playground reads SSE through
+it).
 """
 
 from __future__ import annotations
@@ -102,19 +103,22 @@ class Proxy:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
+            body += bytes(message.get("body", b""))  # type: ignore[call-overload]
             if not message.get("more_body", False):
                 break
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string", b"")
-        url = base_url.rstrip("/") + raw_path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+        url = base_url.rstrip("/") + raw_path.decode("latin-1")
+        if query:
+            url += "?" + query.decode("latin-1")
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
                    if k.decode("latin-1").lower() not in HOP]
         client = scope.get("client")
         if client:
             headers.append(("x-forwarded-for", client[0]))
         headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
-        request = self.http.build_request(scope["method"], url, headers=headers, content=bytes(body))
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # mounted for HTTP only
+        request = self.http.build_request(method, url, headers=headers, content=bytes(body))
         try:
             upstream = await self.http.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -126,7 +130,8 @@ class Proxy:
             out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.multi_items()
                    if k.lower() not in HOP and k.lower() != "content-encoding"]
             await send({"type": "http.response.start", "status": upstream.status_code, "headers": out})
-            # aiter_raw would pass compressed bytes without their content-encoding; decoded bytes keep it simple.
+            # aiter_raw would pass compressed bytes without their content-encoding; decoded bytes keep it
+            # simple.
             async for chunk in upstream.aiter_bytes():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -138,8 +143,8 @@ class Proxy:
 
 
 async def _json(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

@@ -1,52 +1,30 @@
-"""The console's browser tests: the real stack as processes, the built console served by keys, Debian's Chromium
-driven by Playwright (no browser download: `make console-test-deps`)."""
+"""The console's browser tests: the real stack as processes, the built console served by keys, Debian's
+Chromium driven by Playwright (no browser download: `make console-test-deps`)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
 from shared.config import CommonSettings
 from tests import procs
-
-ROOT = Path(__file__).resolve().parents[2]
-DIST = ROOT / "console" / "dist"
-CHROMIUM = "/usr/bin/chromium"
-# From /work/shared/RECIPES.md: without the networking flags Chromium keeps trying to reach the closed network.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
-ADMIN_EMAIL = "admin@console-test.example"
-ADMIN_PASSWORD = "console-admin-password"  # noqa: S105 (a throwaway test account)
-SERVICES = ("mock-upstream", "keys", "billing", "usage", "notifier", "gateway")
-
-
-def _need_browser() -> None:
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        pytest.skip("playwright is not installed: run `make console-test-deps` (issue 8)")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is missing: run `make console-test-deps` (issue 8)")
-
-
-def _ensure_built() -> None:
-    if (DIST / "index.html").is_file():
-        return
-    if shutil.which("npm") is None:
-        pytest.skip("console/dist is not built and npm is missing: run `make console` (issue 8)")
-    subprocess.run(["make", "console"], cwd=ROOT, check=True)
+from tests.console.browser import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SERVICES,
+    ensure_built,
+    need_browser,
+)
 
 
 @pytest.fixture(scope="module")
 def stack(common: CommonSettings) -> Iterator[dict[str, procs.ServiceProcess]]:
-    _need_browser()
-    _ensure_built()
+    need_browser()
+    ensure_built()
     ports = {name: procs.free_port() for name in SERVICES}
     env = {
         "FAREGATE_KEYS_URL": f"http://127.0.0.1:{ports['keys']}",
@@ -81,7 +59,7 @@ def stack(common: CommonSettings) -> Iterator[dict[str, procs.ServiceProcess]]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[object]:
-    _need_browser()
+    need_browser()
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:

@@ -1,7 +1,7 @@
-"""Issue 8's acceptance run, in Debian's Chromium against the real stack: sign up -> create a key -> top up with the
-sandbox provider -> a playground chat that streams -> the request in the logs and on the dashboard -> CSV export
--> disable the key -> the playground shows the key refused. Then every page is photographed at phone (375 px)
-and desktop (1280 px) widths into tests/console/screenshots/ (git-ignored)."""
+"""Issue 8's acceptance run, in Debian's Chromium against the real stack: sign up -> create a key -> top up
+with the sandbox provider -> a playground chat that streams -> the request in the logs and on the dashboard ->
+CSV export -> disable the key -> the playground shows the key refused. Then every page is photographed at
+phone (375 px) and desktop (1280 px) widths into tests/console/screenshots/ (git-ignored)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from typing import Any
 from services.keys import seed as keys_seed
 from shared.config import CommonSettings
 from tests import procs
-from tests.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, SCREENSHOTS
+from tests.console.browser import ADMIN_EMAIL, ADMIN_PASSWORD, SCREENSHOTS
 
 MODEL = "gpt-4o-mini"
-PASSWORD = "a-long-console-password"  # noqa: S105 (a throwaway test account)
+PASSWORD = "a-long-console-password"
 
 # Counts the playground's reply updates as they happen, so the test can tell a stream from one final write.
 WATCH_REPLIES = """
@@ -59,8 +59,8 @@ async def _shoot(page: Any, name: str, width: int) -> None:
     await page.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)
 
 
-async def test_sign_up_to_refused_key_in_a_browser(common: CommonSettings, stack: dict[str, procs.ServiceProcess],
-                                                   browser: Any) -> None:
+async def test_sign_up_to_refused_key_in_a_browser(
+        common: CommonSettings, stack: dict[str, procs.ServiceProcess], browser: Any) -> None:
     base = stack["keys"].url
     await keys_seed.seed_demo(common, upstream_base_url=stack["mock-upstream"].url)  # catalog + mock channel
     email = f"console-{secrets.token_hex(4)}@example.com"
@@ -126,7 +126,8 @@ async def test_sign_up_to_refused_key_in_a_browser(common: CommonSettings, stack
     await page.get_by_role("button", name="Copy as code").click()
     code = await page.locator("pre.code").all_inner_texts()
     assert any("curl" in c and f"{base}/v1/chat/completions" in c for c in code)
-    assert any("from openai import OpenAI" in c for c in code) and any('import OpenAI from "openai"' in c for c in code)
+    assert any("from openai import OpenAI" in c for c in code)
+    assert any('import OpenAI from "openai"' in c for c in code)
     assert not any(secret in c for c in code)  # the snippet never embeds the key
 
     # The request shows up in the logs (usage consumes the event asynchronously).
@@ -243,7 +244,8 @@ async def _screenshots(browser: Any, base: str, email: str) -> None:
                 await page.goto(f"{base}/{name}")
                 await page.locator("main h1").first.wait_for()
                 await page.wait_for_load_state("networkidle")
-                assert not await page.locator("main > .notice.err").count(), f"{name}: {await page.inner_text('main')}"
+                failed = await page.locator("main > .notice.err").count()
+                assert not failed, f"{name}: {await page.inner_text('main')}"
                 await _shoot(page, f"{who}-{name.replace('/', '-')}", width)
             assert not errors, errors
             # Nothing wider than the viewport at phone width (tables turn into cards).

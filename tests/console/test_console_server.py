@@ -1,6 +1,6 @@
-"""The keys service's console module as a real process: the built pages and assets with their cache rules, and the
-local reverse proxy streaming an answer through as it is produced (a buffered proxy would hold every SSE event
-until the end)."""
+"""The keys service's console module as a real process: the built pages and assets with their cache rules,
+and the local reverse proxy streaming an answer through as it is produced (a buffered proxy would hold every
+SSE event until the end)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from services.keys.app import create_app
 from services.keys.config import KeysSettings
 from shared.config import CommonSettings
 from tests import procs
-from tests.console.conftest import DIST, _ensure_built
+from tests.console.browser import DIST, ensure_built
 
 
 @pytest.fixture(scope="module")
 def keys_and_upstream(common: CommonSettings) -> Iterator[tuple[str, str]]:
-    _ensure_built()
+    ensure_built()
     with procs.running("mock-upstream", ready_path="/healthz") as upstream:
         env = {
             # The "gateway" here is the mock upstream itself: it speaks the same /v1/chat/completions.
@@ -54,7 +54,8 @@ def test_pages_and_assets_are_served_with_their_cache_rules(keys_and_upstream: t
 
 def test_the_proxy_streams_events_as_they_come(keys_and_upstream: tuple[str, str]) -> None:
     base, _ = keys_and_upstream
-    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "Count slowly."}]}
+    body = {"model": "gpt-4o-mini", "stream": True,
+            "messages": [{"role": "user", "content": "Count slowly."}]}
     headers = {"authorization": "Bearer sk-anything", "x-mock-fault": "chunks=5;delay_chunk_ms=300"}
     arrivals: list[float] = []
     start = time.monotonic()
@@ -65,7 +66,7 @@ def test_the_proxy_streams_events_as_they_come(keys_and_upstream: tuple[str, str
             if line.startswith("data:"):
                 arrivals.append(time.monotonic() - start)
     assert len(arrivals) >= 5
-    # Five pieces 300 ms apart: the first must arrive long before the last (buffering would bunch them at the end).
+    # Five pieces 300 ms apart: the first must arrive long before the last (a buffer would bunch them up).
     assert arrivals[-1] - arrivals[0] > 0.9, arrivals
 
 
