@@ -207,6 +207,34 @@ class ChannelStateChanged(Event, frozen=True, kw_only=True, tag="channel.state_c
     reason: str = ""
 
 
+# --- organisations (keys service) ---------------------------------------------------------------------------
+
+
+class OrgMemberInvited(Event, frozen=True, kw_only=True, tag="org.member_invited"):
+    """An e-mail invitation to join an organisation; the notifier mails `invite_url` (single-use, expiring; the
+    token in it is stored only as a hash)."""
+
+    org_id: str
+    org_name: str
+    invitation_id: str
+    email: str
+    role: str
+    invite_url: str
+    expires_at: datetime
+    invited_by: str = ""  # the inviter's account id
+
+
+class OrgMemberChanged(Event, frozen=True, kw_only=True, tag="org.member_changed"):
+    """A member joined, changed role or allowance, or left/was removed (`removed`: their org keys are disabled)."""
+
+    org_id: str
+    user_id: str
+    role: str
+    allowance_micros: int = 0  # per month in the org's time zone; 0 = no allowance (the wallet bounds it)
+    removed: bool = False
+    actor_id: str = ""
+
+
 AnyEvent = (
     AccountRegistered
     | AccountChanged
@@ -220,6 +248,8 @@ AnyEvent = (
     | BalanceLow
     | PlanPurchased
     | ChannelStateChanged
+    | OrgMemberInvited
+    | OrgMemberChanged
 )
 
 _encoder = msgspec.json.Encoder()
