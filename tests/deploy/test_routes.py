@@ -108,3 +108,33 @@ def test_every_ingress_prefix_leads_somewhere(served: tuple[Rendered, dict[str, 
             if name == "blocked" or rule["path"] == "/":
                 continue
             assert any(_element_prefix(rule["path"], path) for path in routes[name]), rule
+
+
+# Addresses the services hand to people (e-mail links, payment redirects): they must land on the Ingress.
+PUBLIC_URLS = ("FAREGATE_KEYS_PUBLIC_URL", "FAREGATE_NOTIFIER_CONSOLE_URL",
+               "FAREGATE_BILLING_STRIPE_SUCCESS_URL", "FAREGATE_BILLING_STRIPE_CANCEL_URL")
+
+
+def test_links_the_services_send_out_land_on_a_served_page(
+        served: tuple[Rendered, dict[str, set[str]]]) -> None:
+    from urllib.parse import urlsplit
+
+    overlay, routes = served
+    hosts = _hosts(overlay)
+    env: dict[str, str] = {}
+    for workload, container in overlay.faregate_containers():
+        if workload["kind"] == "Deployment":
+            env.update({k: v for k, v in overlay.container_env(container).items() if v is not None})
+    checked = 0
+    for name in PUBLIC_URLS:
+        if name not in env:
+            continue
+        url = urlsplit(env[name])
+        assert url.hostname in hosts, f"{name}={env[name]}: no Ingress rule for that host"
+        path = url.path or "/"
+        target = route(hosts[url.hostname], path)
+        assert target and target != "faregate-blocked", f"{name}={env[name]}"
+        if path != "/":
+            assert path in routes[target.removeprefix("faregate-")], f"{name}={env[name]}: not served"
+        checked += 1
+    assert checked >= 2
