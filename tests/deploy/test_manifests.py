@@ -493,3 +493,17 @@ def test_production_pods_meet_the_restricted_pod_security_standard(rendered: dic
             assert not any(p.get("hostPort") for p in container.get("ports", [])), name
             checked += 1
     assert checked >= 7  # five services, the migrate Job, the verify CronJob
+
+
+def test_every_faregate_pod_may_reach_postgres(rendered: dict[str, Rendered]) -> None:
+    """The database's NetworkPolicy admits pods by label: every pod that gets a database URL carries it."""
+    prod = rendered["production"]
+    db_policy = prod.get("NetworkPolicy", "faregate-db")
+    peers = [peer["podSelector"] for rule in db_policy["spec"]["ingress"] for peer in rule["from"]
+             if "podSelector" in peer and any(p["port"] == 5432 for p in rule["ports"])]
+    for workload, container in prod.faregate_containers():
+        if not any(v["name"] == "FAREGATE_DATABASE_URL" for v in container.get("env", [])):
+            continue
+        spec = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        assert any(_selects(peer, labels) for peer in peers), workload["metadata"]["name"]
