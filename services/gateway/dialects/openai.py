@@ -4,7 +4,6 @@ upstreams (rewrite only `model`; ask for usage in streams; read usage back)."""
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -137,25 +136,6 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
 
 def data_frame(payload: Any) -> bytes:
     return b"data: " + _enc.encode(payload) + b"\n\n"
-
-
-def new_completion_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex[:24]
-
-
-def chunk(
-    cid: str, model: str, created: int, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": cid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": choices,
-    }
-    if usage is not None:
-        out["usage"] = usage
-    return out
 
 
 def now() -> int:
