@@ -175,7 +175,8 @@ async def _chat(
     amount = relay.worst_case(gw, model, call, prompt_estimate, max_out, n)
     call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
-    plan = relay.Plan(call.dialect, body, internal, "/chat/completions", stream)
+    sse = call.dialect != "gemini" or request.query_params.get("alt") == "sse"
+    plan = relay.Plan(call.dialect, body, internal, "/chat/completions", stream, sse)
     opened = await relay.open_upstream_for(request.receive, gw, call, model, plan)
     headers = ratelimit_headers(call, snap.rpm_limit, snap.tpm_limit)
     if stream:
@@ -184,7 +185,7 @@ async def _chat(
             content = relay.translated_stream_body(gw, call, opened, plan)
         else:
             content = relay.stream_body(gw, call, opened, oai_dialect.wants_usage(body), body["messages"])
-        return Stream(content, media_type="text/event-stream", headers=headers)
+        return Stream(content, media_type="text/event-stream" if sse else "application/json", headers=headers)
     await relay._close(opened.resp)
     call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
     if not opened.translated:

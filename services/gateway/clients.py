@@ -1,7 +1,6 @@
 """Client dialects on the translated path: turn a client's request into the internal (OpenAI chat) form, and
-the
-internal answer and stream chunks back into what the client's SDK expects. The translations themselves live in
-services.gateway.dialects; this module only picks them per dialect behind one small interface."""
+the internal answer and stream chunks back into what the client's SDK expects. The translations themselves
+live in services.gateway.dialects; this module only picks them per dialect behind one small interface."""
 
 from __future__ import annotations
 
@@ -47,6 +46,32 @@ class _ResponsesStream:
         return self.conv.error(message)
 
 
+class _GeminiArray:
+    """Gemini's `streamGenerateContent` without `alt=sse`: the same responses as one JSON array, sent piece by
+    piece as they come (`[` first item, `,` each next one, `]` at the end)."""
+
+    def __init__(self, conv: StreamOut) -> None:
+        self.conv = conv
+        self.started = False
+
+    def _items(self, frames: list[bytes]) -> list[bytes]:
+        out = []
+        for frame in frames:
+            item = frame.strip().removeprefix(b"data:").strip()
+            out.append((b",\r\n" if self.started else b"[") + item)
+            self.started = True
+        return out
+
+    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        return self._items(self.conv.feed(chunk))
+
+    def finish(self, usage: TokenUsage | None = None) -> list[bytes]:
+        return [*self._items(self.conv.finish(usage)), b"]" if self.started else b"[]"]
+
+    def error(self, message: str, status: int) -> list[bytes]:
+        return [*self._items(self.conv.error(message, status)), b"]"]
+
+
 def to_internal(dialect: str, body: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
     """Raises dialects.errors.TranslationError (-> 400 naming the field)."""
     if dialect == "anthropic":
@@ -73,11 +98,11 @@ def response_from_internal(
     return internal
 
 
-def stream_out(dialect: str, body: dict[str, Any], model: str) -> StreamOut:
+def stream_out(dialect: str, body: dict[str, Any], model: str, *, sse: bool = True) -> StreamOut:
     if dialect == "anthropic":
         return anthropic.StreamFromOpenAI(model)
     if dialect == "gemini":
-        return gemini.StreamFromOpenAI(model)
+        return gemini.StreamFromOpenAI(model) if sse else _GeminiArray(gemini.StreamFromOpenAI(model))
     if dialect == "responses":
         return _ResponsesStream(body, model)
     return _OpenAIStream(body)

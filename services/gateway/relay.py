@@ -309,6 +309,7 @@ class Plan:
     internal: dict[str, Any]
     endpoint_path: str  # OpenAI path after /v1: /chat/completions, /embeddings, /images/generations
     stream: bool
+    sse: bool = True  # a Gemini client streaming without ?alt=sse gets a JSON array instead
 
 
 PROVIDERS: dict[str, Any] = {"openai": oai, "anthropic": p_anthropic, "gemini": p_gemini}
@@ -663,7 +664,7 @@ def translated_stream_body(gw: Gateway, call: Call, opened: Opened, plan: Plan) 
     idle = gw.settings.idle_timeout_s
     parser = SSEParser()
     upstream = opened.provider.Stream(opened.upstream_model)
-    out = clients.stream_out(call.dialect, plan.body, call.model)
+    out = clients.stream_out(call.dialect, plan.body, call.model, sse=plan.sse)
     texts: list[str] = []
     reported: list[TokenUsage] = []
 

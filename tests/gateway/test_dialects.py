@@ -11,6 +11,7 @@ import secrets
 from typing import Any
 
 import anthropic as anthropic_sdk
+import httpx
 import openai as openai_sdk
 import pytest
 from google import genai
@@ -267,3 +268,22 @@ async def test_a_field_the_channel_cannot_express_is_a_400_naming_it(
         logprobs=True,
     )
     assert ok.choices
+
+
+async def test_gemini_stream_without_alt_sse_is_a_json_array(
+    dialect_world: World, gateways: list[procs.ServiceProcess]
+) -> None:
+    secret, _ = await dialect_world.add_key()
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await client.post(
+            f"{gateways[0].url}/v1beta/models/via-openai:streamGenerateContent",
+            headers={"x-goog-api-key": secret},
+            json={"contents": [{"role": "user", "parts": [{"text": QUESTION}]}]},
+        )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    items = r.json()
+    assert isinstance(items, list) and len(items) > 1
+    text = "".join(
+        p.get("text", "") for i in items for c in i.get("candidates", []) for p in c["content"]["parts"]
+    )
+    assert text and items[-1]["usageMetadata"]["candidatesTokenCount"] > 0

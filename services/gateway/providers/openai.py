@@ -1,8 +1,8 @@
 """OpenAI-compatible upstreams (OpenAI, DeepSeek, Qwen, ... and the mock): the passthrough provider.
 
 Requests go out as the client sent them with only `model` rewritten (and, for streams, usage asked for);
-answers
-come back byte for byte. Only the usage is decoded.
+answers come back byte for byte. Only the usage is decoded. A client of another dialect reaching such a
+channel goes through `build` / `response_to_internal` / `Stream` (the translated path).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from services.gateway.dialects import openai as dialect
 from services.gateway.dialects.errors import UpstreamStreamError
 from services.gateway.usage import Usage
 
@@ -191,3 +192,41 @@ def response_text(raw: bytes) -> str:
         parts += [c.message.content or "", c.message.reasoning_content or ""]
         parts += [(tc.function.arguments or "") if tc.function else "" for tc in c.message.tool_calls or ()]
     return "".join(parts)
+
+
+# --- the translated path (a client of another dialect reaching an OpenAI-compatible upstream) ----------
+
+_dec = msgspec.json.Decoder()
+
+
+def build(
+    base_url: str, api_key: str, upstream_model: str, internal: dict[str, Any], stream: bool, request_id: str
+) -> tuple[str, dict[str, str], bytes]:
+    body = dialect.to_upstream(internal, upstream_model, translated=True)
+    return url(base_url, "/chat/completions"), headers(api_key, request_id), _enc.encode(body)
+
+
+def response_to_internal(raw: bytes, model: str) -> dict[str, Any]:
+    out = _dec.decode(raw)
+    if not isinstance(out, dict):
+        raise msgspec.DecodeError("not a JSON object")
+    return out
+
+
+class Stream:
+    """OpenAI SSE payloads -> chunk dicts (already the internal form)."""
+
+    def __init__(self, model: str) -> None:
+        pass
+
+    def feed(self, event: str, data: bytes) -> list[dict[str, Any]]:
+        if data == b"[DONE]":
+            return []
+        chunk = _dec.decode(data)
+        if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+            err = chunk["error"] if isinstance(chunk["error"], dict) else {}
+            raise UpstreamStreamError(str(err.get("type", "api_error")), str(err.get("message", "")))
+        return [chunk] if isinstance(chunk, dict) else []
+
+    def finish(self) -> list[dict[str, Any]]:
+        return []
