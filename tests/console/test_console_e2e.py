@@ -88,6 +88,9 @@ async def test_sign_up_to_refused_key_in_a_browser(
     await _nav(page, "API keys")
     await page.get_by_role("button", name="Create key").click()
     dialog = page.get_by_role("dialog")
+    # No label: the API's message shows next to the field.
+    await dialog.get_by_role("button", name="Create").click()
+    await dialog.locator('[data-error-for="label"]').filter(has_text=re.compile(r"\S")).wait_for()
     await dialog.get_by_label("Label").fill("playground")
     await dialog.get_by_role("button", name="Create").click()
     card = page.get_by_role("region", name="New key")
@@ -168,6 +171,22 @@ async def test_sign_up_to_refused_key_in_a_browser(
     assert await page.locator(".share-fig li", has_text=MODEL).count() == 1
     assert await page.locator("svg.chart rect.bar").count() >= 1
     await _shoot(page, "dashboard-after-chat", 1280)
+    key_filter = page.get_by_label("Key")
+    key_id = await key_filter.locator("option", has_text="playground").get_attribute("value")
+    await key_filter.select_option(key_id)
+    key_stat = page.locator(".stat", has_text='key "playground"').locator("strong")
+    await key_stat.filter(has_text=re.compile(r"^[1-9]")).wait_for()
+
+    # Compare two models side by side on one prompt: each column streams its own reply.
+    await _nav(page, "Playground")
+    await page.get_by_label("API key", exact=True).select_option(label=f"playground ({secret[:10]}…)")
+    await page.get_by_role("button", name="Add a model to compare").click()
+    assert await page.locator("section.column").count() == 2
+    await page.get_by_label("Message").fill("Compare yourselves.")
+    await page.get_by_role("button", name="Send").click()
+    for column in await page.locator("section.column").all():
+        await column.locator("[data-testid=reply] .meta").filter(has_text="tokens").wait_for(timeout=30_000)
+    await _shoot(page, "playground-compare", 1280)
 
     # Disable the key; the playground then shows the gateway refusing it.
     await _nav(page, "API keys")
@@ -209,6 +228,13 @@ async def test_sign_up_to_refused_key_in_a_browser(
     await page.get_by_role("button", name="Log in").click()
     await page.get_by_role("heading", name="Usage logs").wait_for()
     assert page.url.endswith("/logs?status=ok")
+
+    # A reset link that is not (or no longer) valid says so on the form.
+    await page.get_by_role("button", name="Log out").click()
+    await page.goto(base + "/reset-password?token=not-a-real-token")
+    await page.get_by_label("New password").fill("another-long-password")
+    await page.get_by_role("button", name="Set the password").click()
+    await page.locator("form .notice.err").wait_for()
     await ctx.close()
 
     await _screenshots(browser, base, email)

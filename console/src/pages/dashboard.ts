@@ -74,7 +74,17 @@ export async function dashboardPage(root: HTMLElement, params: URLSearchParams):
     ]);
     // The summary is per account; a key filter narrows the trend charts (series grouped by key).
     const points = fillBuckets(keyId ? series.points.filter((p) => p.group === keyId) : series.points, span.granularity, span.days);
-    clear(stats,
+    if (keyId) {
+      // One key: its own totals over the trend's period (the account-wide counters below stay account-wide).
+      const totals = (await get<(Totals & { key_id: string })[]>(`/api/usage/keys${qs({ tz, from })}`)).find((k) => k.key_id === keyId);
+      const name = keys.find((k) => k.id === keyId)?.label ?? keyId;
+      clear(stats,
+        stat("Balance", usd(summary.balance_micros), "whole account"),
+        stat(`Requests, key "${name}"`, num(totals?.requests ?? 0), span.label.toLowerCase()),
+        stat("Spent by this key", usd(totals?.cost_micros ?? 0), span.label.toLowerCase()),
+        stat("Errors", num(totals?.errors ?? 0)),
+        stat("Tokens in / out", `${num(totals?.prompt_tokens ?? 0)} / ${num(totals?.completion_tokens ?? 0)}`));
+    } else clear(stats,
       stat("Balance", usd(summary.balance_micros), ""),
       stat("Requests today", num(summary.today.requests), `${usd(summary.today.cost_micros)} spent`),
       stat("This week", num(summary.week.requests), `${usd(summary.week.cost_micros)} spent`),
