@@ -187,8 +187,9 @@ async def _known_models(conn: asyncpg.Connection) -> set[str]:
 
 
 async def insert_key(conn: asyncpg.Connection, ctx: Ctx, who: Principal, account: Any,
-                     data: KeyCreateIn) -> tuple[str, str]:
-    """Insert a key for `account` inside the caller's transaction; returns (key id, secret)."""
+                     data: KeyCreateIn, *, user_id: str | None = None) -> tuple[str, str]:
+    """Insert a key for `account` inside the caller's transaction; returns (key id, secret). `user_id`: the
+    person holding it when that is not the account itself (an organisation's member)."""
     if await conn.fetchval(repo.COUNT_LIVE_KEYS, account["id"]) >= ctx.settings.max_keys_per_account:
         raise Conflict(f"an account may hold at most {ctx.settings.max_keys_per_account} keys")
     group = await _allowed_group(conn, who, account["group"], data.group or account["group"])
@@ -199,7 +200,8 @@ async def insert_key(conn: asyncpg.Connection, ctx: Ctx, who: Principal, account
     secret = new_secret()
     key_id = new_key_id()
     await conn.execute(
-        repo.INSERT_KEY, key_id, account["id"], account["id"], hash_api_key(secret), secret[:PREFIX_CHARS],
+        repo.INSERT_KEY, key_id, account["id"], user_id or account["id"], hash_api_key(secret),
+        secret[:PREFIX_CHARS],
         data.label.strip() or "key", group, data.quota_micros, model_list, ips, expires,
         s.default_rpm_limit if data.rpm_limit is None else data.rpm_limit,
         s.default_tpm_limit if data.tpm_limit is None else data.tpm_limit,

@@ -23,6 +23,7 @@ from services.keys import (
     errors,
     internal_api,
     keys_api,
+    orgs_api,
     scan,
     snapshots,
 )
@@ -100,6 +101,8 @@ def create_app(settings: KeysSettings, common: CommonSettings) -> Litestar:
             *ops_handlers({"postgres": postgres, "redis": redis, "nats": nats}),
             auth_api.router,
             keys_api.router,
+            orgs_api.router,
+            orgs_api.internal_router,
             admin_api.router,
             internal_api.router,
             internal_api.public_models,

@@ -41,6 +41,8 @@ class KeysSettings(ServerSettings, frozen=True, kw_only=True):
     # The expiry scan: how often it runs and how far ahead it warns (key.expiring, once per key and expiry).
     expiry_scan_interval_s: int = 300
     expiry_lookahead_s: int = 3 * 24 * 3600
+    # Organisation invitations (link and e-mail) stay valid this long and work once.
+    org_invite_ttl_s: int = 7 * 24 * 3600
     # Catalog file imported at start-up when the catalog is empty ("" = none).
     catalog_file: str = ""
     # Web console (services/keys/console.py): the built files ("" = the repo's console/dist), and whether to

@@ -77,7 +77,7 @@ RETURNING account_id
 KEY_COLUMNS = (
     'k.id, k.account_id, k.user_id, k.key_hash, k.prefix, k.label, k."group", k.status, k.quota_micros,'
     " k.models, k.ip_allow, k.expires_at, k.rpm_limit, k.tpm_limit, k.concurrency_limit, k.last_used_at,"
-    " k.created_at, k.updated_at, a.status AS account_status"
+    " k.created_at, k.updated_at, a.status AS account_status, a.kind AS account_kind"
 )
 
 INSERT_KEY = """
@@ -246,3 +246,91 @@ SELECT EXISTS (SELECT 1 FROM keys.accounts WHERE "group" = $1)
 # Redeliveries stop when the stream forgets a message (7 days), so older claims can go.
 PRUNE_PROCESSED = "DELETE FROM keys.processed_events WHERE processed_at < now() - make_interval(secs => $1)"
 PRUNE_RESETS = "DELETE FROM keys.password_resets WHERE expires_at < now() - interval '1 day'"
+
+# --- organisations (services/keys/orgs.py) ------------------------------------------------------------------
+
+# The org's account row: no e-mail login (see migrations/0002_orgs.sql), so email_norm is 'org:<id>'.
+INSERT_ORG_ACCOUNT = """
+INSERT INTO keys.accounts (id, email, email_norm, password_hash, role, "group", kind)
+VALUES ($1, '', 'org:' || $1, '!', 'user', $2, 'org')
+"""
+INSERT_ORG = """
+INSERT INTO keys.orgs (id, name, default_allowance_micros, time_zone, created_by) VALUES ($1, $2, $3, $4, $5)
+"""
+ORG_COLUMNS = "o.id, o.name, o.default_allowance_micros, o.time_zone, o.created_by, o.created_at, a.status"
+ORG_BY_ID = f"SELECT {ORG_COLUMNS} FROM keys.orgs o JOIN keys.accounts a ON a.id = o.id WHERE o.id = $1"
+UPDATE_ORG = """
+UPDATE keys.orgs SET name = $2, default_allowance_micros = $3, time_zone = $4, updated_at = now()
+WHERE id = $1
+"""
+ORGS_OF_USER = f"""
+SELECT {ORG_COLUMNS}, m.role FROM keys.org_members m
+JOIN keys.orgs o ON o.id = m.org_id JOIN keys.accounts a ON a.id = o.id
+WHERE m.user_id = $1 ORDER BY o.created_at, o.id
+"""
+
+MEMBER = """
+SELECT org_id, user_id, role, allowance_micros, joined_at FROM keys.org_members
+WHERE org_id = $1 AND user_id = $2
+"""
+MEMBERS = """
+SELECT m.org_id, m.user_id, m.role, m.allowance_micros, m.joined_at, a.email
+FROM keys.org_members m JOIN keys.accounts a ON a.id = m.user_id
+WHERE m.org_id = $1 ORDER BY m.joined_at, m.user_id
+"""
+INSERT_MEMBER = """
+INSERT INTO keys.org_members (org_id, user_id, role, allowance_micros) VALUES ($1, $2, $3, $4)
+ON CONFLICT (org_id, user_id) DO NOTHING
+RETURNING org_id
+"""
+UPDATE_MEMBER = """
+UPDATE keys.org_members SET role = $3, allowance_micros = $4 WHERE org_id = $1 AND user_id = $2
+"""
+DELETE_MEMBER = "DELETE FROM keys.org_members WHERE org_id = $1 AND user_id = $2"
+COUNT_OWNERS = "SELECT count(*) FROM keys.org_members WHERE org_id = $1 AND role = 'owner'"
+# Serialises membership changes of one org (the last owner cannot be removed by two concurrent requests).
+LOCK_ORG = "SELECT id FROM keys.orgs WHERE id = $1 FOR UPDATE"
+
+INVITATION_COLUMNS = (
+    "id, org_id, email_norm, role, allowance_micros, status, invited_by, answered_by, expires_at, created_at,"
+    " answered_at"
+)
+INSERT_INVITATION = f"""
+INSERT INTO keys.org_invitations (id, org_id, email_norm, role, allowance_micros, token_hash, invited_by,
+                                  expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING {INVITATION_COLUMNS}
+"""
+INVITATIONS_OF_ORG = f"""
+SELECT {INVITATION_COLUMNS} FROM keys.org_invitations WHERE org_id = $1 ORDER BY created_at DESC, id LIMIT 500
+"""
+INVITATION_BY_TOKEN_FOR_UPDATE = f"""
+SELECT {INVITATION_COLUMNS} FROM keys.org_invitations WHERE token_hash = $1 FOR UPDATE
+"""
+INVITATION_BY_ID_FOR_UPDATE = f"""
+SELECT {INVITATION_COLUMNS} FROM keys.org_invitations WHERE id = $1 AND org_id = $2 FOR UPDATE
+"""
+ANSWER_INVITATION = f"""
+UPDATE keys.org_invitations SET status = $2, answered_by = $3, answered_at = now() WHERE id = $1
+RETURNING {INVITATION_COLUMNS}
+"""
+
+INSERT_AUDIT = """
+INSERT INTO keys.org_audit (org_id, actor_id, action, subject_id, detail) VALUES ($1, $2, $3, $4, $5::jsonb)
+"""
+AUDIT_OF_ORG = """
+SELECT id, actor_id, action, subject_id, detail::text AS detail, at FROM keys.org_audit
+WHERE org_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3
+"""
+
+ORG_KEYS = f"""
+SELECT {KEY_COLUMNS} FROM {_KEYS_JOIN}
+WHERE k.account_id = $1 AND ($2::text IS NULL OR k.user_id = $2) AND k.status <> 'deleted'
+ORDER BY k.created_at DESC, k.id
+"""
+# A removed member's keys under the org stop at once (each is then re-published: snapshot + key.changed).
+DISABLE_MEMBER_KEYS = """
+UPDATE keys.api_keys SET status = 'disabled', updated_at = now()
+WHERE account_id = $1 AND user_id = $2 AND status = 'active'
+RETURNING id
+"""

@@ -47,6 +47,8 @@ def key_snapshot(row: Any) -> ev.KeySnapshot:
         tpm_limit=row["tpm_limit"],
         concurrency_limit=row["concurrency_limit"],
         account_status=row["account_status"],
+        # An organisation's key: the org pays (account_id), the member holds it (user_id).
+        org_id=row["account_id"] if row["account_kind"] == "org" else None,
     )
 
 
