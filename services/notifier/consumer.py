@@ -35,7 +35,7 @@ def _spec(durable: str, stream: str, subjects: tuple[str, ...]) -> bus.ConsumerS
 
 
 ACCOUNTS = _spec("notifier-accounts", "ACCOUNTS",
-                 ("account.registered", "password.reset_requested", "key.expiring"))
+                 ("account.registered", "password.reset_requested", "key.expiring", "org.member_invited"))
 BILLING = _spec("notifier-billing", "BILLING", ("wallet.credited", "plan.purchased", "balance.low"))
 OPS = _spec("notifier-ops", "OPS", ("channel.state_changed",))
 SPECS = (ACCOUNTS, BILLING, OPS)

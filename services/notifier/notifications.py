@@ -106,6 +106,14 @@ def plan(event: ev.AnyEvent, prefs: Prefs | None, ctx: Context) -> list[Planned]
             return [Planned(event.event_id, "email", f"address:{event.email}", event.account_id,
                             "password_reset", etype, vars, {"account_id": event.account_id},
                             {"reset_url": event.reset_url})]
+        case ev.OrgMemberInvited():
+            # Sent to the invited address, which may have no account yet; the link is sealed at rest like a
+            # reset link (it lets its holder join the organisation).
+            vars = {**base, "email": event.email, "org_name": event.org_name, "role": event.role,
+                    "expires_at": _when(event.expires_at)}
+            return [Planned(event.event_id, "email", f"address:{event.email}", None, "org_invite", etype,
+                            vars, {"org_id": event.org_id, "invitation_id": event.invitation_id},
+                            {"invite_url": event.invite_url})]
         case ev.WalletCredited() if event.kind == "topup":
             vars = {**base, "paid": usd(event.paid_micros), "bonus": usd(event.bonus_micros),
                     "credit": usd(event.amount_micros), "balance": usd(event.balance_micros),
