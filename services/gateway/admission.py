@@ -2,8 +2,8 @@
 
 `lua/admit.lua` checks every limit and the wallet (and key quota) and writes nothing unless all pass;
 `lua/finish.lua` undoes the in-flight entry, corrects the token windows and settles the reservation. Both keep
-the
-hash fields of `shared/wallet.py`, so billing's `apply_debit` matches what the gateway reserved and settled.
+the hash fields of `shared/wallet.py`, so billing's `apply_debit` matches what the gateway reserved and
+settled.
 
 When Redis is unreachable the gateway stays up (decided in ARCHITECTURE terms, tested in
 tests/gateway/test_redis_outage.py):

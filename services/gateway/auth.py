@@ -2,11 +2,10 @@
 
 Each worker holds the KeySnapshots it has seen in a dict keyed by the key's sha256. A miss reads Redis
 (`{ns}:key:{hash}`, written by keys), and if Redis has nothing (or is down) asks keys over HTTP, which also
-refills
-Redis. The cache has no TTL: it is corrected at once by `key.changed` / `account.changed` events (core NATS,
-every
-worker hears every event), so a disabled key stops working everywhere within a message's latency. Unknown keys
-are remembered as unknown for a few seconds, so a flood of bad keys costs neither Redis nor keys anything.
+refills Redis. The cache has no TTL: it is corrected at once by `key.changed` / `account.changed` events (core
+NATS, every worker hears every event), so a disabled key stops working everywhere within a message's latency.
+Unknown keys are remembered as unknown for a few seconds, so a flood of bad keys costs neither Redis nor keys
+anything.
 """
 
 from __future__ import annotations

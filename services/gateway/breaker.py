@@ -1,15 +1,11 @@
 """Circuit breaker per channel, shared by every gateway pod through Redis.
 
 State lives in `{ns}:cb:{channel}` (closed | open | half_open, since when, why) and attempt counts in
-10-second
-buckets `{ns}:cb:{channel}:b:{n}` forming a sliding window. A failure is recorded at once (it may open the
-channel); successes of a closed channel are counted locally and flushed with the periodic refresh, so the hot
-path
-pays no Redis round trip for them. An open channel is skipped until its cool-down ends; then exactly one
-request
-(anywhere) claims the half-open probe: success closes it, failure reopens it with a doubled cool-down, capped,
-so
-a channel is never out forever without a person disabling it in the catalog.
+10-second buckets `{ns}:cb:{channel}:b:{n}` forming a sliding window. A failure is recorded at once (it may
+open the channel); successes of a closed channel are counted locally and flushed with the periodic refresh, so
+the hot path pays no Redis round trip for them. An open channel is skipped until its cool-down ends; then
+exactly one request (anywhere) claims the half-open probe: success closes it, failure reopens it with a
+doubled cool-down, capped, so a channel is never out forever without a person disabling it in the catalog.
 """
 
 from __future__ import annotations

@@ -135,8 +135,7 @@ class Gateway:
 
     async def subscribe(self) -> None:
         """Core NATS subscriptions: every worker hears every key/account/catalog change (JetStream publishes
-        are
-        delivered to plain subscribers too)."""
+        are delivered to plain subscribers too)."""
         nc = self.res.nc
         assert nc is not None
         ns = self.common.namespace

@@ -1,8 +1,7 @@
 """The gateway's errors and how each client dialect spells them.
 
 Every error a client sees is one of these, built by the gateway: an upstream's own error body (which may name
-its
-keys, accounts or internals) is never passed through.
+its keys, accounts or internals) is never passed through.
 """
 
 from __future__ import annotations

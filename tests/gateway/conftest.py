@@ -1,6 +1,5 @@
 """Gateway fixtures: the real mock upstream process, a catalog and keys written to Redis the way the keys
-service
-writes them, a funded wallet, and the gateway app in the test's loop (or as real processes)."""
+service writes them, a funded wallet, and the gateway app in the test's loop (or as real processes)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """The paid chat path, driven by the official OpenAI SDK: a client calls, the mock upstream answers, the
-wallet's
-reservation is settled to the exact priced cost, and exactly one usage.recorded is published."""
+wallet's reservation is settled to the exact priced cost, and exactly one usage.recorded is published."""
 
 from __future__ import annotations
 

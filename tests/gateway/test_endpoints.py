@@ -1,6 +1,5 @@
 """The other OpenAI endpoints (embeddings, images, models) and usage counted with the tokenizer when an
-upstream
-reports none."""
+upstream reports none."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """Every refusal in the OpenAI error shape with the status code relay users expect, and an upstream's own
-error
-body never reaching the client."""
+error body never reaching the client."""
 
 from __future__ import annotations
 

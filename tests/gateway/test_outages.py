@@ -3,8 +3,7 @@
 - NATS down: requests are still served; their usage events go to the disk spool and reach JetStream once it is
   back, each exactly once.
 - Redis down: the gateway stays up; keys it knows keep authenticating from the in-process cache; rate limits
-fail
-  open; the spend guard keeps reserving against the worker's last known balance (never above it).
+  fail open; the spend guard keeps reserving against the worker's last known balance (never above it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """Anthropic Messages upstreams: the internal (OpenAI chat) request translated, `x-api-key` auth, and the
-answer
-and its event stream translated back by services.gateway.dialects.anthropic."""
+answer and its event stream translated back by services.gateway.dialects.anthropic."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """Gemini upstreams: the internal (OpenAI chat) request translated, `x-goog-api-key` auth, and the answer and
-its
-SSE stream (`alt=sse`) translated back by services.gateway.dialects.gemini."""
+its SSE stream (`alt=sse`) translated back by services.gateway.dialects.gemini."""
 
 from __future__ import annotations
 
