@@ -1,4 +1,5 @@
-"""Organisations are served by the keys service: its app, logged-in people and the event tap come from there."""
+"""Organisations are served by the keys service: its app, logged-in people and the event tap come from
+there."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The notifier turns an organisation invitation into an e-mail to the invited address, link sealed at rest."""
+"""The notifier turns an organisation invitation into an e-mail to the invited address, the link sealed at
+rest."""
 
 from __future__ import annotations
 
