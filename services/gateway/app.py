@@ -20,6 +20,7 @@ from opentelemetry import trace
 
 from services.gateway import clients, metrics, relay, tokenizer, upstream_http
 from services.gateway.admission import Ticket
+from services.gateway.auth import client_address
 from services.gateway.config import GatewaySettings
 from services.gateway.context import Gateway
 from services.gateway.dialects import openai as oai_dialect
@@ -55,14 +56,19 @@ def gateway_of(request: Request[Any, Any, Any]) -> Gateway:
     return gw
 
 
+def client_ip_of(request: Request[Any, Any, Any]) -> str:
+    peer = request.client.host if request.client else ""
+    trusted = gateway_of(request).trusted_proxies
+    return client_address(peer, request.headers.get("x-forwarded-for"), trusted) if trusted else peer
+
+
 def new_call(request: Request[Any, Any, Any], dialect: str, endpoint: str) -> Call:
     metrics.INFLIGHT.inc()
-    client = request.client
     call = Call(
         request_id=request.scope["state"]["request_id"],
         dialect=dialect,
         endpoint=endpoint,
-        client_ip=client.host if client else "",
+        client_ip=client_ip_of(request),
     )
     # With no tracer provider installed (the default: exporter "none") even a no-op span costs measurable
     # microseconds per request, so none is made.
@@ -273,7 +279,7 @@ async def anthropic_count_tokens(request: Request[Any, Any, Any]) -> Response[An
         request_id="",
         dialect="anthropic",
         endpoint="count_tokens",
-        client_ip=request.client.host if request.client else "",
+        client_ip=client_ip_of(request),
     )
     try:
         raw = await read_body(request, gw.settings.max_body_bytes)
@@ -385,7 +391,7 @@ async def _authed(request: Request[Any, Any, Any]) -> tuple[Gateway, Any]:
         request_id="",
         dialect="openai",
         endpoint="models",
-        client_ip=request.client.host if request.client else "",
+        client_ip=client_ip_of(request),
     )
     snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
     return gw, snap

@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import msgspec
 
@@ -146,5 +145,28 @@ def check_ip(entry: CachedKey, client_ip: str) -> None:
     raise NotAllowed("Your IP address is not allowed to use this API key.")
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+def networks(items: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    """Parse addresses/CIDRs once (configuration: a malformed entry is an error, not skipped)."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items if item.strip())
+
+
+def _within(address: str, nets: tuple[IPNetwork, ...]) -> bool:
+    try:
+        addr = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr.version == n.version and addr in n for n in nets)
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]) -> str:
+    """The client's address: the peer's, or behind trusted proxies the right-most untrusted X-Forwarded-For
+    entry (entries left of it could have been written by the client itself)."""
+    if not trusted or not forwarded_for or not _within(peer, trusted):
+        return peer
+    for hop in reversed(forwarded_for.split(",")):
+        hop = hop.strip()
+        if hop and not _within(hop, trusted):
+            return hop
+    return peer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from shared.config import ServerSettings, register
 
 
@@ -40,5 +42,17 @@ class GatewaySettings(ServerSettings, frozen=True, kw_only=True):
     account_concurrency_limit: int = 0
     account_rpm_limit: int = 0
     account_tpm_limit: int = 0
+    # Proxies in front of the gateway (addresses or CIDR ranges, comma-separated), e.g. the ingress: when
+    # the peer is one of them, the client's address for IP allow-lists is the right-most X-Forwarded-For
+    # entry that is not itself a trusted proxy. Empty: the peer is the client (X-Forwarded-For is ignored).
+    trusted_proxies: tuple[str, ...] = ()
     # Keep-alive pool to upstreams, per worker.
     max_upstream_connections: int = 1000
+
+    def __post_init__(self) -> None:
+        for item in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                name = "FAREGATE_GATEWAY_TRUSTED_PROXIES"
+                raise ValueError(f"{name}: {item!r} is not an address or CIDR") from None

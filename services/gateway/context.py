@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 
 from services.gateway import upstream_http
 from services.gateway.admission import Admission
-from services.gateway.auth import KeyCache
+from services.gateway.auth import IPNetwork, KeyCache, networks
 from services.gateway.breaker import Breaker
 from services.gateway.catalog_view import CatalogView
 from services.gateway.config import GatewaySettings
@@ -40,12 +40,14 @@ class Gateway:
     catalog: CatalogView = field(init=False)
     admission: Admission = field(init=False)
     breaker: Breaker = field(init=False)
+    trusted_proxies: tuple[IPNetwork, ...] = field(init=False)
     # channel id -> monotonic time before which it is not tried (an upstream's Retry-After)
     cooling: dict[str, float] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         assert self.res.redis is not None
+        self.trusted_proxies = networks(self.settings.trusted_proxies)
         self.keycache = KeyCache(self._key_from_redis, self._key_from_keys, self.settings.negative_cache_s)
         self.catalog = CatalogView.build(cat.Catalog(), self.common.secret_key)
         self.admission = Admission(self.res.redis, self.res.keys)

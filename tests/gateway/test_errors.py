@@ -8,6 +8,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import msgspec
 import openai
 import pytest
@@ -292,3 +293,49 @@ async def test_a_key_created_after_a_miss_works_at_once(world: World, gateway: A
         return bool((await post(gateway, secret, body())).status_code == 200)
 
     await eventually(accepted, 3)
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "client"),
+    [
+        ("10.0.0.5", "203.0.113.9", "203.0.113.9"),  # through the ingress
+        ("10.0.0.5", "198.51.100.1, 203.0.113.9, 10.0.0.7", "203.0.113.9"),  # spoofed left entry ignored
+        ("203.0.113.50", "198.51.100.1", "203.0.113.50"),  # not from a trusted proxy: header ignored
+        ("10.0.0.5", None, "10.0.0.5"),
+    ],
+)
+def test_client_address_behind_trusted_proxies(peer: str, xff: str | None, client: str) -> None:
+    from services.gateway.auth import client_address, networks
+
+    assert client_address(peer, xff, networks(("10.0.0.0/8",))) == client
+
+
+async def test_allow_list_checks_the_forwarded_client_behind_a_trusted_proxy(world: World) -> None:
+    from tests import procs
+    from tests.gateway.conftest import use_catalog
+
+    dead = f"http://127.0.0.1:{procs.free_port()}"
+    env = {
+        "FAREGATE_KEYS_URL": dead,
+        "FAREGATE_BILLING_URL": dead,
+        "FAREGATE_GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
+    }
+    gw = procs.start("gateway", env, ready_path="/readyz")
+    try:
+        await use_catalog(world, [gw], [channel(world.mock, "main", secret=world.common.secret_key)])
+        secret, _ = await world.add_key(ip_allow=("203.0.113.0/24",))
+        async with httpx.AsyncClient(timeout=30) as client:
+            url, payload = f"{gw.url}/v1/chat/completions", body()
+            ok = await client.post(
+                url,
+                json=payload,
+                headers={"authorization": f"Bearer {secret}", "x-forwarded-for": "203.0.113.9"},
+            )
+            refused = await client.post(
+                url,
+                json=payload,
+                headers={"authorization": f"Bearer {secret}", "x-forwarded-for": "198.51.100.1"},
+            )
+        assert ok.status_code == 200 and refused.status_code == 403
+    finally:
+        gw.stop()
