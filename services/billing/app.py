@@ -56,7 +56,9 @@ def _payment_view(p: dict[str, Any]) -> dict[str, Any]:
 
 async def provide_caller(request: Request[Any, Any, State]) -> Caller:
     auth: Authenticator = request.app.state.auth
-    return await auth.caller(request.headers, request.cookies, request.method)
+    who = await auth.caller(request.headers, request.cookies, request.method)
+    # An organisation's wallet is named like any account; the member's role decides (services/keys/orgs.py).
+    return await auth.as_org_member(who, request.query_params.get("account_id"), request.method)
 
 
 # --- user ---------------------------------------------------------------------------------------------------

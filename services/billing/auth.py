@@ -9,7 +9,8 @@
 Writes made with the session cookie must echo the CSRF token in `X-CSRF-Token` (the keys service's `csrf`
 cookie: an HMAC of the session under the shared secret key, so billing checks it without asking keys).
 A user acts on their own wallet only; an admin may name any account (`?account_id=`) and use
-/v1/admin/billing.
+/v1/admin/billing. An organisation's wallet (`?account_id=<org id>`): its owners and admins read and fund it,
+its viewers read it (balance, ledger), its members neither; keys' membership answer decides.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -25,6 +27,10 @@ import msgspec
 from shared.web import Forbidden, ServiceError, Unauthorized
 
 ADMIN = "admin"
+# Organisation ids (services/keys/orgs.py new_org_id): only these are worth asking keys about.
+ORG_PREFIX = "org_"
+ORG_READERS = frozenset({"owner", "admin", "viewer"})
+ORG_WRITERS = frozenset({"owner", "admin"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,10 @@ class _WhoAmI(msgspec.Struct, kw_only=True):
 
 
 _whoami = msgspec.json.Decoder(_WhoAmI)
+
+
+class _Membership(msgspec.Struct, kw_only=True):
+    role: str
 
 
 def _unavailable(message: str) -> ServiceError:
@@ -98,6 +108,37 @@ class Authenticator:
         if not session:
             raise Unauthorized("sign in first")
         return await self._whoami(session)
+
+    async def org_role(self, org_id: str, user_id: str) -> str | None:
+        """The person's role in an organisation (keys' internal membership answer); None if not a member."""
+        try:
+            # The org id comes from the query string: quoted, so it names one path segment and nothing else.
+            url = f"{self.keys_url}/internal/orgs/{quote(org_id, safe='')}/members/{quote(user_id, safe='')}"
+            resp = await self.http.get(url, timeout=5.0, headers={"X-Internal-Token": self.internal_token})
+        except httpx.HTTPError:
+            raise _unavailable("the organisation service is unavailable") from None
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise _unavailable("the organisation service is unavailable")
+        try:
+            return str(msgspec.json.decode(resp.content, type=_Membership).role)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise _unavailable("the organisation service answered badly") from None
+
+    async def as_org_member(self, who: Caller, requested: str | None, method: str) -> Caller:
+        """`who` acting on an organisation's wallet: the org as the caller's account, if their role allows
+        it. Anything else (their own wallet, an admin, no account named) is left to `wallet_of`."""
+        if who.is_admin or not requested or requested == who.account_id \
+                or not requested.startswith(ORG_PREFIX):
+            return who
+        role = await self.org_role(requested, who.account_id)
+        if role is None:
+            return who  # wallet_of() refuses it like any other account
+        allowed = ORG_READERS if method.upper() in SAFE_METHODS else ORG_WRITERS
+        if role not in allowed:
+            raise Forbidden(f"your role in this organisation ({role}) does not allow this", code="org_role")
+        return Caller(requested, who.account_id, "user", who.email)
 
     async def _whoami(self, session: str) -> Caller:
         try:

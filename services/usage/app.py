@@ -6,6 +6,7 @@
   GET /api/usage/keys         usage per API key over a range
   GET /api/usage/logs         the request log, filtered (time range, key, model, status), cursor-paged
   GET /api/usage/logs.csv     the same filter as CSV, streamed
+  GET /api/usage/members      usage per person over a range (an organisation's members)
 
 Every read takes `tz` (IANA zone; default UTC) for where days begin, and `account_id` (admins: any account or,
 left out, all; users: only their own). Who is calling: see `auth.py`.
@@ -54,7 +55,10 @@ async def _watch_pool(pool: asyncpg.Pool, service: str, stop: asyncio.Event, eve
 
 async def current_principal(request: Request[Any, Any, Any]) -> Principal:
     auth: Authenticator = request.app.state.auth
-    return await auth.principal(request.headers, request.cookies)
+    who = await auth.principal(request.headers, request.cookies)
+    # An organisation's members read its usage by naming it (services/keys/orgs.py decides their role).
+    return await auth.as_org_member(who, request.query_params.get("account_id"),
+                                    export=request.url.path.endswith(".csv"))
 
 
 def _pool(state: State) -> asyncpg.Pool:
@@ -101,6 +105,16 @@ async def get_keys(state: State, who: Who, tz: Tz = "UTC", account_id: Account =
                    from_: Since = None, to: Until = None) -> list[reports.KeyUsage]:
     rng = periods.time_range(from_, to, periods.zone(tz), datetime.now(UTC), timedelta(days=30))
     return await reports.keys_usage(_pool(state), scope(who, account_id), rng)
+
+
+@get("/api/usage/members", summary="Usage per person (an organisation's members) over a range")
+async def get_members(state: State, who: Who, tz: Tz = "UTC", account_id: Account = None,
+                      from_: Since = None, to: Until = None) -> list[reports.MemberUsage]:
+    account = scope(who, account_id)
+    if account is None:
+        raise ServiceError("name the account (or organisation) with account_id", field="account_id")
+    rng = periods.time_range(from_, to, periods.zone(tz), datetime.now(UTC), timedelta(days=30))
+    return await reports.members_usage(_pool(state), account, rng)
 
 
 def _log_filter(who: Principal, account_id: str | None, tz: str, from_: str | None, to: str | None,
@@ -168,7 +182,8 @@ def create_app(settings: UsageSettings, common: CommonSettings, *, consumers: bo
 
     return Litestar(
         logging_config=web.logging_config(),
-        route_handlers=[get_summary, get_series, get_keys, get_logs, get_logs_csv, *ops_handlers(checks)],
+        route_handlers=[get_summary, get_series, get_keys, get_members, get_logs, get_logs_csv,
+                        *ops_handlers(checks)],
         dependencies={"who": Provide(current_principal)},
         middleware=[request_id_middleware],
         exception_handlers={ServiceError: service_error_handler, ValidationException: _bad_parameter},

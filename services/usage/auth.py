@@ -8,6 +8,8 @@ Two ways in:
     plus `X-Account-Id` and `X-Role` (`user` unless said otherwise; an `admin` may omit the account).
 The API only reads (GET), so a session cookie needs no CSRF token here.
 A user sees only their own account; an admin sees every account, or one they name with `account_id`.
+An organisation's owners, admins and viewers see the organisation's (`account_id=<org id>`; keys' membership
+answer decides), and only its owners and admins export it as CSV.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -22,6 +25,10 @@ import msgspec
 from shared.web import Forbidden, ServiceError, Unauthorized
 
 ADMIN = "admin"
+# Organisation ids (services/keys/orgs.py new_org_id): only these are worth asking keys about.
+ORG_PREFIX = "org_"
+ORG_READERS = frozenset({"owner", "admin", "viewer"})
+ORG_EXPORTERS = frozenset({"owner", "admin"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,10 @@ class _WhoAmI(msgspec.Struct, kw_only=True):
 
 
 _whoami = msgspec.json.Decoder(_WhoAmI)
+
+
+class _Membership(msgspec.Struct, kw_only=True):
+    role: str
 
 
 def _unavailable(message: str) -> ServiceError:
@@ -72,6 +83,37 @@ class Authenticator:
         if not session:
             raise Unauthorized("sign in first")
         return await self._whoami(session)
+
+    async def org_role(self, org_id: str, user_id: str) -> str | None:
+        """The person's role in an organisation (keys' internal membership answer); None if not a member."""
+        try:
+            # The org id comes from the query string: quoted, so it names one path segment and nothing else.
+            url = f"{self.keys_url}/internal/orgs/{quote(org_id, safe='')}/members/{quote(user_id, safe='')}"
+            resp = await self.http.get(url, timeout=5.0, headers={"X-Internal-Token": self.internal_token})
+        except httpx.HTTPError:
+            raise _unavailable("the organisation service is unavailable") from None
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise _unavailable("the organisation service is unavailable")
+        try:
+            return str(msgspec.json.decode(resp.content, type=_Membership).role)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise _unavailable("the organisation service answered badly") from None
+
+    async def as_org_member(self, who: Principal, requested: str | None, *,
+                            export: bool = False) -> Principal:
+        """`who` reading an organisation's usage: the org as the account in scope, if their role allows it.
+        Anything else (their own account, an admin, no account named) is left as it is for `scope`."""
+        if who.is_admin or not requested or requested == who.account_id \
+                or not requested.startswith(ORG_PREFIX):
+            return who
+        role = await self.org_role(requested, who.account_id)
+        if role is None:
+            return who  # scope() refuses it like any other account
+        if role not in (ORG_EXPORTERS if export else ORG_READERS):
+            raise Forbidden(f"your role in this organisation ({role}) does not allow this", code="org_role")
+        return Principal(requested, who.account_id, "user", who.email)
 
     async def _whoami(self, session: str) -> Principal:
         try:

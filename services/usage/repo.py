@@ -239,6 +239,18 @@ GROUP BY account_id, key_id
 ORDER BY cost_micros DESC, requests DESC, key_id
 """)
 
+# Per person over [$2, $3): an organisation's members (a personal account has one person).
+MEMBERS_USAGE = """
+SELECT user_id, count(*)::bigint AS requests, (count(*) FILTER (WHERE status >= 400))::bigint AS errors,
+       coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+       coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
+       coalesce(sum(cost_micros), 0)::bigint AS cost_micros
+FROM usage.request_log
+WHERE account_id = $1 AND ts >= $2 AND ts < $3
+GROUP BY user_id
+ORDER BY cost_micros DESC, user_id
+"""
+
 _LOG_COLUMNS = """ts, request_id, account_id, user_id, key_id, model, upstream_model, channel_id, dialect,
        endpoint, stream, status, error_code, prompt_tokens, completion_tokens, cached_tokens, cost_micros,
        upstream_cost_micros, charged_at, latency_ms, ttft_ms"""

@@ -164,6 +164,23 @@ async def keys_usage(pool: asyncpg.Pool, account: str | None, rng: Range) -> lis
                      cost_micros=r["cost_micros"], last_used_hour=r["last_hour"]) for r in rows]
 
 
+class MemberUsage(msgspec.Struct, kw_only=True):
+    user_id: str  # the person behind the keys ('' for requests recorded without one)
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+
+
+async def members_usage(pool: asyncpg.Pool, account: str, rng: Range) -> list[MemberUsage]:
+    """Per person, from the request log (the aggregates are per key and model, not per person)."""
+    rows = await pool.fetch(repo.MEMBERS_USAGE, account, rng.start, rng.end)
+    return [MemberUsage(user_id=r["user_id"], requests=r["requests"], errors=r["errors"],
+                        prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
+                        cost_micros=r["cost_micros"]) for r in rows]
+
+
 @dataclass(frozen=True)
 class LogFilter:
     account: str | None
