@@ -51,6 +51,10 @@ class KeySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     # Rotation: the old hash keeps working until this instant.
     grace_until: datetime | None = None
     org_id: str | None = None
+    # An organisation's key: the holder's monthly credit allowance (0 = none; the org's wallet still bounds it)
+    # and the org's IANA time zone, in which the allowance month begins (a gateway derives the month from it).
+    allowance_micros: int = 0
+    allowance_tz: str = "UTC"
 
 
 class ModelPrice(msgspec.Struct, frozen=True, kw_only=True):
