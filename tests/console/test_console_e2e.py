@@ -112,6 +112,12 @@ async def test_sign_up_to_refused_key_in_a_browser(
     await page.get_by_text("Paid.").wait_for()
     await page.get_by_test_id("balance").filter(has_text="$22.00").wait_for()
     await page.locator("table tbody tr", has_text="topup").first.wait_for()
+    # Low-balance alert threshold and notification preferences (billing and notifier, through one form).
+    await page.get_by_label("Warn me when the balance falls below (USD)").fill("5")
+    await page.locator("fieldset", has_text="Send to the webhook").get_by_label("receipt").uncheck()
+    await page.get_by_role("button", name="Save alerts").click()
+    await page.get_by_text("Alert settings saved.").wait_for()
+    await page.locator("dl.facts dd").filter(has_text="$5.00").wait_for()
 
     # Playground with the new key: the reply streams in, piece by piece.
     await _nav(page, "Playground")
@@ -279,3 +285,51 @@ async def _screenshots(browser: Any, base: str, email: str) -> None:
                 overflow = await page.evaluate("document.documentElement.scrollWidth")
                 assert overflow <= width + 1, f"{who}: page is {overflow}px wide at {width}px"
             await ctx.close()
+
+
+async def test_admin_codes_and_adjustments_reach_a_users_wallet(
+        common: CommonSettings, stack: dict[str, procs.ServiceProcess], browser: Any) -> None:
+    """An admin makes a redemption code and adjusts a wallet with a reason; the user redeems the code: all
+    through the console, each write carrying the CSRF token through the proxy to billing."""
+    base = stack["keys"].url
+    email = f"redeem-{secrets.token_hex(4)}@example.com"
+    user_ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
+    user = await user_ctx.new_page()
+    await user.goto(base + "/signup")
+    await user.get_by_label("E-mail").fill(email)
+    await user.get_by_label("Password").fill(PASSWORD)
+    await user.get_by_role("button", name="Sign up").click()
+    await user.get_by_role("heading", name="Welcome to Faregate").wait_for()
+
+    admin_ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
+    admin = await admin_ctx.new_page()
+    await _login(admin, base, ADMIN_EMAIL, ADMIN_PASSWORD)
+    await admin.goto(base + "/admin/codes")
+    await admin.get_by_label("How many").fill("1")
+    await admin.get_by_label("Credit each (USD)").fill("3")
+    await admin.get_by_role("button", name="Generate").click()
+    code = (await admin.locator("pre.code").inner_text()).strip()
+    assert code and "\n" not in code
+
+    await admin.goto(base + "/admin/users")
+    await admin.get_by_label("Search users").fill(email)
+    row = admin.locator("tr", has_text=email)
+    await row.get_by_role("button", name="Adjust wallet").click()
+    await admin.get_by_label("Amount (USD, negative to debit)").fill("1.50")
+    # No reason: refused next to the field.
+    await admin.get_by_role("button", name="Adjust", exact=True).click()
+    await admin.locator('[data-error-for="reason"]').filter(has_text=re.compile(r"\S")).wait_for()
+    await admin.get_by_label("Reason (kept in the ledger)").fill("goodwill")
+    await admin.get_by_role("button", name="Adjust", exact=True).click()
+    await admin.get_by_text("Balance now $1.50").wait_for()
+
+    await user.goto(base + "/wallet")
+    await user.get_by_label("Code").fill(code)
+    await user.get_by_role("button", name="Redeem").click()
+    await user.get_by_text("Your balance is now $4.50").wait_for()
+    await user.locator("table tbody tr", has_text="goodwill").wait_for()
+    await user.get_by_label("Code").fill(code)
+    await user.get_by_role("button", name="Redeem").click()  # a code works once
+    await user.locator(".notice.err").wait_for()
+    await user_ctx.close()
+    await admin_ctx.close()

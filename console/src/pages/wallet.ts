@@ -183,7 +183,7 @@ export async function walletPage(root: HTMLElement): Promise<void> {
       body.append(h("tr", {},
         h("td", { "data-label": "When" }, when(r.occurred_at)),
         h("td", { "data-label": "Kind" }, r.kind),
-        h("td", { "data-label": "Detail" }, r.model ?? r.reason ?? r.reference ?? ""),
+        h("td", { "data-label": "Detail" }, r.model || r.reason || r.reference || ""),
         h("td", { "data-label": "Amount", class: r.amount_micros < 0 ? "neg num" : "pos num" }, usd(r.amount_micros)),
         h("td", { "data-label": "Balance after", class: "num" }, usd(r.balance_after))));
     }
