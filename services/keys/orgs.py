@@ -114,6 +114,15 @@ def _invitation_out(row: Any) -> InvitationOut:
                          expires_at=row["expires_at"], created_at=row["created_at"])
 
 
+async def _republish_keys(ctx: Ctx, org_id: str, user_id: str | None) -> None:
+    """Gateways enforce a member's allowance from the key snapshot: after a change, every affected key's
+    snapshot is published again (Redis + key.changed), like any key edit."""
+    async with ctx.pool.acquire() as conn:
+        ids = [r["id"] for r in await conn.fetch(repo.ORG_KEY_IDS, org_id, user_id)]
+    for key_id in ids:
+        await apikeys.publish_key_id(ctx, key_id)
+
+
 async def _changed(ctx: Ctx, org_id: str, user_id: str, role: str, allowance: int, actor: str,
                    removed: bool = False) -> None:
     await ctx.publisher.publish(ev.OrgMemberChanged(
@@ -170,6 +179,8 @@ async def update_org(ctx: Ctx, who: Principal, org_id: str, patch: OrgPatch) -> 
         if changes:
             await _audit(conn, org_id, who.account_id, "org.updated", org_id, **changes)
         row = await conn.fetchrow(repo.ORG_BY_ID, org_id)
+    if "time_zone" in changes:
+        await _republish_keys(ctx, org_id, None)
     return _org_out(row, role)
 
 
@@ -214,8 +225,10 @@ async def update_member(ctx: Ctx, who: Principal, org_id: str, user_id: str, pat
         if allowance != row["allowance_micros"]:
             await _audit(conn, org_id, who.account_id, "member.allowance_changed", user_id,
                          old=row["allowance_micros"], new=allowance)
-        row = await conn.fetchrow(repo.MEMBER, org_id, user_id)
-        email = await conn.fetchval("SELECT email FROM keys.accounts WHERE id = $1", user_id)
+        old, row = row, await conn.fetchrow(repo.MEMBER, org_id, user_id)
+        email = (await conn.fetchrow(repo.ACCOUNT_BY_ID, user_id))["email"]
+    if allowance != old["allowance_micros"]:
+        await _republish_keys(ctx, org_id, user_id)
     await _changed(ctx, org_id, user_id, role, allowance, who.account_id)
     return _member_out(row, email)
 

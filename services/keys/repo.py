@@ -77,7 +77,11 @@ RETURNING account_id
 KEY_COLUMNS = (
     'k.id, k.account_id, k.user_id, k.key_hash, k.prefix, k.label, k."group", k.status, k.quota_micros,'
     " k.models, k.ip_allow, k.expires_at, k.rpm_limit, k.tpm_limit, k.concurrency_limit, k.last_used_at,"
-    " k.created_at, k.updated_at, a.status AS account_status, a.kind AS account_kind"
+    " k.created_at, k.updated_at, a.status AS account_status, a.kind AS account_kind,"
+    # An org key's holder's allowance and the org's time zone (NULL for personal keys and former members).
+    " (SELECT m.allowance_micros FROM keys.org_members m"
+    "  WHERE m.org_id = k.account_id AND m.user_id = k.user_id) AS allowance_micros,"
+    " (SELECT o.time_zone FROM keys.orgs o WHERE o.id = k.account_id) AS org_time_zone"
 )
 
 INSERT_KEY = """
@@ -327,6 +331,12 @@ ORG_KEYS = f"""
 SELECT {KEY_COLUMNS} FROM {_KEYS_JOIN}
 WHERE k.account_id = $1 AND ($2::text IS NULL OR k.user_id = $2) AND k.status <> 'deleted'
 ORDER BY k.created_at DESC, k.id
+"""
+# Live keys of one member under an org ($2 NULL: every member's), to re-publish after an allowance or
+# time-zone change.
+ORG_KEY_IDS = """
+SELECT id FROM keys.api_keys
+WHERE account_id = $1 AND ($2::text IS NULL OR user_id = $2) AND status <> 'deleted'
 """
 # A removed member's keys under the org stop at once (each is then re-published: snapshot + key.changed).
 DISABLE_MEMBER_KEYS = """

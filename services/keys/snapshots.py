@@ -49,6 +49,8 @@ def key_snapshot(row: Any) -> ev.KeySnapshot:
         account_status=row["account_status"],
         # An organisation's key: the org pays (account_id), the member holds it (user_id).
         org_id=row["account_id"] if row["account_kind"] == "org" else None,
+        allowance_micros=row["allowance_micros"] or 0,
+        allowance_tz=row["org_time_zone"] or "UTC",
     )
 
 

@@ -299,3 +299,43 @@ async def test_not_logged_in_and_unknown_orgs(client: AsyncTestClient[Litestar])
     assert (await client.get("/api/orgs")).status_code == 401
     someone: User = await register(client)
     assert (await someone.get("/api/orgs/org_doesnotexist")).status_code == 404
+
+
+async def test_a_members_allowance_and_the_orgs_time_zone_reach_the_gateways_in_the_key_snapshot(
+        client: AsyncTestClient[Litestar], ctx: Ctx, tap: Tap) -> None:
+    org = await make_org(client, time_zone="America/New_York")
+    base = f"/api/orgs/{org.id}"
+    made = await org.member.post(f"{base}/keys", json={"label": "ci"})
+    key_id, key_hash = made.json()["key"]["id"], hash_api_key(made.json()["secret"])
+
+    async def cached() -> ev.KeySnapshot:
+        return msgspec.json.decode(await ctx.redis.get(ctx.keys.api_key(key_hash)), type=ev.KeySnapshot)
+
+    assert ((await cached()).allowance_micros, (await cached()).allowance_tz) == (0, "America/New_York")
+    r = await org.admin.patch(f"{base}/members/{org.member.account_id}", json={"allowance_micros": 4_000_000})
+    assert r.status_code == 200, r.text
+    assert (await cached()).allowance_micros == 4_000_000
+    await tap.wait_for(lambda e: isinstance(e, ev.KeyChanged) and e.key.key_id == key_id
+                       and e.key.allowance_micros == 4_000_000)
+    r = await org.owner.patch(base, json={"time_zone": "Asia/Tokyo"})
+    assert r.status_code == 200, r.text
+    assert (await cached()).allowance_tz == "Asia/Tokyo"
+    # A personal key carries no allowance.
+    personal = await org.member.post("/api/keys", json={"label": "mine"})
+    snap = msgspec.json.decode(await ctx.redis.get(ctx.keys.api_key(hash_api_key(personal.json()["secret"]))),
+                               type=ev.KeySnapshot)
+    assert (snap.org_id, snap.allowance_micros, snap.account_id) == (None, 0, org.member.account_id)
+
+
+async def test_a_person_belongs_to_several_orgs_and_keeps_their_personal_account(
+        client: AsyncTestClient[Litestar]) -> None:
+    first, second = await make_org(client), await make_org(client)
+    both = first.member
+    await join(second.id, second.owner, both, "viewer")
+    mine = {o["id"]: o["my_role"] for o in (await both.get("/api/orgs")).json()}
+    assert mine == {first.id: "member", second.id: "viewer"}
+    # Roles are per org: a viewer in the second cannot make keys there, a member in the first can.
+    assert (await both.post(f"/api/orgs/{second.id}/keys", json={"label": "x"})).status_code == 403
+    assert (await both.post(f"/api/orgs/{first.id}/keys", json={"label": "x"})).status_code == 201
+    personal = (await both.get("/api/keys")).json()["items"]
+    assert [k["account_id"] for k in personal] == [both.account_id]  # the default key from registration
