@@ -30,6 +30,7 @@ class GatewayError(ServiceError):
     ) -> None:
         super().__init__(message, code=code, status=status, field=param)
         self.retry_after = retry_after
+        self.headers: dict[str, str] = {}  # extra response headers (x-ratelimit-* on a 429)
 
 
 class BadRequest(GatewayError):
@@ -147,6 +148,7 @@ def stream_error_event(dialect: str, status: int, code: str, message: str) -> by
 
 
 def headers_for(exc: GatewayError) -> dict[str, str]:
+    out = dict(exc.headers)
     if exc.retry_after is not None:
-        return {"retry-after": str(max(1, round(exc.retry_after)))}
-    return {}
+        out["retry-after"] = str(max(1, round(exc.retry_after)))
+    return out

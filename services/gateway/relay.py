@@ -252,10 +252,24 @@ async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, toke
             "tpm": "tokens per minute",
             "concurrency": "concurrent requests",
         }
-        raise RateLimited(
+        refused = RateLimited(
             f"Rate limit reached for {what.get(kind, kind)} on this {scope}. Retry after a moment.",
             retry_after=max(verdict.retry_after_ms, 1000) / 1000,
         )
+        reset = f"{max(verdict.retry_after_ms, 0) / 1000:.3f}s"
+        if verdict.refused == "key_rpm":
+            refused.headers = {
+                "x-ratelimit-limit-requests": str(snap.rpm_limit),
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": reset,
+            }
+        elif verdict.refused == "key_tpm":
+            refused.headers = {
+                "x-ratelimit-limit-tokens": str(snap.tpm_limit),
+                "x-ratelimit-remaining-tokens": "0",
+                "x-ratelimit-reset-tokens": reset,
+            }
+        raise refused
     raise AssertionError("unreachable")
 
 

@@ -125,6 +125,7 @@ async def test_rpm_holds_across_two_gateways(world: World, gateways: list[procs.
     assert results[0].headers["x-ratelimit-limit-requests"] == "5"
     assert [r.headers["x-ratelimit-remaining-requests"] for r in results[:5]] == ["4", "3", "2", "1", "0"]
     assert int(results[5].headers["retry-after"]) >= 1
+    assert results[5].headers["x-ratelimit-remaining-requests"] == "0"
 
 
 async def test_tpm_holds_across_two_gateways(world: World, gateways: list[procs.ServiceProcess]) -> None:
