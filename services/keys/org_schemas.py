@@ -47,6 +47,7 @@ class MemberOut(msgspec.Struct, kw_only=True):
     role: str
     allowance_micros: int
     joined_at: datetime
+    allowance_used_micros: int = 0  # this month (the org's time zone), as the gateways counted it
 
 
 class MemberPatch(Body, kw_only=True):

@@ -195,11 +195,25 @@ async def audit_log(ctx: Ctx, who: Principal, org_id: str, before: int | None, l
 # --- members ------------------------------------------------------------------------------------------------
 
 
+def allowance_key(ctx: Ctx, org_id: str, user_id: str, time_zone: str, now: datetime) -> str:
+    """Where gateways count a member's spend this month (services/gateway/admission.py `Allowance.key`): the
+    month in the org's time zone, so a new month starts from zero at the org's midnight."""
+    month = now.astimezone(ZoneInfo(time_zone)).strftime("%Y%m")
+    return f"{ctx.keys.ns}:allow:{org_id}:{user_id}:{month}"
+
+
 async def members(ctx: Ctx, who: Principal, org_id: str) -> list[MemberOut]:
     async with ctx.pool.acquire() as conn:
         await _role(conn, who, org_id, VIEW)
         rows = await conn.fetch(repo.MEMBERS, org_id)
-    return [_member_out(r) for r in rows]
+        org = await conn.fetchrow(repo.ORG_BY_ID, org_id)
+    now = datetime.now(UTC)
+    pipe = ctx.redis.pipeline(transaction=False)
+    for r in rows:
+        pipe.hget(allowance_key(ctx, org_id, r["user_id"], org["time_zone"], now), "used")
+    used = await pipe.execute()
+    return [msgspec.structs.replace(_member_out(r), allowance_used_micros=int(u or 0))
+            for r, u in zip(rows, used, strict=True)]
 
 
 async def update_member(ctx: Ctx, who: Principal, org_id: str, user_id: str, patch: MemberPatch) -> MemberOut:

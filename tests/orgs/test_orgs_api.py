@@ -3,6 +3,7 @@ role against every endpoint, removal disabling the member's org keys, and the au
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -10,6 +11,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from services.keys.context import Ctx
+from services.keys.orgs import allowance_key
 from shared import events as ev
 from shared.crypto import hash_api_key
 from tests.keys.conftest import Tap, User, register
@@ -339,3 +341,14 @@ async def test_a_person_belongs_to_several_orgs_and_keeps_their_personal_account
     assert (await both.post(f"/api/orgs/{first.id}/keys", json={"label": "x"})).status_code == 201
     personal = (await both.get("/api/keys")).json()["items"]
     assert [k["account_id"] for k in personal] == [both.account_id]  # the default key from registration
+
+
+async def test_members_show_what_they_spent_of_their_allowance_this_month(
+        client: AsyncTestClient[Litestar], ctx: Ctx) -> None:
+    org = await make_org(client, time_zone="Asia/Tokyo")
+    # What a gateway wrote when it settled the member's requests this month (test_org_allowance.py shows it).
+    key = allowance_key(ctx, org.id, org.member.account_id, "Asia/Tokyo", datetime.now(UTC))
+    await ctx.redis.hset(key, mapping={"used": 1234, "reserved": 0})
+    listed = {m["user_id"]: m["allowance_used_micros"] for m in (await org.viewer.get(
+        f"/api/orgs/{org.id}/members")).json()}
+    assert listed[org.member.account_id] == 1234 and listed[org.owner.account_id] == 0
