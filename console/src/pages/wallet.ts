@@ -4,7 +4,7 @@ import { parseUsd, usd, when } from "../format";
 
 interface Wallet { balance_micros: number; spendable_micros: number; plan_credit_micros: number; low_threshold_micros: number }
 interface Options { presets: { amount_micros: number }[]; min_micros: number; max_micros: number; bonus_tiers: { min_micros: number; percent: number }[]; provider: string }
-interface Payment { payment_id: string; status: string; amount_micros: number; bonus_micros: number; checkout_url: string; provider: string }
+interface Payment { payment_id: string; status: string; purpose: string; amount_micros: number; bonus_micros: number; checkout_url: string; provider: string }
 interface Plan { plan_id: string; name: string; price_micros: number; credit_micros: number; validity_days: number; models: string[] }
 interface Held { grant_id: string; name: string; credit_micros: number; remaining_micros: number; expires_at: string; status: string }
 interface LedgerRow { seq: number; kind: string; amount_micros: number; balance_after: number; model: string | null; reason: string | null; reference: string | null; bonus_micros: number | null; occurred_at: string }
@@ -91,6 +91,10 @@ export async function walletPage(root: HTMLElement): Promise<void> {
           button("Pay now (sandbox)", async () => {
             try {
               const done = await post<Payment>(`/v1/billing/sandbox/payments/${pay.payment_id}/pay`);
+              if (done.purpose === "plan") {
+                await walletPage(root);  // the held plans and the balance both changed
+                return;
+              }
               payNote.ok(`Paid. ${usd(done.amount_micros + done.bonus_micros)} added to your wallet.`);
               await Promise.all([loadBalance(), loadLedger(true)]);
             } catch (err) { payNote.fail((err as Error).message); }
@@ -116,6 +120,12 @@ export async function walletPage(root: HTMLElement): Promise<void> {
             await post(`/v1/billing/plans/${encodeURIComponent(p.plan_id)}/buy`, { pay_with: "balance", idempotency_key: crypto.randomUUID() });
             planNote.ok(`Bought "${p.name}".`);
             await Promise.all([loadBalance(), loadLedger(true)]);
+          } catch (err) { planNote.fail((err as Error).message); }
+        }, "secondary"),
+        button("Pay for it", async () => {
+          try {
+            renderPayment(await post<Payment>(`/v1/billing/plans/${encodeURIComponent(p.plan_id)}/buy`, { pay_with: "payment" }));
+            topup.scrollIntoView({ behavior: "smooth", block: "start" });
           } catch (err) { planNote.fail((err as Error).message); }
         }, "secondary"))))
       : h("p", { class: "muted" }, "No plans on offer."),
@@ -176,9 +186,14 @@ export async function walletPage(root: HTMLElement): Promise<void> {
   let before: number | null = null;
   const body = h("tbody", {});
   const more = button("Older entries", () => loadLedger(false), "secondary");
+  let generation = 0;
   async function loadLedger(reset: boolean): Promise<void> {
-    if (reset) { before = null; body.replaceChildren(); }
-    const page = await get<{ items: LedgerRow[]; next_before_seq: number | null }>(`/v1/billing/ledger${qs({ limit: 25, before_seq: before })}`);
+    // A reload may start while an earlier one is in flight: only the newest one writes rows.
+    const mine = reset ? ++generation : generation;
+    const page = await get<{ items: LedgerRow[]; next_before_seq: number | null }>(
+      `/v1/billing/ledger${qs({ limit: 25, before_seq: reset ? null : before })}`);
+    if (mine !== generation) return;
+    if (reset) body.replaceChildren();
     for (const r of page.items) {
       body.append(h("tr", {},
         h("td", { "data-label": "When" }, when(r.occurred_at)),
