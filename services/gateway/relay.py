@@ -511,18 +511,30 @@ async def _disconnected(receive: Any) -> None:
 
 
 async def open_upstream_for(receive: Any, gw: Gateway, call: Call, model: Model, plan: Plan) -> Opened:
-    """`open_upstream`, abandoned at once (and the upstream request cancelled) if the client disconnects."""
-    work = asyncio.ensure_future(open_upstream(gw, call, model, plan))
-    watch = asyncio.ensure_future(_disconnected(receive))
+    """`open_upstream`, abandoned at once (and the upstream request cancelled) if the client disconnects.
+
+    The attempts run in the request's own task; a watcher cancels that task when the client leaves, which
+    cancels whatever upstream read is pending (one extra task per request rather than two and a wait)."""
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(receive)
+        gone = True
+        me.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        return await open_upstream(gw, call, model, plan)
+    except asyncio.CancelledError:
+        if gone:
+            me.uncancel()
+            raise ClientGone() from None
+        raise
     finally:
-        if not work.done():
-            work.cancel()
-        watch.cancel()
-    if work.done() and not work.cancelled():
-        return work.result()
-    raise ClientGone()
+        watcher.cancel()
 
 
 # --- step 5: forwarding ------------------------------------------------------------------------------------
