@@ -23,6 +23,7 @@ from services.keys import (
     errors,
     internal_api,
     keys_api,
+    org_wallet_audit,
     orgs_api,
     scan,
     snapshots,
@@ -76,6 +77,12 @@ def create_app(settings: KeysSettings, common: CommonSettings) -> Litestar:
 
             res.spawn(bus.run_consumer(res.js, common.namespace, consumer.LAST_USED, last_used, res.stop),
                       consumer.LAST_USED.durable)
+
+            async def org_wallet(batch: Sequence[tuple[Msg, AnyEvent]]) -> None:
+                await org_wallet_audit.handle(ctx, batch)
+
+            res.spawn(bus.run_consumer(res.js, common.namespace, org_wallet_audit.ORG_WALLET, org_wallet,
+                                       res.stop), org_wallet_audit.ORG_WALLET.durable)
             res.spawn(scan.run_forever(ctx, res.stop), "keys-scan")
             yield
             # The web console's proxy (services/keys/console.py) holds an HTTP client.

@@ -322,6 +322,11 @@ RETURNING {INVITATION_COLUMNS}
 INSERT_AUDIT = """
 INSERT INTO keys.org_audit (org_id, actor_id, action, subject_id, detail) VALUES ($1, $2, $3, $4, $5::jsonb)
 """
+# A credit to an organisation's wallet (nothing for a personal account's).
+INSERT_WALLET_AUDIT = """
+INSERT INTO keys.org_audit (org_id, actor_id, action, subject_id, detail, at)
+SELECT o.id, 'billing', 'wallet.credited', $2, $3::jsonb, $4 FROM keys.orgs o WHERE o.id = $1
+"""
 AUDIT_OF_ORG = """
 SELECT id, actor_id, action, subject_id, detail::text AS detail, at FROM keys.org_audit
 WHERE org_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3

@@ -3,6 +3,7 @@ role against every endpoint, removal disabling the member's org keys, and the au
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -352,3 +353,31 @@ async def test_members_show_what_they_spent_of_their_allowance_this_month(
     listed = {m["user_id"]: m["allowance_used_micros"] for m in (await org.viewer.get(
         f"/api/orgs/{org.id}/members")).json()}
     assert listed[org.member.account_id] == 1234 and listed[org.owner.account_id] == 0
+
+
+async def test_credits_to_the_orgs_wallet_appear_in_its_audit_log_once(
+        client: AsyncTestClient[Litestar], ctx: Ctx) -> None:
+    org = await make_org(client)
+    credit = ev.WalletCredited(account_id=org.id, kind="topup", amount_micros=5_000_000,
+                               paid_micros=5_000_000,
+                               balance_micros=5_000_000, reference="pay_123")
+    personal = ev.WalletCredited(account_id=org.owner.account_id, kind="code", amount_micros=1,
+                                 balance_micros=1)
+    for e in (credit, credit, personal):  # a redelivered event is the same event
+        await ctx.publisher.publish(e)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        entries = (await org.admin.get(f"/api/orgs/{org.id}/audit")).json()
+        wallet = [e for e in entries if e["action"] == "wallet.credited"]
+        if wallet or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # room for a duplicate to show up, if one were written
+    entries = (await org.admin.get(f"/api/orgs/{org.id}/audit")).json()
+    wallet = [e for e in entries if e["action"] == "wallet.credited"]
+    assert [(e["actor_id"], e["subject_id"], e["detail"]["amount_micros"], e["detail"]["reference"])
+            for e in wallet] == [("billing", credit.event_id, 5_000_000, "pay_123")]
+    count = await ctx.pool.fetchval(
+        "SELECT count(*) FROM keys.org_audit WHERE action = 'wallet.credited' AND subject_id = $1",
+        personal.event_id)
+    assert count == 0
