@@ -199,6 +199,20 @@ async def test_sign_up_to_refused_key_in_a_browser(
     row = page.locator("tr", has_text="playground")
     await row.get_by_role("button", name="Disable playground").click()
     await row.get_by_text("disabled").wait_for()
+    # Edit a key's quota and model list; delete another after confirming.
+    await row.get_by_role("button", name="Edit").click()
+    dialog = page.get_by_role("dialog")
+    await dialog.get_by_label("Quota (USD)").fill("5")
+    await dialog.get_by_label("Models allowed").fill(f"{MODEL}, gpt-4o")
+    await dialog.get_by_role("button", name="Save").click()
+    await page.get_by_text('Key "playground" saved.').wait_for()
+    assert "/ $4.99" in await row.inner_text()
+    default_row = page.locator("tr", has_text="default").filter(has=page.get_by_text("active"))
+    await default_row.get_by_role("button", name="Delete default").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Delete key").click()
+    await page.get_by_text('Key "default" deleted.').wait_for()
+    assert await page.locator("tr[data-key-id]", has_text="default").filter(has_text="active").count() == 0
+
     await _nav(page, "Playground")
     await page.get_by_label("API key", exact=True).select_option(label=f"playground ({secret[:10]}…)")
     await page.get_by_label("Message").fill("Still there?")
