@@ -177,6 +177,29 @@ async def test_members_spend_the_org_wallet_removal_stops_a_key_and_the_ledger_a
         r = await billing.get("/v1/billing/ledger", params={"account_id": org_id},
                               headers={"X-Session": outsider.cookies["fg_session"]})
         assert r.status_code == 403
+
+        # An owner funds the org's wallet (sandbox payments); a viewer may not; the credit lands in the org's
+        # audit log.
+        r = await billing.post("/v1/billing/topups", params={"account_id": org_id}, json={"amount_usd": "5"})
+        assert r.status_code == 403
+        as_owner = {"X-Session": owner.session}
+        r = await billing.post("/v1/billing/topups", params={"account_id": org_id}, json={"amount_usd": "5"},
+                               headers=as_owner)
+        assert r.status_code == 201, r.text
+        paid = await billing.post(f"/v1/billing/sandbox/payments/{r.json()['payment_id']}/pay",
+                                  params={"account_id": org_id}, headers=as_owner)
+        assert paid.status_code == 200 and paid.json()["status"] == "paid", paid.text
+        wallet = await billing.get("/v1/billing/wallet", params={"account_id": org_id})
+        assert wallet.json()["balance_micros"] == FUNDS - charged + 5_000_000
+        deadline = time.monotonic() + 10
+        while True:
+            audit = (await owner.keys.get(f"/api/orgs/{org_id}/audit")).json()
+            credits = [e for e in audit if e["action"] == "wallet.credited"]
+            if credits or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert [(e["detail"]["kind"], e["detail"]["amount_micros"]) for e in credits] == [
+            ("topup", 5_000_000)]
     finally:
         await billing.aclose()
         await usage.aclose()
