@@ -41,6 +41,10 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
 NOT_BUILT = b"""<!doctype html><meta charset="utf-8"><title>Faregate console</title>
 <p>The console is not built yet. Run <code>make console</code> and reload.</p>"""
 
+# The console's requests are small JSON bodies (a playground chat with images is the largest); the services
+# behind enforce their own limits, this one only keeps a runaway upload out of the keys process's memory.
+MAX_BODY = 32 * 1024 * 1024
+
 # Hop-by-hop headers (RFC 9110 7.6.1) and those httpx recomputes; never forwarded either way.
 HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                  "transfer-encoding", "upgrade", "host", "content-length"})
@@ -104,6 +108,10 @@ class Proxy:
             if message["type"] == "http.disconnect":
                 return
             body += bytes(message.get("body", b""))  # type: ignore[call-overload]
+            if len(body) > MAX_BODY:
+                await _json(send, 413, b'{"error":{"code":"body_too_large",'
+                                       b'"message":"the request body is too large"}}')
+                return
             if not message.get("more_body", False):
                 break
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
