@@ -255,6 +255,10 @@ async def test_sign_up_to_refused_key_in_a_browser(
     await page.get_by_label("New password").fill("another-long-password")
     await page.get_by_role("button", name="Set the password").click()
     await page.locator("form .notice.err").wait_for()
+    await page.goto(base + "/forgot")
+    await page.get_by_label("E-mail").fill(email)
+    await page.get_by_role("button", name="Send the link").click()
+    await page.locator("form .notice.ok").filter(has_text="reset link").wait_for()
     await ctx.close()
 
     await _screenshots(browser, base, email)
