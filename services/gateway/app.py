@@ -199,6 +199,8 @@ async def _chat(
             usage = oai.response_usage(opened.body)
         except Exception:
             raise BadUpstream("The upstream sent a response that is not valid JSON.") from None
+        if usage is None:
+            await tokenizer.ready()
         call.usage = usage or Usage(
             prompt_tokens=tokenizer.count_chat_prompt(body["messages"]),
             completion_tokens=tokenizer.count_text(oai.response_text(opened.body)),
@@ -214,6 +216,8 @@ async def _chat(
                 texts.append(message.get("content") or "")
     except Exception:
         raise BadUpstream("The upstream sent a response that could not be read.") from None
+    if reported is None:
+        await tokenizer.ready()
     call.usage = (
         relay._usage_of(reported)
         if reported is not None
@@ -293,6 +297,7 @@ async def anthropic_count_tokens(request: Request[Any, Any, Any]) -> Response[An
         except TranslationError as exc:
             raise BadRequest(exc.message, param=exc.field) from None
         tools = internal.get("tools")
+        await tokenizer.ready()
         count = tokenizer.count_chat_prompt(internal["messages"])
         if tools:
             count += tokenizer.count_text(_json(tools).decode())
@@ -350,6 +355,7 @@ async def _plain(
     if usage is None and kind == "embedding":
         inputs = body.get("input")
         texts = [inputs] if isinstance(inputs, str) else [t for t in inputs or () if isinstance(t, str)]
+        await tokenizer.ready()
         usage = Usage(prompt_tokens=sum(tokenizer.count_text(t) for t in texts))
     if kind == "image" and model.image_price_micros:
         call.price = per_image_price(model)
@@ -457,7 +463,7 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
             )
             internal = httpx.AsyncClient(timeout=5)
             gw = Gateway(settings=settings, common=common, res=res, http=http, internal=internal)
-            await asyncio.to_thread(tokenizer.encoding, f"{common.data_dir}/tiktoken")
+            tokenizer.configure(f"{common.data_dir}/tiktoken")
             await gw.load_catalog()
             await gw.subscribe()
             res.spawn(

@@ -651,6 +651,7 @@ async def _finish_stream(
         call.usage = sse.usage
     else:
         # No usage report (the stream was cut, or the upstream does not send one): count with the tokenizer.
+        await tokenizer.ready()
         call.usage = Usage(
             prompt_tokens=tokenizer.count_chat_prompt(prompt_messages),
             completion_tokens=tokenizer.count_text(sse.counted_text()),
@@ -730,6 +731,8 @@ def translated_stream_body(gw: Gateway, call: Call, opened: Opened, plan: Plan) 
                 if data:
                     yield data
             data = convert(parser.close(), upstream.finish())
+            if not reported:
+                await tokenizer.ready()
             call.usage = final_usage()
             u = call.usage
             yield data + b"".join(
@@ -756,15 +759,18 @@ def translated_stream_body(gw: Gateway, call: Call, opened: Opened, plan: Plan) 
         finally:
             if not ended:
                 call.status, call.error_code = 499, "client_disconnected"
-            if not call.usage.total:
-                call.usage = final_usage()
-            gw.spawn(_close_and_record(gw, call, opened))
+            # Counting (if needed) happens in the background task: awaiting here may be impossible, the
+            # request's task being cancelled when the client left.
+            gw.spawn(_close_and_record(gw, call, opened, None if call.usage.total else final_usage))
 
     return generate()
 
 
-async def _close_and_record(gw: Gateway, call: Call, opened: Opened) -> None:
+async def _close_and_record(gw: Gateway, call: Call, opened: Opened, count: Any = None) -> None:
     await _close(opened.resp)
+    if count is not None:
+        await tokenizer.ready()
+        call.usage = count()
     await record(gw, call)
 
 

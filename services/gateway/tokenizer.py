@@ -9,6 +9,7 @@ relay.py).
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import os
@@ -47,6 +48,22 @@ def encoding(cache_dir: str | Path | None = None) -> tiktoken.Encoding:
             os.environ["TIKTOKEN_CACHE_DIR"] = str(folder.resolve())
             _encoding = tiktoken.get_encoding("o200k_base")
     return _encoding
+
+
+_cache_dir: str | None = None
+
+
+def configure(cache_dir: str) -> None:
+    """Where the BPE file is unpacked. Loading waits for the first request that needs counting: the encoding
+    costs ~75 MB per worker, which most deployments (upstreams that report usage) never need."""
+    global _cache_dir
+    _cache_dir = cache_dir
+
+
+async def ready() -> None:
+    """Load the encoding in a thread (once: `encoding` holds a lock) without blocking the event loop."""
+    if _encoding is None:
+        await asyncio.to_thread(encoding, _cache_dir)
 
 
 def count_text(text: str) -> int:
