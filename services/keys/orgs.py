@@ -420,6 +420,16 @@ async def update_key(ctx: Ctx, who: Principal, org_id: str, key_id: str, patch: 
     return await apikeys.update_key(ctx, _as_org(org_id), key_id, patch)
 
 
+async def rotate_key(ctx: Ctx, who: Principal, org_id: str, key_id: str, grace_seconds: int
+                     ) -> tuple[KeyOut, str]:
+    async with ctx.pool.acquire() as conn:
+        row = await _org_key(conn, who, org_id, key_id)
+        if await conn.fetchrow(repo.MEMBER, org_id, row["user_id"]) is None:
+            raise Conflict("the key's holder is no longer a member of this organisation")
+        await _audit(conn, org_id, who.account_id, "key.rotated", key_id, grace_seconds=grace_seconds)
+    return await apikeys.rotate_key(ctx, _as_org(org_id), key_id, grace_seconds)
+
+
 async def delete_key(ctx: Ctx, who: Principal, org_id: str, key_id: str) -> None:
     async with ctx.pool.acquire() as conn:
         await _org_key(conn, who, org_id, key_id)

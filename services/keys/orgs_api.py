@@ -24,7 +24,7 @@ from services.keys.org_schemas import (
     OrgPatch,
     TokenIn,
 )
-from services.keys.schemas import KeyCreateIn, KeyOut, KeyPage, KeyPatch, KeyWithSecret
+from services.keys.schemas import KeyCreateIn, KeyOut, KeyPage, KeyPatch, KeyWithSecret, RotateIn
 from services.keys.web import CtxDep, WhoDep, provide_principal, require_internal
 
 AuditLimit = Annotated[int, QueryParameter(ge=1, le=500)]
@@ -119,6 +119,14 @@ async def update_key(ctx: CtxDep, who: WhoDep, org_id: FromPath[str], key_id: Fr
     return await orgs.update_key(ctx, who, org_id, key_id, data)
 
 
+@post("/{org_id:str}/keys/{key_id:str}/rotate", status_code=200,
+      summary="New secret, same settings; the old one works for grace_seconds more")
+async def rotate_key(ctx: CtxDep, who: WhoDep, org_id: FromPath[str], key_id: FromPath[str],
+                     data: JSONBody[RotateIn]) -> KeyWithSecret:
+    key, secret = await orgs.rotate_key(ctx, who, org_id, key_id, data.grace_seconds)
+    return KeyWithSecret(key=key, secret=secret)
+
+
 @delete("/{org_id:str}/keys/{key_id:str}", status_code=HTTP_204_NO_CONTENT)
 async def delete_key(ctx: CtxDep, who: WhoDep, org_id: FromPath[str], key_id: FromPath[str]) -> None:
     await orgs.delete_key(ctx, who, org_id, key_id)
@@ -127,7 +135,7 @@ async def delete_key(ctx: CtxDep, who: WhoDep, org_id: FromPath[str], key_id: Fr
 router = Router("/api/orgs", route_handlers=[
     list_orgs, create_org, get_org, update_org, audit, list_members, update_member, remove_member,
     list_invitations, invite, revoke_invitation, accept, decline, list_keys, create_key, update_key,
-    delete_key,
+    rotate_key, delete_key,
 ], dependencies={"who": Provide(provide_principal)}, tags=["organisations"])
 
 

@@ -154,11 +154,13 @@ async def _attempt(org: Org, client: AsyncTestClient[Litestar], role: str, endpo
         r = await who.get(f"{base}/keys")
     elif endpoint == "create key":
         r = await who.post(f"{base}/keys", json={"label": f"by {role}"})
-    elif endpoint in ("edit member's key", "delete member's key"):
+    elif endpoint in ("edit member's key", "rotate member's key", "delete member's key"):
         made = await org.member.post(f"{base}/keys", json={"label": "the member's"})
         url = f"{base}/keys/{made.json()['key']['id']}"
         if endpoint == "edit member's key":
             r = await who.patch(url, json={"label": "renamed"})
+        elif endpoint == "rotate member's key":
+            r = await who.post(f"{url}/rotate", json={"grace_seconds": 0})
         else:
             r = await who.delete(url)
     else:
@@ -171,7 +173,7 @@ ENDPOINTS = {
     "get org": "viewer", "list members": "viewer", "edit org": "admin", "edit member": "admin",
     "remove member": "admin", "list invitations": "admin", "invite": "admin", "revoke invitation": "admin",
     "audit log": "admin", "list keys": "member", "create key": "member", "edit member's key": "member",
-    "delete member's key": "member",
+    "rotate member's key": "member", "delete member's key": "member",
 }
 
 
