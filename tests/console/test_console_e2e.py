@@ -206,7 +206,7 @@ async def test_sign_up_to_refused_key_in_a_browser(
     await dialog.get_by_label("Models allowed").fill(f"{MODEL}, gpt-4o")
     await dialog.get_by_role("button", name="Save").click()
     await page.get_by_text('Key "playground" saved.').wait_for()
-    assert "/ $4.99" in await row.inner_text()
+    await row.filter(has_text="/ $4.99").wait_for()
     default_row = page.locator("tr", has_text="default").filter(has=page.get_by_text("active"))
     await default_row.get_by_role("button", name="Delete default").click()
     await page.get_by_role("dialog").get_by_role("button", name="Delete key").click()

@@ -114,8 +114,8 @@ export async function keysPage(root: HTMLElement): Promise<void> {
     note.reset();
     try {
       await post(`/api/keys/${k.id}/${what}`);
-      note.ok(`Key "${k.label}" ${what}d.`);
       await refresh();
+      note.ok(`Key "${k.label}" ${what}d.`);
     } catch (err) { note.fail((err as Error).message); }
   }
 
@@ -123,8 +123,8 @@ export async function keysPage(root: HTMLElement): Promise<void> {
     if (!(await confirmDialog(`Delete the key "${k.label}" (${k.prefix}…)? Clients using it stop working at once. This cannot be undone.`, "Delete key"))) return;
     try {
       await del(`/api/keys/${k.id}`);
-      note.ok(`Key "${k.label}" deleted.`);
       await refresh();
+      note.ok(`Key "${k.label}" deleted.`);
     } catch (err) { note.fail((err as Error).message); }
   }
 
@@ -165,8 +165,8 @@ export async function keysPage(root: HTMLElement): Promise<void> {
     const { form, body } = keyForm(k);
     dialog(`Edit "${k.label}"`, form, "Save", async () => {
       await patch(`/api/keys/${k.id}`, body());
-      note.ok(`Key "${k.label}" saved.`);
       await refresh();
+      note.ok(`Key "${k.label}" saved.`);
     });
   }
 

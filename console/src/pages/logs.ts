@@ -17,10 +17,14 @@ export async function logsPage(root: HTMLElement, params: URLSearchParams): Prom
     from: input({ type: "date", value: params.get("from") ?? "" }),
     to: input({ type: "date", value: params.get("to") ?? "" }),
     key: select([["", "All keys"], ...keys.map((k) => [k.id, `${k.label} (${k.prefix}…)`] as [string, string])], { value: params.get("key_id") ?? "" }),
-    model: input({ value: params.get("model") ?? "", placeholder: "any model" }),
+    model: input({ value: params.get("model") ?? "", placeholder: "any model", list: "log-models" }),
     status: select([["", "Any status"], ["ok", "Succeeded"], ["error", "Failed"]], { value: params.get("status") ?? "" }),
   };
   const note = notice();
+  // Suggestions for the model filter; the filter still takes any name (a model since removed from the catalog).
+  const modelList = h("datalist", { id: "log-models" });
+  get<{ models: { name: string }[] }>("/api/models").then((m) => modelList.replaceChildren(...m.models.map((x) => h("option", { value: x.name }))),
+    () => undefined);
   const body = h("tbody", {});
   const csv = h("a", { class: "btn secondary", download: "", "data-testid": "csv-link" }, "Export CSV");
   const prev = button("Newer", () => { cursors.pop(); void load(cursors[cursors.length - 1] ?? null); }, "secondary");
@@ -73,7 +77,7 @@ export async function logsPage(root: HTMLElement, params: URLSearchParams): Prom
     }
   }
 
-  clear(root, h("h1", {}, "Usage logs"), form,
+  clear(root, h("h1", {}, "Usage logs"), form, modelList,
     h("div", { class: "table-wrap" }, h("table", { class: "table responsive logs" },
       h("thead", {}, h("tr", {}, ["Time", "Key", "Model", "Status", "Tokens in / out", "Cost", "Latency", "Request id"].map((t) => h("th", { scope: "col" }, t)))),
       body)),

@@ -68,6 +68,7 @@ export async function playgroundPage(root: HTMLElement): Promise<void> {
   const note = notice();
   const columns = h("div", { class: "compare" });
   const history = new Map<string, Msg[]>();
+  let inflight: AbortController | null = null;
 
   const params = (): Record<string, number> => {
     const p: Record<string, number> = {};
@@ -97,7 +98,7 @@ export async function playgroundPage(root: HTMLElement): Promise<void> {
     for (const m of want) column(m);
   }
 
-  async function ask(model: string, text: string): Promise<void> {
+  async function ask(model: string, text: string, signal: AbortSignal): Promise<void> {
     const transcript = column(model).querySelector(".transcript")!;
     transcript.append(h("div", { class: "msg user" }, h("span", { class: "who" }, "You"), h("p", {}, text)));
     const out = h("p", { class: "streaming" });
@@ -111,6 +112,7 @@ export async function playgroundPage(root: HTMLElement): Promise<void> {
         method: "POST",
         headers: { "Content-Type": "application/json", Authorization: `Bearer ${apiKey()}` },
         body: JSON.stringify({ model, messages: messagesFor(model, text), ...params(), stream: true, stream_options: { include_usage: true } }),
+        signal,
       });
       if (!resp.ok) {
         let message = `${resp.status} ${resp.statusText}`;
@@ -127,6 +129,10 @@ export async function playgroundPage(root: HTMLElement): Promise<void> {
         + (usage ? ` · ${usage.prompt_tokens} in / ${usage.completion_tokens} out tokens` : "");
     } catch (err) {
       out.classList.remove("streaming");
+      if ((err as Error).name === "AbortError") {
+        meta.textContent = "Stopped.";
+        return;
+      }
       bubble.classList.add("error");
       bubble.setAttribute("role", "alert");
       out.textContent = (err as Error).message;
@@ -146,6 +152,7 @@ export async function playgroundPage(root: HTMLElement): Promise<void> {
     note,
     h("div", { class: "row" },
       h("button", { type: "submit", class: "primary" }, "Send"),
+      button("Stop", () => inflight?.abort(), "secondary", { hidden: true, "data-role": "stop" }),
       button("Copy as code", () => showCode(), "secondary"),
       button("Clear chat", () => { history.clear(); columns.replaceChildren(); layout(); }, "link"))) as HTMLFormElement;
   pickers.addEventListener("change", layout);
@@ -161,8 +168,15 @@ export async function playgroundPage(root: HTMLElement): Promise<void> {
     layout();
     prompt.value = "";
     const send = form.querySelector<HTMLButtonElement>("button[type=submit]")!;
+    const stop = form.querySelector<HTMLButtonElement>("[data-role=stop]")!;
+    inflight = new AbortController();
     send.disabled = true;
-    try { await Promise.all(chosen().map((m) => ask(m, text))); } finally { send.disabled = false; }
+    stop.hidden = false;
+    try { await Promise.all(chosen().map((m) => ask(m, text, inflight!.signal))); } finally {
+      send.disabled = false;
+      stop.hidden = true;
+      inflight = null;
+    }
   });
 
   const codeBox = h("div", {});
