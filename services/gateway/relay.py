@@ -367,9 +367,7 @@ def _build(
     return url, headers, content, True
 
 
-async def _attempt(
-    gw: Gateway, call: Call, model: Model, channel: ChannelView, plan: Plan, deadline: float
-) -> Opened:
+async def _attempt(gw: Gateway, call: Call, model: Model, channel: ChannelView, plan: Plan) -> Opened:
     s = gw.settings
     stream = plan.stream
     upstream_model = channel.channel.model_map.get(model.name, model.name)
@@ -382,7 +380,8 @@ async def _attempt(
         )
     api_key = channel.api_keys[hash(call.request_id) % len(channel.api_keys)]
     url, headers, content, translated = _build(plan, channel, upstream_model, api_key, call.request_id)
-    first_byte = min(s.first_byte_timeout_s, max(deadline - time.monotonic(), 0.001) + s.first_byte_timeout_s)
+    # The retry budget bounds when a next attempt may start; a started attempt gets its full first-byte time.
+    first_byte = s.first_byte_timeout_s
     resp: Response | None = None
     try:
         async with asyncio.timeout(first_byte):
@@ -464,11 +463,11 @@ async def open_upstream(gw: Gateway, call: Call, model: Model, plan: Plan) -> Op
         tried.add(channel.id)
         try:
             if call.span is None:
-                opened = await _attempt(gw, call, served, channel, plan, deadline)
+                opened = await _attempt(gw, call, served, channel, plan)
             else:
                 with tracer.start_as_current_span("upstream attempt") as span:
                     span.set_attribute("faregate.channel_id", channel.id)
-                    opened = await _attempt(gw, call, served, channel, plan, deadline)
+                    opened = await _attempt(gw, call, served, channel, plan)
         except AttemptFailed as failure:
             metrics.UPSTREAM_ERRORS.labels(channel.id, failure.reason.split(":")[0]).inc()
             log.warning("upstream attempt failed: %s", failure.reason, extra={"channel_id": channel.id})
