@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 run: install console
 	$(BIN)/faregate dev
 
-test: install
+test: install console console-test-deps
 	$(BIN)/faregate stack up
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -52,7 +52,6 @@ console/dist/index.html: console/node_modules/.package-lock.json $(CONSOLE_SRC)
 # The console's browser tests: Debian's Chromium (no browser download) and Playwright for Python.
 console-test-deps: install
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
-	$(BIN)/pip install -q playwright
 
 stack-down:
 	$(BIN)/faregate stack down
