@@ -69,6 +69,8 @@ async function users(root: HTMLElement): Promise<void> {
         const out = await post<{ balance_micros?: number }>(`/v1/admin/billing/wallets/${a.id}/adjust`, { amount_micros: amount, reason: v.reason, idempotency_key: crypto.randomUUID() });
         return `Done. Balance now ${usd(out.balance_micros ?? null)}.`;
       }, "grid2")));
+    adjustHolder.scrollIntoView({ block: "start" });
+    adjustHolder.querySelector<HTMLInputElement>("input")?.focus();
   }
   q.addEventListener("input", () => void load());
   clear(root, h("div", { class: "row" }, q), note, adjustHolder, results);
