@@ -142,7 +142,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         backlog = [_event(accounts[i % len(accounts)], i) for i in range(args.events)]
         for e in backlog:
             publisher.publish_nowait(e)
-        await publisher.flush(timeout=120)
+        await publisher.flush(wait_s=120)
         proc, _ = _start_billing(env, log, args.batch)
         ids = [e.event_id for e in backlog]
         if not await charges.wait(ids, within_s=args.timeout):
@@ -167,7 +167,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             paced[e.event_id] = e.occurred_at.timestamp()
             publisher.publish_nowait(e)
         achieved = n / (time.monotonic() - start)
-        await publisher.flush(timeout=60)
+        await publisher.flush(wait_s=60)
         if not await charges.wait(list(paced), within_s=args.timeout):
             raise RuntimeError("the paced stream was not fully charged in time")
         lags = [(charges.arrived[i] - t) * 1000 for i, t in paced.items()]

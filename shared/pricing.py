@@ -30,7 +30,9 @@ def cost_micros(
         raise ValueError("token counts, ratio and discount must not be negative")
     cached = min(cached_tokens, prompt_tokens)
     tokens_value = (
-        (prompt_tokens - cached) * price.input + cached * price.cached_input + completion_tokens * price.output
+        (prompt_tokens - cached) * price.input
+        + cached * price.cached_input
+        + completion_tokens * price.output
     )
     num = tokens_value * group_ratio_ppm * (PPM - discount_ppm)
     return (num + _DEN // 2) // _DEN

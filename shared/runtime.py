@@ -112,14 +112,18 @@ async def open_resources(
     res = Resources(common=common, service=service)
     try:
         if use_db:
-            res.pool = await retry("postgres", lambda: db.create_pool(common.database_url, max_size=pool_size))
+            res.pool = await retry(
+                "postgres", lambda: db.create_pool(common.database_url, max_size=pool_size)
+            )
         if use_redis:
             res.redis = cache.client(common.redis_url)
             await retry("redis", res.redis.ping)
         if use_nats:
             res.nc = await retry("nats", lambda: bus.connect(common.nats_url, name=f"faregate-{service}"))
             res.js = res.nc.jetstream()
-            await retry("jetstream", lambda: bus.ensure_streams(res.js, common.namespace, common.stream_replicas))  # type: ignore[arg-type]
+            await retry(
+                "jetstream", lambda: bus.ensure_streams(res.js, common.namespace, common.stream_replicas)
+            )  # type: ignore[arg-type]
             res.publisher = bus.Publisher(res.js, common.namespace, Path(common.data_dir) / "spool" / service)
             res.publisher.start()
         yield res

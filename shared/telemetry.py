@@ -12,7 +12,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 _configured = False
 
 
-def setup(service: str, exporter: str = "none", endpoint: str = "", extra: SpanExporter | None = None) -> None:
+def setup(
+    service: str, exporter: str = "none", endpoint: str = "", extra: SpanExporter | None = None
+) -> None:
     """Install a tracer provider. `exporter` is none | otlp | console; `extra` lets tests add an in-memory one."""
     global _configured
     if _configured or (exporter == "none" and extra is None):

@@ -61,11 +61,16 @@ class SpendGuard:
         self._apply = redis.register_script(_script("apply_debit"))
         self._set = redis.register_script(_script("set_balance"))
 
-    async def reserve(self, reservation_id: str, account_id: str, key_id: str, amount: int,
-                      quota_limit: int = 0) -> Reserved:
+    async def reserve(
+        self, reservation_id: str, account_id: str, key_id: str, amount: int, quota_limit: int = 0
+    ) -> Reserved:
         """Hold `amount` micro-USD against the wallet (and the key's quota when `quota_limit` > 0)."""
         res = await self._reserve(
-            keys=[self.keys.wallet(account_id), self.keys.quota(key_id), self.keys.reservation(reservation_id)],
+            keys=[
+                self.keys.wallet(account_id),
+                self.keys.quota(key_id),
+                self.keys.reservation(reservation_id),
+            ],
             args=[amount, quota_limit, self.RESERVATION_TTL_S, account_id, key_id],
         )
         code, available = int(res[0]), int(res[1])
@@ -75,15 +80,24 @@ class SpendGuard:
     async def settle(self, reservation_id: str, account_id: str, key_id: str, actual: int) -> None:
         """Replace the reservation by the request's actual cost (idempotent on the reservation id)."""
         await self._settle(
-            keys=[self.keys.wallet(account_id), self.keys.quota(key_id), self.keys.reservation(reservation_id)],
+            keys=[
+                self.keys.wallet(account_id),
+                self.keys.quota(key_id),
+                self.keys.reservation(reservation_id),
+            ],
             args=[actual],
         )
 
-    async def apply_debit(self, event_id: str, account_id: str, key_id: str, actual: int,
-                          balance: int, key_used: int | None) -> bool:
+    async def apply_debit(
+        self, event_id: str, account_id: str, key_id: str, actual: int, balance: int, key_used: int | None
+    ) -> bool:
         """Billing, after commit: pending −= actual and set the ledger's absolute values. False if already done."""
         done = await self._apply(
-            keys=[self.keys.wallet(account_id), self.keys.quota(key_id), f"{self.keys.ns}:applied:{event_id}"],
+            keys=[
+                self.keys.wallet(account_id),
+                self.keys.quota(key_id),
+                f"{self.keys.ns}:applied:{event_id}",
+            ],
             args=[actual, balance, -1 if key_used is None else key_used],
         )
         return bool(int(done))
@@ -101,6 +115,10 @@ class SpendGuard:
     async def sweep_expired(self, account_id: str, key_id: str, reservation_id: str, amount: int) -> None:
         """Give back a reservation whose `{ns}:res:` marker expired without a settle."""
         await self._settle(
-            keys=[self.keys.wallet(account_id), self.keys.quota(key_id), self.keys.reservation(reservation_id)],
+            keys=[
+                self.keys.wallet(account_id),
+                self.keys.quota(key_id),
+                self.keys.reservation(reservation_id),
+            ],
             args=[0],
         )

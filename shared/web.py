@@ -30,8 +30,9 @@ class ServiceError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, status: int | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code:
@@ -138,7 +139,9 @@ def ops_handlers(checks: Mapping[str, ReadyCheck]) -> list[HTTPRouteHandler]:
             except Exception as exc:
                 results[name] = f"error: {type(exc).__name__}"
                 ok = False
-        return Response({"status": "ok" if ok else "unavailable", "checks": results}, status_code=200 if ok else 503)
+        return Response(
+            {"status": "ok" if ok else "unavailable", "checks": results}, status_code=200 if ok else 503
+        )
 
     @get("/metrics", include_in_schema=False, sync_to_thread=False)
     def metrics() -> Response[bytes]:

@@ -52,15 +52,25 @@ class ServiceProcess:
         self.stop(signal.SIGKILL)
 
 
-def start(name: str, env: dict[str, str] | None = None, port: int | None = None,
-          ready_path: str = "/healthz", timeout: float = 60) -> ServiceProcess:
+def start(
+    name: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    ready_path: str = "/healthz",
+    timeout: float = 60,
+) -> ServiceProcess:
     """Start `faregate <name>` with FAREGATE_<NAME>_PORT on a free port; wait until `ready_path` answers 200."""
     port = port or free_port()
     upper = name.upper().replace("-", "_")
     full_env = {**os.environ, f"FAREGATE_{upper}_PORT": str(port), **(env or {})}
     log_fd, log_name = tempfile.mkstemp(prefix=f"faregate-{name}-", suffix=".log")
-    proc = subprocess.Popen([sys.executable, "-m", "faregate.cli", name], env=full_env, stdout=log_fd,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "faregate.cli", name],
+        env=full_env,
+        stdout=log_fd,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     os.close(log_fd)
     sp = ServiceProcess(name, port, proc, Path(log_name))
     deadline = time.monotonic() + timeout

@@ -71,17 +71,20 @@ def test_services_never_import_each_other_and_shared_imports_no_service() -> Non
 async def test_publish_is_deduplicated_by_event_id(resources: Resources) -> None:
     assert resources.publisher and resources.js
     e = events.CatalogChanged(version=1)
-    first = await resources.js.publish(f"{resources.common.namespace}.catalog.changed", events.encode(e),
-                                       headers={"Nats-Msg-Id": e.event_id})
+    first = await resources.js.publish(
+        f"{resources.common.namespace}.catalog.changed", events.encode(e), headers={"Nats-Msg-Id": e.event_id}
+    )
     await resources.publisher.publish(e)
-    again = await resources.js.publish(f"{resources.common.namespace}.catalog.changed", events.encode(e),
-                                       headers={"Nats-Msg-Id": e.event_id})
+    again = await resources.js.publish(
+        f"{resources.common.namespace}.catalog.changed", events.encode(e), headers={"Nats-Msg-Id": e.event_id}
+    )
     assert not first.duplicate and again.duplicate
     assert again.seq == first.seq  # the stream kept one copy
 
 
-async def test_spooled_events_are_published_once_when_nats_returns(resources: Resources,
-                                                                   tmp_path: Path) -> None:
+async def test_spooled_events_are_published_once_when_nats_returns(
+    resources: Resources, tmp_path: Path
+) -> None:
     """Events that could not be published wait on disk; draining the spool delivers each exactly once."""
     assert resources.js
     pub = bus.Publisher(resources.js, resources.common.namespace, tmp_path)
@@ -93,8 +96,11 @@ async def test_spooled_events_are_published_once_when_nats_returns(resources: Re
     assert pub.spool_count() == 2
     assert await pub.drain_spool() == 2
     assert pub.spool_count() == 0
-    sub = await resources.js.subscribe(f"{resources.common.namespace}.catalog.changed",
-                                       deliver_policy=bus.DeliverPolicy.ALL, ordered_consumer=True)
+    sub = await resources.js.subscribe(
+        f"{resources.common.namespace}.catalog.changed",
+        deliver_policy=bus.DeliverPolicy.ALL,
+        ordered_consumer=True,
+    )
     seen = []
     while True:
         try:
@@ -130,7 +136,12 @@ async def test_consumer_terminates_malformed_and_acks_after_handler(resources: R
     await task
     assert handled == [good.event_id]
     # Declared again by a release with other settings: it keeps the existing consumer instead of crashing.
-    await bus.ensure_consumer(resources.js, ns, bus.ConsumerSpec(
-        durable="tests-probe", stream="OPS", filter_subjects=("channel.probe_test",), ack_wait_s=99))
+    await bus.ensure_consumer(
+        resources.js,
+        ns,
+        bus.ConsumerSpec(
+            durable="tests-probe", stream="OPS", filter_subjects=("channel.probe_test",), ack_wait_s=99
+        ),
+    )
     info = await resources.js.consumer_info(bus.stream_name(ns, bus.STREAMS[3]), "tests-probe")
     assert info.num_ack_pending == 0 and info.num_pending == 0

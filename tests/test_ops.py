@@ -16,8 +16,11 @@ def test_metrics_cover_every_worker_process(common: CommonSettings) -> None:
     with procs.running("keys", {"FAREGATE_KEYS_WORKERS": "2"}, ready_path="/readyz") as keys:
         with httpx.Client(base_url=keys.url) as client:
             for i in range(12):
-                client.post("/api/auth/login", json={"email": f"nobody{i}@example.com", "password": "wrong-pass"},
-                            headers={"X-Forwarded-For": f"10.0.0.{i}"})
+                client.post(
+                    "/api/auth/login",
+                    json={"email": f"nobody{i}@example.com", "password": "wrong-pass"},
+                    headers={"X-Forwarded-For": f"10.0.0.{i}"},
+                )
             text = client.get("/metrics").text
-    counts = [float(v) for v in re.findall(r'^faregate_keys_logins_total\{[^}]*\} (\S+)$', text, re.M)]
+    counts = [float(v) for v in re.findall(r"^faregate_keys_logins_total\{[^}]*\} (\S+)$", text, re.M)]
     assert sum(counts) == 12, text[:2000]

@@ -50,7 +50,9 @@ def stack(common: CommonSettings) -> Iterator[dict[str, procs.ServiceProcess]]:
 
 
 async def _balance(pool: asyncpg.Pool, account_id: str) -> int:
-    return int(await pool.fetchval("SELECT balance_micros FROM billing.wallets WHERE account_id = $1", account_id))
+    return int(
+        await pool.fetchval("SELECT balance_micros FROM billing.wallets WHERE account_id = $1", account_id)
+    )
 
 
 async def _wait_for(pool: asyncpg.Pool, sql: str, *args: object, want: int, seconds: float = 20) -> int:
@@ -68,8 +70,11 @@ async def _usage_event(common: CommonSettings, request_id: str) -> bytes:
     nc = await nats.connect(common.nats_url)
     try:
         js = nc.jetstream()
-        sub = await js.subscribe(bus.subject(common.namespace, "usage.recorded"), ordered_consumer=True,
-                                 deliver_policy=bus.DeliverPolicy.ALL)
+        sub = await js.subscribe(
+            bus.subject(common.namespace, "usage.recorded"),
+            ordered_consumer=True,
+            deliver_policy=bus.DeliverPolicy.ALL,
+        )
         while True:
             msg = await sub.next_msg(timeout=5)
             if events.decode(msg.data).event_id == request_id:
@@ -79,7 +84,8 @@ async def _usage_event(common: CommonSettings, request_id: str) -> bytes:
 
 
 async def test_paid_request_debits_exactly_once_and_logs_one_row(
-        common: CommonSettings, stack: dict[str, procs.ServiceProcess]) -> None:
+    common: CommonSettings, stack: dict[str, procs.ServiceProcess]
+) -> None:
     demo = await keys_seed.seed_demo(common, upstream_base_url=stack["mock-upstream"].url)
     await billing_seed.seed_demo(common, account_id=demo.account_id, amount_micros=5_000_000)
     pool = await asyncpg.create_pool(common.database_url, min_size=1, max_size=2)
@@ -88,17 +94,24 @@ async def test_paid_request_debits_exactly_once_and_logs_one_row(
         before = await _balance(pool, demo.account_id)
         assert before == 5_000_000
 
-        client = openai.AsyncOpenAI(base_url=stack["gateway"].url + "/v1", api_key=demo.api_key, max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url=stack["gateway"].url + "/v1", api_key=demo.api_key, max_retries=0
+        )
         plain = await client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": "Say something about trains."}], max_tokens=64)
+            model=MODEL, messages=[{"role": "user", "content": "Say something about trains."}], max_tokens=64
+        )
         reply = plain.parse()
         assert reply.choices[0].message.content
         assert reply.usage is not None and reply.usage.completion_tokens > 0
         rid_plain = plain.headers["x-request-id"]
 
         stream = await client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": "And about boats?"}], max_tokens=64, stream=True,
-            stream_options={"include_usage": True})
+            model=MODEL,
+            messages=[{"role": "user", "content": "And about boats?"}],
+            max_tokens=64,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         rid_stream = stream.headers["x-request-id"]
         text, usage = [], None
         async for chunk in stream.parse():
@@ -111,32 +124,54 @@ async def test_paid_request_debits_exactly_once_and_logs_one_row(
         price = next(m.price for m in cat.models if m.name == MODEL)
         ratio = next((g.ratio_ppm for g in cat.groups if g.name == "default"), 1_000_000)
         expected = sum(
-            cost_micros(price, prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                        cached_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
-                        group_ratio_ppm=ratio, discount_ppm=cat.discount_ppm)
-            for u in (reply.usage, usage))
+            cost_micros(
+                price,
+                prompt_tokens=u.prompt_tokens,
+                completion_tokens=u.completion_tokens,
+                cached_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
+                group_ratio_ppm=ratio,
+                discount_ppm=cat.discount_ppm,
+            )
+            for u in (reply.usage, usage)
+        )
         assert expected > 0
 
-        debited = await _wait_for(pool, "SELECT count(*) FROM billing.ledger WHERE request_id = ANY($1)",
-                                  [rid_plain, rid_stream], want=2)
+        debited = await _wait_for(
+            pool,
+            "SELECT count(*) FROM billing.ledger WHERE request_id = ANY($1)",
+            [rid_plain, rid_stream],
+            want=2,
+        )
         assert debited == 2
         assert await _balance(pool, demo.account_id) == before - expected
-        logged = await _wait_for(pool, "SELECT count(*) FROM usage.request_log WHERE request_id = ANY($1)",
-                                 [rid_plain, rid_stream], want=2)
+        logged = await _wait_for(
+            pool,
+            "SELECT count(*) FROM usage.request_log WHERE request_id = ANY($1)",
+            [rid_plain, rid_stream],
+            want=2,
+        )
         assert logged == 2
 
         # The same event again (past JetStream's de-dup: a new Nats-Msg-Id) changes neither balance nor log.
         raw = await _usage_event(common, rid_plain)
         nc = await nats.connect(common.nats_url)
         try:
-            await nc.jetstream().publish(bus.subject(common.namespace, "usage.recorded"), raw,
-                                         headers={"Nats-Msg-Id": f"replay-{rid_plain}"})
+            await nc.jetstream().publish(
+                bus.subject(common.namespace, "usage.recorded"),
+                raw,
+                headers={"Nats-Msg-Id": f"replay-{rid_plain}"},
+            )
         finally:
             await nc.close()
         await _wait_consumers_idle(common)
         assert await _balance(pool, demo.account_id) == before - expected
-        assert await pool.fetchval("SELECT count(*) FROM billing.ledger WHERE request_id = $1", rid_plain) == 1
-        assert await pool.fetchval("SELECT count(*) FROM usage.request_log WHERE request_id = $1", rid_plain) == 1
+        assert (
+            await pool.fetchval("SELECT count(*) FROM billing.ledger WHERE request_id = $1", rid_plain) == 1
+        )
+        assert (
+            await pool.fetchval("SELECT count(*) FROM usage.request_log WHERE request_id = $1", rid_plain)
+            == 1
+        )
     finally:
         await pool.close()
 

@@ -25,32 +25,49 @@ ROOT = Path(__file__).resolve().parent.parent
 def _engine_env(tmp_path: Path) -> dict[str, str]:
     pg, rd, nt = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAREGATE_")}
-    env.update({
-        "FAREGATE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg}/faregate",
-        "FAREGATE_REDIS_URL": f"redis://127.0.0.1:{rd}/0",
-        "FAREGATE_NATS_URL": f"nats://127.0.0.1:{nt}",
-        "FAREGATE_DATA_DIR": str(tmp_path / "data"),
-    })
+    env.update(
+        {
+            "FAREGATE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg}/faregate",
+            "FAREGATE_REDIS_URL": f"redis://127.0.0.1:{rd}/0",
+            "FAREGATE_NATS_URL": f"nats://127.0.0.1:{nt}",
+            "FAREGATE_DATA_DIR": str(tmp_path / "data"),
+        }
+    )
     return env
 
 
 def _down(env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-m", "faregate.cli", "stack", "down"], env=env, check=False, cwd=ROOT,
-                   timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "faregate.cli", "stack", "down"], env=env, check=False, cwd=ROOT, timeout=60
+    )
 
 
 def test_stack_up_starts_private_engines_on_free_ports(tmp_path: Path) -> None:
     env = _engine_env(tmp_path)
     try:
-        out = subprocess.run([sys.executable, "-m", "faregate.cli", "stack", "up"], env=env, cwd=ROOT,
-                             capture_output=True, text=True, timeout=180, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "faregate.cli", "stack", "up"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=True,
+        )
         assert "'postgres': 'started'" in out.stdout and "'redis': 'started'" in out.stdout
         assert "'nats': 'started'" in out.stdout
         for url, port in (("DATABASE", 5432), ("REDIS", 6379), ("NATS", 4222)):
             assert stack.answers(stack.endpoint(env[f"FAREGATE_{url}_URL"], port))
         # A second `up` uses what now answers instead of starting another.
-        again = subprocess.run([sys.executable, "-m", "faregate.cli", "stack", "up"], env=env, cwd=ROOT,
-                               capture_output=True, text=True, timeout=60, check=True)
+        again = subprocess.run(
+            [sys.executable, "-m", "faregate.cli", "stack", "up"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         assert again.stdout.count("external") == 3
     finally:
         _down(env)
@@ -67,8 +84,14 @@ def test_dev_prints_a_curl_line_that_returns_a_completion(tmp_path: Path) -> Non
     env["FAREGATE_USAGE_URL"] = f"http://127.0.0.1:{env['FAREGATE_USAGE_PORT']}"
     log = tmp_path / "dev.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "faregate.cli", "dev"], env=env, cwd=ROOT, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "faregate.cli", "dev"],
+            env=env,
+            cwd=ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 240
         curl = None

@@ -17,8 +17,12 @@ def test_price_rounds_once_half_up() -> None:
     # 3 output tokens at $0.60/M = 1.8 micros -> 2; group ×1.5 -> 2.7 -> 3; 10% off -> 2.43 -> 2
     assert cost_micros(price, prompt_tokens=0, completion_tokens=3) == 2
     assert cost_micros(price, prompt_tokens=0, completion_tokens=3, group_ratio_ppm=1_500_000) == 3
-    assert cost_micros(price, prompt_tokens=0, completion_tokens=3, group_ratio_ppm=1_500_000,
-                       discount_ppm=100_000) == 2
+    assert (
+        cost_micros(
+            price, prompt_tokens=0, completion_tokens=3, group_ratio_ppm=1_500_000, discount_ppm=100_000
+        )
+        == 2
+    )
 
 
 async def test_concurrent_reservations_never_overspend(resources: Resources) -> None:
