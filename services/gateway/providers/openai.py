@@ -33,8 +33,8 @@ class _Usage(msgspec.Struct):
 
 
 class _WithUsage(msgspec.Struct):
+    # Only usage is read; the rest of the answer is skipped by the decoder (still checked to be valid JSON).
     usage: _Usage | None = None
-    choices: list[Any] | None = None
 
 
 _decode_with_usage = msgspec.json.Decoder(_WithUsage).decode
@@ -110,17 +110,6 @@ def probe_event(data: bytes) -> tuple[Usage | None, bool]:
     if parsed.usage is None:
         return None, False
     return _usage(parsed.usage), bytes(parsed.choices).strip() in (b"[]", b"null")
-
-
-def stream_event_usage(data: bytes) -> tuple[Usage | None, bool]:
-    """(usage, is_usage_only_chunk) of one `data:` payload that mentions usage."""
-    try:
-        parsed = _decode_with_usage(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None, False
-    if parsed.usage is None:
-        return None, False
-    return _usage(parsed.usage), not parsed.choices
 
 
 class _Function(msgspec.Struct):
