@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -104,17 +105,49 @@ async def migrate_all(common: CommonSettings) -> list[str]:
     return applied
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """The `#` comment block above each field in the settings class's source (fields under one block share it)."""
+    import inspect
+
+    out: dict[str, str] = {}
+    block: list[str] = []
+    grouped = False
+    for raw in inspect.getsource(cls).splitlines()[1:]:
+        line = raw.strip()
+        if line.startswith("#"):
+            block.append(line.lstrip("#").strip())
+            continue
+        m = re.match(r"^([a-z_][a-z0-9_]*)\s*:", line)
+        if m and block:
+            out[m.group(1)] = " ".join(block)
+            block = []
+            grouped = True
+        elif m and grouped:
+            out[m.group(1)] = "(as above)"
+        elif not line:
+            grouped = False
+    return out
+
+
 def config_table() -> str:
-    rows = ["| variable | default |", "|---|---|"]
-    for name, (service, field) in sorted(
-        config.known_variables().items(), key=lambda kv: (kv[1][0] != "", kv[0])
-    ):
-        cls = config._REGISTRY[service]
-        default = cls.__struct_defaults__[
-            cls.__struct_fields__.index(field) - (len(cls.__struct_fields__) - len(cls.__struct_defaults__))
-        ]
-        shown = "(secret; set it)" if field in ("secret_key", "internal_token") else f"`{default}`"
-        rows.append(f"| `{name}` | {shown} |")
+    rows = ["| variable | default | what it is |", "|---|---|---|"]
+    for service, cls in sorted(config._REGISTRY.items()):
+        comments: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            if klass.__module__.split(".")[0] in ("shared", "services"):
+                comments.update(_field_comments(klass))
+        defaults = dict(zip(cls.__struct_fields__[-len(cls.__struct_defaults__):], cls.__struct_defaults__,
+                            strict=True)) if cls.__struct_defaults__ else {}
+        for field in cls.__struct_fields__:
+            name = config.env_name(service, field)
+            default = defaults.get(field, "")
+            if field in ("secret_key", "internal_token"):
+                shown = "(development default; set it)"
+            elif isinstance(default, tuple):
+                shown = f"`{','.join(map(str, default))}`"
+            else:
+                shown = f"`{default}`" if default != "" else ""
+            rows.append(f"| `{name}` | {shown} | {comments.get(field, '').replace('|', '/')} |")
     return "\n".join(rows)
 
 

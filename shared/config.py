@@ -114,17 +114,23 @@ def load(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
 class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Settings every process reads."""
 
+    # Postgres; each service owns one schema in this database.
     database_url: str = "postgresql://postgres@127.0.0.1:5432/faregate"
+    # Redis: key snapshots, the catalog, rate limits, the spend guard, breaker state.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # NATS with JetStream: the event backbone.
     nats_url: str = "nats://127.0.0.1:4222"
     # Prefix for NATS streams/subjects and Redis keys, so several stacks (or test runs) share one server.
     namespace: str = "faregate"
     # JetStream stream replicas (1 on a single server; 3 on a 3-node cluster, see deploy/README.md).
     stream_replicas: int = 1
+    # Log level of every process (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
+    # json (one object per line, with the request id) or text (for a terminal; `faregate dev` uses it).
     log_format: str = "json"  # json | text
     # OpenTelemetry: "none" (default), "otlp" (OTLP/HTTP to otlp_endpoint) or "console".
     otel_exporter: str = "none"
+    # OTLP/HTTP collector base URL (traces go to <endpoint>/v1/traces).
     otel_endpoint: str = "http://127.0.0.1:4318"
     # 32+ bytes, base64 or plain: encrypts upstream keys at rest and signs session/CSRF tokens.
     secret_key: str = "dev-only-secret-change-me-dev-only-secret"  # noqa: S105 - dev default; README: set it
@@ -149,6 +155,7 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
 class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Fields every HTTP service's settings class includes (by inheritance)."""
 
+    # Listen address and port of this service, and its number of worker processes.
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1

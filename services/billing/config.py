@@ -31,8 +31,8 @@ class BillingSettings(ServerSettings, frozen=True, kw_only=True):
     stripe_secret_key: str = ""
     stripe_webhook_secret: str = ""
     stripe_api_base: str = "https://api.stripe.com"
-    stripe_success_url: str = "http://127.0.0.1:8100/console/billing?paid=1"
-    stripe_cancel_url: str = "http://127.0.0.1:8100/console/billing?cancelled=1"
+    stripe_success_url: str = "http://127.0.0.1:8101/wallet?paid=1"
+    stripe_cancel_url: str = "http://127.0.0.1:8101/wallet?cancelled=1"
     # A webhook older than this (seconds, by its signed timestamp) is refused as a possible replay.
     webhook_tolerance_s: int = 300
     # Usage events applied per database transaction (the consumer's fetch size).
