@@ -25,7 +25,7 @@ import nats
 import redis.asyncio as aioredis
 
 from bench import fixtures
-from bench.system import ROOT, WORK, BenchError, Child, children_of, free_port, pin, spawn
+from bench.system import ROOT, WORK, BenchError, Child, children_of, free_port, listeners, pin, spawn
 from bench.targets import Endpoint, Target
 from faregate.cli import load_all_configs, migrate_all
 from shared import bus, catalog, config
@@ -190,7 +190,7 @@ def start(stack: Stack, secret: str, *, workers: int, cpus: tuple[int, ...], nam
         json=Endpoint(port, "/v1/chat/completions", "bench-json"),
         stream=Endpoint(port, "/v1/chat/completions", "bench-stream"),
         paced=Endpoint(port, "/v1/chat/completions", "bench-paced"),
-        api_key=secret, process=child, worker_pids=lambda: _granian_workers(child),
+        api_key=secret, process=child, worker_pids=lambda: _granian_workers(child, port),
     )
     try:
         _wait_ready(child, port, secret)
@@ -200,10 +200,11 @@ def start(stack: Stack, secret: str, *, workers: int, cpus: tuple[int, ...], nam
     return target
 
 
-def _granian_workers(child: Child) -> list[int]:
-    """granian's worker processes (its children running Python); the root alone if it runs in-process."""
-    kids = children_of(child.pid)
-    return kids or [child.pid]
+def _granian_workers(child: Child, port: int) -> list[int]:
+    """granian's worker processes: those of its tree that listen on the port (not, say, multiprocessing's
+    resource tracker); the root if none do yet."""
+    tree = {child.pid, *children_of(child.pid)}
+    return [p for p in listeners(port) if p in tree] or [child.pid]
 
 
 def _wait_ready(child: Child, port: int, secret: str, timeout: float = 60) -> None:

@@ -210,6 +210,13 @@ def loadavg() -> tuple[float, float, float]:
     return (round(a, 2), round(b, 2), round(c, 2))
 
 
+def listeners(port: int) -> list[int]:
+    """Pids of the processes holding a listening socket on `port`: a pre-fork server's workers."""
+    out = subprocess.run(["ss", "-tlnpH", f"( sport = :{port} )"], capture_output=True, text=True,
+                         check=False).stdout
+    return sorted({int(part.split(",", 1)[0]) for part in out.split("pid=")[1:]})
+
+
 def socket_owners(server_port: int) -> dict[int, int]:
     """Client-side local port -> pid of the server process holding the other end (from `ss`)."""
     out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{server_port} )"],
