@@ -18,7 +18,7 @@ from litestar.params import FromPath
 from litestar.response import Stream
 from opentelemetry import trace
 
-from services.gateway import clients, metrics, relay, tokenizer, upstream_http
+from services.gateway import attempts, clients, metrics, relay, streams, tokenizer, upstream_http
 from services.gateway.admission import Ticket
 from services.gateway.auth import client_address
 from services.gateway.config import GatewaySettings
@@ -107,9 +107,7 @@ async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
     try:
         return await request.body()
     except RequestEntityTooLarge:
-        raise BodyTooLarge(
-            f"The request body is larger than the {limit} bytes this gateway accepts."
-        ) from None
+        raise BodyTooLarge(f"The request body is larger than the {limit} bytes this gateway accepts.") from None
 
 
 async def guarded(gw: Gateway, call: Call, work: Any) -> Response[Any]:
@@ -126,7 +124,7 @@ async def guarded(gw: Gateway, call: Call, work: Any) -> Response[Any]:
     except GatewayError as exc:
         call.fail(exc)
         return error_response(call.dialect, exc)
-    except relay.ClientGone:
+    except attempts.ClientGone:
         call.status, call.error_code = 499, "client_disconnected"
         return Response(b"", status_code=499)
     except Exception:
@@ -182,17 +180,17 @@ async def _chat(
     call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
     sse = call.dialect != "gemini" or request.query_params.get("alt") == "sse"
-    plan = relay.Plan(call.dialect, body, internal, "/chat/completions", stream, sse)
-    opened = await relay.open_upstream_for(request.receive, gw, call, model, plan)
+    plan = attempts.Plan(call.dialect, body, internal, "/chat/completions", stream, sse)
+    opened = await attempts.open_upstream_for(request.receive, gw, call, model, plan)
     headers = ratelimit_headers(call, snap.rpm_limit, snap.tpm_limit)
     if stream:
         headers["cache-control"] = "no-cache"
         if opened.translated:
-            content = relay.translated_stream_body(gw, call, opened, plan)
+            content = streams.translated_stream_body(gw, call, opened, plan)
         else:
-            content = relay.stream_body(gw, call, opened, oai_dialect.wants_usage(body), body["messages"])
+            content = streams.stream_body(gw, call, opened, oai_dialect.wants_usage(body), body["messages"])
         return Stream(content, media_type="text/event-stream" if sse else "application/json", headers=headers)
-    await relay._close(opened.resp)
+    await attempts.close_response(opened.resp)
     call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
     if not opened.translated:
         try:
@@ -291,9 +289,7 @@ async def anthropic_count_tokens(request: Request[Any, Any, Any]) -> Response[An
         body = relay.parse_json_object(raw)
         relay.resolve_model(gw, call, snap, body.get("model"), "chat")
         try:
-            internal = clients.to_internal(
-                "anthropic", {**body, "max_tokens": 1}, str(body.get("model")), False
-            )
+            internal = clients.to_internal("anthropic", {**body, "max_tokens": 1}, str(body.get("model")), False)
         except TranslationError as exc:
             raise BadRequest(exc.message, param=exc.field) from None
         tools = internal.get("tools")
@@ -320,9 +316,7 @@ def per_image_price(model: Model) -> ModelPrice:
     return ModelPrice(input=0, output=model.image_price_micros * 1_000_000)
 
 
-async def _plain(
-    gw: Gateway, call: Call, request: Request[Any, Any, Any], kind: str, path: str
-) -> Response[Any]:
+async def _plain(gw: Gateway, call: Call, request: Request[Any, Any, Any], kind: str, path: str) -> Response[Any]:
     raw = await read_body(request, gw.settings.max_body_bytes)
     snap = await relay.authenticate(gw, call, relay.api_key_of(request.headers, request.query_params))
     body = relay.parse_json_object(raw)
@@ -343,10 +337,10 @@ async def _plain(
         amount = relay.worst_case(gw, model, call, prompt_estimate, 1 if kind == "embedding" else 0, n)
     call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
-    opened = await relay.open_upstream_for(
-        request.receive, gw, call, model, relay.Plan("openai", body, body, path, False)
+    opened = await attempts.open_upstream_for(
+        request.receive, gw, call, model, attempts.Plan("openai", body, body, path, False)
     )
-    await relay._close(opened.resp)
+    await attempts.close_response(opened.resp)
     try:
         usage = oai.response_usage(opened.body)
         images = msgspec.json.decode(opened.body, type=_Images).data if kind == "image" else []
@@ -466,9 +460,7 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
             tokenizer.configure(f"{common.data_dir}/tiktoken")
             await gw.load_catalog()
             await gw.subscribe()
-            res.spawn(
-                gw.breaker.refresh_forever(lambda: list(gw.catalog.channels), res.stop), "breaker-refresh"
-            )
+            res.spawn(gw.breaker.refresh_forever(lambda: list(gw.catalog.channels), res.stop), "breaker-refresh")
             res.spawn(_reload_catalog_forever(gw), "catalog-reload")
             app.state.gw = gw
             app.state.ready_checks.update(res.ready_checks())
