@@ -11,6 +11,7 @@ Order of a request:
   6. in the background: settle the reservation with the actual cost, publish usage.recorded
      (event id = request id)
 Every authenticated request ends in exactly one usage.recorded, failed or not.
+This module holds steps 1-3 and 6; step 4 is attempts.py, step 5 streams.py.
 """
 
 from __future__ import annotations
