@@ -146,9 +146,7 @@ class Breaker:
 
     def _transition(self, channel_id: str, state: str, reason: str) -> None:
         CIRCUIT_STATE.labels(channel_id).set(_STATE_VALUE[state])
-        log.warning(
-            "channel circuit changed", extra={"channel_id": channel_id, "state": state, "reason": reason}
-        )
+        log.warning("channel circuit changed", extra={"channel_id": channel_id, "state": state, "reason": reason})
         self.on_transition(channel_id, state, reason)
 
     async def refresh(self, channel_ids: Iterable[str]) -> None:
@@ -205,8 +203,7 @@ class Breaker:
 
 def health_of(raw: dict[Any, Any]) -> ChannelHealth:
     d = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
     }
     return ChannelHealth(
         state=d.get("state", "closed"),

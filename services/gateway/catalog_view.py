@@ -83,9 +83,7 @@ class CatalogView:
         return not group.models or model in group.models
 
     def channels_serving(self, model: str, group: str) -> list[ChannelView]:
-        return [
-            c for c in self.channels_for.get(model, ()) if not c.channel.groups or group in c.channel.groups
-        ]
+        return [c for c in self.channels_for.get(model, ()) if not c.channel.groups or group in c.channel.groups]
 
     def models_for(self, snap: KeySnapshot) -> list[Model]:
         return [m for m in self.catalog.models if self.allowed(snap, m.name)]

@@ -99,9 +99,7 @@ class Gateway:
             raw = _as_bytes(await self.res.redis.get(self.res.keys.catalog()))
         if raw is None:
             try:
-                r = await self.internal.get(
-                    f"{self.common.keys_url}/internal/catalog", headers=self.internal_headers
-                )
+                r = await self.internal.get(f"{self.common.keys_url}/internal/catalog", headers=self.internal_headers)
                 if r.status_code == 200:
                     raw = r.content
             except httpx.HTTPError as exc:
@@ -131,9 +129,7 @@ class Gateway:
 
     def _channel_state_changed(self, channel_id: str, state: str, reason: str) -> None:
         if self.res.publisher is not None:
-            self.res.publisher.publish_nowait(
-                ev.ChannelStateChanged(channel_id=channel_id, state=state, reason=reason)
-            )
+            self.res.publisher.publish_nowait(ev.ChannelStateChanged(channel_id=channel_id, state=state, reason=reason))
 
     async def subscribe(self) -> None:
         """Core NATS subscriptions: every worker hears every key/account/catalog change (JetStream publishes

@@ -31,12 +31,6 @@ OVERHEAD = Histogram(
 )
 TOKENS = Counter("faregate_gateway_tokens_total", "Tokens served", ["model", "type"])
 COST = Counter("faregate_gateway_cost_micros_total", "Cost charged to clients, micro-USD", ["model"])
-UPSTREAM_ERRORS = Counter(
-    "faregate_gateway_upstream_errors_total", "Failed upstream attempts", ["channel", "reason"]
-)
-RATELIMIT_REJECTIONS = Counter(
-    "faregate_gateway_ratelimit_rejections_total", "Requests refused by a limit", ["scope"]
-)
-INFLIGHT = Gauge(
-    "faregate_gateway_inflight_requests", "Client requests in progress", multiprocess_mode="livesum"
-)
+UPSTREAM_ERRORS = Counter("faregate_gateway_upstream_errors_total", "Failed upstream attempts", ["channel", "reason"])
+RATELIMIT_REJECTIONS = Counter("faregate_gateway_ratelimit_rejections_total", "Requests refused by a limit", ["scope"])
+INFLIGHT = Gauge("faregate_gateway_inflight_requests", "Client requests in progress", multiprocess_mode="livesum")

@@ -235,9 +235,7 @@ class Client:
                 if stale:
                     conn = None  # the server had closed the idle connection: once more on a fresh one
                     continue
-                raise UpstreamProtocolError(
-                    f"the upstream broke the exchange: {type(exc).__name__}"
-                ) from None
+                raise UpstreamProtocolError(f"the upstream broke the exchange: {type(exc).__name__}") from None
             except asyncio.LimitOverrunError:
                 conn.close()
                 raise UpstreamProtocolError("the upstream's response headers are too large") from None

@@ -37,9 +37,7 @@ def mock_upstream(common: CommonSettings) -> Iterator[procs.ServiceProcess]:
 
 
 @pytest.fixture(scope="session")
-def gateways(
-    common: CommonSettings, mock_upstream: procs.ServiceProcess
-) -> Iterator[list[procs.ServiceProcess]]:
+def gateways(common: CommonSettings, mock_upstream: procs.ServiceProcess) -> Iterator[list[procs.ServiceProcess]]:
     """Two real `faregate gateway` processes (granian) sharing this session's Redis and NATS."""
     dead = f"http://127.0.0.1:{procs.free_port()}"  # no keys/billing here: the tests write Redis themselves
     env = {"FAREGATE_KEYS_URL": dead, "FAREGATE_BILLING_URL": dead, "FAREGATE_LOG_LEVEL": "WARNING"}
@@ -197,9 +195,7 @@ async def world(
 
 
 def settings(**overrides: Any) -> GatewaySettings:
-    return GatewaySettings(
-        **{"first_byte_timeout_s": 5.0, "idle_timeout_s": 5.0, "retry_budget_s": 10.0, **overrides}
-    )
+    return GatewaySettings(**{"first_byte_timeout_s": 5.0, "idle_timeout_s": 5.0, "retry_budget_s": 10.0, **overrides})
 
 
 @pytest.fixture

@@ -24,9 +24,7 @@ async def test_non_stream_completion_is_forwarded_priced_and_recorded(
 ) -> None:
     secret, snap = await world.add_key()
     client = sdk(gateway, secret)
-    raw = await client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=MESSAGES, max_tokens=50
-    )
+    raw = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=50)
     reply = raw.parse()
     rid = raw.headers["x-request-id"]
     assert reply.choices[0].message.content
@@ -63,9 +61,7 @@ async def test_stream_forwards_chunks_and_strips_usage_the_client_did_not_ask_fo
 ) -> None:
     secret, _ = await world.add_key()
     client = sdk(gateway, secret)
-    raw = await client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True
-    )
+    raw = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
     rid = raw.headers["x-request-id"]
     chunks = [c async for c in raw.parse()]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -79,9 +75,7 @@ async def test_stream_forwards_chunks_and_strips_usage_the_client_did_not_ask_fo
     assert sent["body"]["stream_options"] == {"include_usage": True}
 
 
-async def test_stream_with_include_usage_gets_the_usage_chunk(
-    world: World, gateway: AsyncTestClient[Any]
-) -> None:
+async def test_stream_with_include_usage_gets_the_usage_chunk(world: World, gateway: AsyncTestClient[Any]) -> None:
     secret, _ = await world.add_key()
     client = sdk(gateway, secret)
     stream = await client.chat.completions.create(
@@ -95,9 +89,7 @@ async def test_model_map_rewrites_only_the_model(world: World, gateway: AsyncTes
     from tests.gateway.conftest import channel
 
     ch = channel(world.mock, "mapped", secret=world.common.secret_key)
-    ch = type(ch)(
-        **{**{f: getattr(ch, f) for f in ch.__struct_fields__}, "model_map": {"gpt-4o-mini": "gpt-4.1"}}
-    )
+    ch = type(ch)(**{**{f: getattr(ch, f) for f in ch.__struct_fields__}, "model_map": {"gpt-4o-mini": "gpt-4.1"}})
     await world.set_catalog([ch])
     await eventually(lambda: _catalog_has(gateway, "mapped"))
     secret, _ = await world.add_key()
@@ -116,9 +108,7 @@ async def _catalog_has(gateway: AsyncTestClient[Any], channel_id: str) -> bool:
     return channel_id in gw.catalog.channels
 
 
-async def test_client_request_id_is_kept_and_a_bad_one_replaced(
-    world: World, gateway: AsyncTestClient[Any]
-) -> None:
+async def test_client_request_id_is_kept_and_a_bad_one_replaced(world: World, gateway: AsyncTestClient[Any]) -> None:
     secret, _ = await world.add_key()
     good = "client-req-12345678"
     r = await gateway.post(

@@ -166,9 +166,7 @@ def ask(client: str, base: str, key: str, rid: str, model_name: str, stream: boo
     if not stream:
         responses = [gc.models.generate_content(model=model_name, contents=question, config=config)]
     else:
-        responses = list(
-            gc.models.generate_content_stream(model=model_name, contents=question, config=config)
-        )
+        responses = list(gc.models.generate_content_stream(model=model_name, contents=question, config=config))
     text = "".join(r.text or "" for r in responses if not r.function_calls)
     calls = [fc for r in responses for fc in (r.function_calls or ())]
     u = responses[-1].usage_metadata
@@ -223,9 +221,7 @@ async def test_anthropic_and_gemini_errors_come_in_their_own_shape(
     assert a_info.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
     gc = genai.Client(
         api_key="fg-wrong",
-        http_options=types.HttpOptions(
-            base_url=gateways[0].url, retry_options=types.HttpRetryOptions(attempts=1)
-        ),
+        http_options=types.HttpOptions(base_url=gateways[0].url, retry_options=types.HttpRetryOptions(attempts=1)),
     )
     with pytest.raises(genai.errors.ClientError) as g_info:
         await asyncio.to_thread(gc.models.generate_content, model="via-openai", contents="hi")
@@ -283,7 +279,5 @@ async def test_gemini_stream_without_alt_sse_is_a_json_array(
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     items = r.json()
     assert isinstance(items, list) and len(items) > 1
-    text = "".join(
-        p.get("text", "") for i in items for c in i.get("candidates", []) for p in c["content"]["parts"]
-    )
+    text = "".join(p.get("text", "") for i in items for c in i.get("candidates", []) for p in c["content"]["parts"])
     assert text and items[-1]["usageMetadata"]["candidatesTokenCount"] > 0

@@ -35,9 +35,7 @@ def stack(common: CommonSettings) -> Iterator[dict[str, procs.ServiceProcess]]:
     started: dict[str, procs.ServiceProcess] = {}
     try:
         for name in ("mock-upstream", "billing", "usage"):
-            started[name] = procs.start(
-                name, env, ready_path="/readyz" if name != "mock-upstream" else "/healthz"
-            )
+            started[name] = procs.start(name, env, ready_path="/readyz" if name != "mock-upstream" else "/healthz")
         yield started
     finally:
         for sp in started.values():

@@ -64,9 +64,7 @@ async def test_embeddings_are_relayed_and_priced(world: World, gateway: AsyncTes
 async def test_images_are_priced_per_image(world: World, gateway: AsyncTestClient[Any]) -> None:
     await catalog_with_everything(world, gateway)
     secret, snap = await world.add_key()
-    raw = await sdk(gateway, secret).images.with_raw_response.generate(
-        model="dall-e-3", prompt="a lighthouse", n=3
-    )
+    raw = await sdk(gateway, secret).images.with_raw_response.generate(model="dall-e-3", prompt="a lighthouse", n=3)
     assert len(raw.parse().data or []) == 3
     [event] = await usage_events(world.res, {raw.headers["x-request-id"]})
     assert event.endpoint == "images" and event.price is not None
@@ -86,14 +84,10 @@ async def test_images_are_priced_per_image(world: World, gateway: AsyncTestClien
     await eventually(settled)
 
 
-async def test_token_priced_images_use_the_reported_tokens(
-    world: World, gateway: AsyncTestClient[Any]
-) -> None:
+async def test_token_priced_images_use_the_reported_tokens(world: World, gateway: AsyncTestClient[Any]) -> None:
     await catalog_with_everything(world, gateway)
     secret, _ = await world.add_key()
-    raw = await sdk(gateway, secret).images.with_raw_response.generate(
-        model="gpt-image-1", prompt="a boat", n=2
-    )
+    raw = await sdk(gateway, secret).images.with_raw_response.generate(model="gpt-image-1", prompt="a boat", n=2)
     [event] = await usage_events(world.res, {raw.headers["x-request-id"]})
     assert event.completion_tokens == 2 * 272 and event.prompt_tokens > 0
 

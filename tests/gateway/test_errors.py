@@ -106,9 +106,7 @@ async def test_unknown_model_is_404_model_not_found(world: World, gateway: Async
     assert info.value.code == "model_not_found"
 
 
-async def test_model_outside_the_key_list_or_group_is_403(
-    world: World, gateway: AsyncTestClient[Any]
-) -> None:
+async def test_model_outside_the_key_list_or_group_is_403(world: World, gateway: AsyncTestClient[Any]) -> None:
     await world.set_catalog(
         [channel(world.mock, "main", models=("gpt-4o-mini", "gpt-4o"), secret=world.common.secret_key)],
         models=[model(), model("gpt-4o")],
@@ -151,9 +149,7 @@ def test_ip_allow_list_forms(allow: tuple[str, ...], ip: str, ok: bool) -> None:
     from services.gateway.errors import NotAllowed
     from shared.events import KeySnapshot
 
-    entry = cached(
-        KeySnapshot(key_id="k", key_hash="h", account_id="a", user_id="u", status="active", ip_allow=allow)
-    )
+    entry = cached(KeySnapshot(key_id="k", key_hash="h", account_id="a", user_id="u", status="active", ip_allow=allow))
     if ok:
         check_ip(entry, ip)
     else:
@@ -189,9 +185,7 @@ async def test_body_over_the_limit_is_413(world: World, gateway: AsyncTestClient
     assert r.status_code == 413 and error_of(r)["code"] == "request_too_large"
 
 
-async def test_upstream_error_body_and_key_never_reach_the_client(
-    world: World, gateway: AsyncTestClient[Any]
-) -> None:
+async def test_upstream_error_body_and_key_never_reach_the_client(world: World, gateway: AsyncTestClient[Any]) -> None:
     await world.set_catalog([channel(world.mock, "broken", fault="fail500", secret=world.common.secret_key)])
     await eventually(lambda: _has_channel(gateway, "broken"))
     secret, snap = await world.add_key()
@@ -205,9 +199,7 @@ async def test_upstream_error_body_and_key_never_reach_the_client(
 
 
 async def test_upstream_timeout_is_504(world: World, gateway: AsyncTestClient[Any]) -> None:
-    await world.set_catalog(
-        [channel(world.mock, "slow", fault="delay_first_ms=3000", secret=world.common.secret_key)]
-    )
+    await world.set_catalog([channel(world.mock, "slow", fault="delay_first_ms=3000", secret=world.common.secret_key)])
     await eventually(lambda: _has_channel(gateway, "slow"))
     secret, _ = await world.add_key()
     r = await post(gateway, secret, body())
@@ -228,9 +220,7 @@ class _Garbage(socketserver.BaseRequestHandler):
         data = b""
         while b"\r\n\r\n" not in data:
             data += self.request.recv(65536)
-        self.request.sendall(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\nnot json!"
-        )
+        self.request.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\nnot json!")
 
 
 async def test_upstream_answering_garbage_is_502(world: World, gateway: AsyncTestClient[Any]) -> None:
@@ -240,11 +230,7 @@ async def test_upstream_answering_garbage_is_502(world: World, gateway: AsyncTes
     try:
         port = server.server_address[1]
         await world.set_catalog(
-            [
-                channel(
-                    world.mock, "junk", base_url=f"http://127.0.0.1:{port}/v1", secret=world.common.secret_key
-                )
-            ]
+            [channel(world.mock, "junk", base_url=f"http://127.0.0.1:{port}/v1", secret=world.common.secret_key)]
         )
         await eventually(lambda: _has_channel(gateway, "junk"))
         secret, _ = await world.add_key()
@@ -264,9 +250,7 @@ async def test_unknown_route_is_404_in_openai_shape(world: World, gateway: Async
     assert r.status_code == 404 and error_of(r)["code"] == "not_found"
 
 
-async def test_account_change_makes_workers_reread_its_keys(
-    world: World, gateway: AsyncTestClient[Any]
-) -> None:
+async def test_account_change_makes_workers_reread_its_keys(world: World, gateway: AsyncTestClient[Any]) -> None:
     secret, snap = await world.add_key()
     assert (await post(gateway, secret, body())).status_code == 200
     # keys rewrites the account's snapshots, then announces the account change

@@ -42,11 +42,7 @@ async def test_request_span_has_genai_attributes_and_the_usage_event_carries_its
 
     def span() -> Any:
         return next(
-            (
-                s
-                for s in exporter.get_finished_spans()
-                if (s.attributes or {}).get("faregate.request_id") == rid
-            ),
+            (s for s in exporter.get_finished_spans() if (s.attributes or {}).get("faregate.request_id") == rid),
             None,
         )
 
@@ -81,8 +77,7 @@ async def test_prometheus_series_have_the_agreed_names(world: World, gateway: As
     async def counted() -> bool:
         text = (await gateway.get("/metrics")).text
         return (
-            'faregate_gateway_requests_total{channel="main",dialect="openai",model="gpt-4o-mini",status="200"}'
-            in text
+            'faregate_gateway_requests_total{channel="main",dialect="openai",model="gpt-4o-mini",status="200"}' in text
         )
 
     await eventually(counted)

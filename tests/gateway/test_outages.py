@@ -78,9 +78,7 @@ def private_nats() -> Iterator[tuple[Server, int]]:
 @pytest.fixture
 def private_redis() -> Iterator[tuple[Server, int]]:
     port = procs.free_port()
-    server = Server(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    )
+    server = Server(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
     server.start(port)
     try:
         yield server, port
@@ -127,9 +125,7 @@ async def test_nats_down_events_are_spooled_and_delivered_once_when_it_returns(
     server, port = private_nats
     url = f"nats://127.0.0.1:{port}"
     data_dir = tempfile.mkdtemp(prefix="fg-gw-")
-    common = msgspec.structs.replace(
-        world.common, nats_url=url, data_dir=data_dir, keys_url=DEAD, billing_url=DEAD
-    )
+    common = msgspec.structs.replace(world.common, nats_url=url, data_dir=data_dir, keys_url=DEAD, billing_url=DEAD)
     secret, _ = await world.add_key()
     spool = Path(data_dir) / "spool" / "gateway"
     async with gateway_on(common) as gateway:
@@ -172,9 +168,7 @@ async def test_redis_down_keeps_known_keys_working_within_the_last_known_balance
     # What keys and billing would have written: the catalog, a key with an RPM limit of 1, a small wallet.
     await r.set(world.res.keys.catalog(), await world.redis.get(world.res.keys.catalog()))
     secret, snap = await world.add_key(rpm_limit=1, balance=None)
-    await r.set(
-        world.res.keys.api_key(snap.key_hash), await world.redis.get(world.res.keys.api_key(snap.key_hash))
-    )
+    await r.set(world.res.keys.api_key(snap.key_hash), await world.redis.get(world.res.keys.api_key(snap.key_hash)))
     await SpendGuard(r, world.res.keys).set_balance(snap.account_id, 60)  # 60 micro-USD
     async with gateway_on(common) as gateway:
         first = await chat(gateway, secret)

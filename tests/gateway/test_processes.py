@@ -96,9 +96,7 @@ async def test_101st_concurrent_request_on_a_default_key_is_429(
             return bool(await world.redis.zcard(inflight) == 100)
 
         await eventually(all_in, 10)
-        extra = await client.post(
-            f"{gateways[0].url}/v1/chat/completions", json=payload, headers=auth(secret)
-        )
+        extra = await client.post(f"{gateways[0].url}/v1/chat/completions", json=payload, headers=auth(secret))
         assert extra.status_code == 429
         assert extra.json()["error"]["code"] == "rate_limit_exceeded" and "retry-after" in extra.headers
         assert "concurrent" in extra.json()["error"]["message"]
@@ -115,9 +113,7 @@ async def test_rpm_holds_across_two_gateways(world: World, gateways: list[procs.
         await asyncio.sleep(61 - time.time() % 60)
     async with httpx.AsyncClient(timeout=30) as client:
         results = [
-            await client.post(
-                f"{gateways[i % 2].url}/v1/chat/completions", json=payload, headers=auth(secret)
-            )
+            await client.post(f"{gateways[i % 2].url}/v1/chat/completions", json=payload, headers=auth(secret))
             for i in range(8)
         ]
     codes = [r.status_code for r in results]
@@ -137,9 +133,7 @@ async def test_tpm_holds_across_two_gateways(world: World, gateways: list[procs.
     served: list[int] = []
     async with httpx.AsyncClient(timeout=30) as client:
         for i in range(20):
-            r = await client.post(
-                f"{gateways[i % 2].url}/v1/chat/completions", json=payload, headers=auth(secret)
-            )
+            r = await client.post(f"{gateways[i % 2].url}/v1/chat/completions", json=payload, headers=auth(secret))
             if r.status_code == 429:
                 assert "tokens per minute" in r.json()["error"]["message"]
                 break
@@ -191,9 +185,7 @@ async def test_client_leaving_before_the_answer_cancels_the_upstream(
 
 async def test_sigterm_lets_an_in_flight_stream_finish_and_record(world: World) -> None:
     dead = f"http://127.0.0.1:{procs.free_port()}"
-    gw = procs.start(
-        "gateway", {"FAREGATE_KEYS_URL": dead, "FAREGATE_BILLING_URL": dead}, ready_path="/readyz"
-    )
+    gw = procs.start("gateway", {"FAREGATE_KEYS_URL": dead, "FAREGATE_BILLING_URL": dead}, ready_path="/readyz")
     try:
         await use_catalog(
             world,

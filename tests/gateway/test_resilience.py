@@ -93,9 +93,7 @@ async def test_fallback_model_serves_when_every_channel_of_the_model_fails(
         [model(fallbacks=("gpt-4o",)), model("gpt-4o")],
     )
     secret, _ = await world.add_key()
-    raw = await sdk(gateway, secret).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=MESSAGES
-    )
+    raw = await sdk(gateway, secret).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
     rid = raw.headers["x-request-id"]
     seen = attempts_by_model(world, rid)
     assert sorted(seen[:2]) == ["gpt-4o-mini@fail500", "gpt-4o-mini@fail503"] and seen[2:] == ["gpt-4o"]
@@ -103,9 +101,7 @@ async def test_fallback_model_serves_when_every_channel_of_the_model_fails(
     assert event.model == "gpt-4o" and event.channel_id == "b1"
 
 
-async def test_attempts_are_bounded_and_never_repeat_a_channel(
-    world: World, gateway: AsyncTestClient[Any]
-) -> None:
+async def test_attempts_are_bounded_and_never_repeat_a_channel(world: World, gateway: AsyncTestClient[Any]) -> None:
     channels = [ch(world, f"down{i}", fault="fail500") for i in range(6)]
     await use(world, gateway, channels)
     secret, _ = await world.add_key()
@@ -119,9 +115,7 @@ async def test_attempts_are_bounded_and_never_repeat_a_channel(
     assert len(tried) == GatewaySettings().max_attempts  # 4 of the 6 channels, then give up
 
 
-async def test_all_channels_rate_limited_is_429_with_retry_after(
-    world: World, gateway: AsyncTestClient[Any]
-) -> None:
+async def test_all_channels_rate_limited_is_429_with_retry_after(world: World, gateway: AsyncTestClient[Any]) -> None:
     await use(
         world,
         gateway,
@@ -208,9 +202,7 @@ async def test_breaker_opens_after_repeated_failures_and_probes_back(
     assert r.status_code == 200
     assert attempts_by_model(world, r.headers["x-request-id"]) == ["gpt-4o-mini"]  # skipped while open
 
-    r = await gateway.get(
-        "/internal/channels/health", headers={"x-internal-token": world.common.internal_token}
-    )
+    r = await gateway.get("/internal/channels/health", headers={"x-internal-token": world.common.internal_token})
     row = next(c for c in r.json()["channels"] if c["channel_id"] == "wobbly")
     assert row["state"] == "open" and "failed" in row["reason"] and row["since_ms"] <= time.time() * 1000
     assert (await gateway.get("/internal/channels/health")).status_code == 401
@@ -230,9 +222,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_a_recovered_channel_is_closed_by_its_probe(
-    world: World, gateway: AsyncTestClient[Any]
-) -> None:
+async def test_a_recovered_channel_is_closed_by_its_probe(world: World, gateway: AsyncTestClient[Any]) -> None:
     healing = ch(world, "healing", priority=5)
     await use(world, gateway, [healing, ch(world, "steady")])
     gw = gateway.app.state.gw
