@@ -34,9 +34,7 @@ PUBLISHED = Counter("faregate_events_published_total", "Events acknowledged by J
 PUBLISH_FAILURES = Counter("faregate_event_publish_failures_total", "Publish attempts that failed", ["type"])
 CONSUMED = Counter("faregate_events_consumed_total", "Events handled by a consumer", ["consumer", "outcome"])
 SPOOL_SIZE = Gauge("faregate_spool_events", "Events waiting in the local spool for NATS")
-CONSUMER_PENDING = Gauge(
-    "faregate_consumer_pending_events", "Events not yet delivered to a consumer", ["consumer"]
-)
+CONSUMER_PENDING = Gauge("faregate_consumer_pending_events", "Events not yet delivered to a consumer", ["consumer"])
 
 
 @dataclass(frozen=True)
@@ -144,10 +142,12 @@ class Publisher:
             finally:
                 self._queue.task_done()
 
-    # The spool: one JSON line per event in `pending.jsonl`; replayed by renaming it aside first, so events that
-    # fail again during a replay go to a fresh file and nothing is read and written at once.
+    # The spool. Several worker processes of one pod share the folder, so each appends only to its own
+    # `pending-<pid>.jsonl`, and a replay first claims a file by renaming it to `replay-<own pid>-<ns>.jsonl`
+    # (rename is atomic: two workers never replay one file). Files of a worker that is gone (a restart, a crash)
+    # are claimed by whichever live worker drains next, so nothing spooled is left behind.
     def _spool_path(self) -> Path:
-        return self.spool_dir / "pending.jsonl"
+        return self.spool_dir / f"pending-{os.getpid()}.jsonl"
 
     async def _spool(self, etype: str, data: bytes, headers: dict[str, str]) -> None:
         line = msgspec.json.encode({"t": etype, "h": headers, "d": data.decode()}) + b"\n"
@@ -162,21 +162,24 @@ class Publisher:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def spool_count(self) -> int:
-        total = 0
+    def _claim(self) -> list[Path]:
+        """Rename every file this process may replay to replay-<pid>-...; return the ones it now owns."""
+        me = os.getpid()
         for path in self.spool_dir.glob("*.jsonl"):
-            with open(path, "rb") as fh:
-                total += sum(1 for _ in fh)
-        return total
+            owner = _owner_pid(path.name)
+            mine = owner == me and path.name.startswith("replay-")
+            if mine or (owner != me and _alive(owner)):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # another worker claimed it first
+                path.rename(self.spool_dir / f"replay-{me}-{time.time_ns()}.jsonl")
+        return sorted(self.spool_dir.glob(f"replay-{me}-*.jsonl"))
 
     async def drain_spool(self) -> int:
         """Re-publish spooled events; returns how many JetStream acknowledged."""
         async with self._spool_lock:
-            current = self._spool_path()
-            if current.exists() and current.stat().st_size:
-                current.rename(self.spool_dir / f"replay-{time.time_ns()}.jsonl")
+            claimed = self._claim()
         sent = 0
-        for path in sorted(self.spool_dir.glob("replay-*.jsonl")):
+        for path in claimed:
             lines = [ln for ln in (await asyncio.to_thread(path.read_bytes)).splitlines() if ln.strip()]
             for raw in lines:
                 item = msgspec.json.decode(raw)
@@ -191,6 +194,13 @@ class Publisher:
             path.unlink()
         SPOOL_SIZE.set(self.spool_count())
         return sent
+
+    def spool_count(self) -> int:
+        total = 0
+        for path in self.spool_dir.glob("*.jsonl"):
+            with open(path, "rb") as fh:
+                total += sum(1 for _ in fh)
+        return total
 
     async def _drain_spool_forever(self, every_s: float = 1.0) -> None:
         while True:
@@ -211,6 +221,24 @@ class Publisher:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _owner_pid(name: str) -> int:
+    """pending-<pid>.jsonl / replay-<pid>-<ns>.jsonl -> pid; 0 for anything else (claimable)."""
+    parts = name.removesuffix(".jsonl").split("-")
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --- consumers ------------------------------------------------------------------------------------------------

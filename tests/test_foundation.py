@@ -94,7 +94,13 @@ async def test_spooled_events_are_published_once_when_nats_returns(
     await pub._spool("catalog.changed", events.encode(e2), {"Nats-Msg-Id": e2.event_id})
     await pub.publish(e1)
     assert pub.spool_count() == 2
-    assert await pub.drain_spool() == 2
+    # A worker that died left its own spool file behind: a live worker claims and replays it too.
+    e3 = events.CatalogChanged(version=4)
+    line = msgspec.json.encode({"t": "catalog.changed", "h": {"Nats-Msg-Id": e3.event_id},
+                                "d": events.encode(e3).decode()})
+    (tmp_path / "pending-999999999.jsonl").write_bytes(line + b"\n")
+    assert pub.spool_count() == 3
+    assert await pub.drain_spool() == 3
     assert pub.spool_count() == 0
     sub = await resources.js.subscribe(
         f"{resources.common.namespace}.catalog.changed",
@@ -109,8 +115,8 @@ async def test_spooled_events_are_published_once_when_nats_returns(
             break
         seen.append(events.decode(msg.data).event_id)
     await sub.unsubscribe()
-    mine = [i for i in seen if i in (e1.event_id, e2.event_id)]
-    assert sorted(mine) == sorted([e1.event_id, e2.event_id])
+    mine = [i for i in seen if i in (e1.event_id, e2.event_id, e3.event_id)]
+    assert sorted(mine) == sorted([e1.event_id, e2.event_id, e3.event_id])
 
 
 async def test_consumer_terminates_malformed_and_acks_after_handler(resources: Resources) -> None:
