@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import asyncpg
+import httpx
 import nats
 import openai
 import pytest
@@ -86,16 +87,25 @@ async def _usage_event(common: CommonSettings, request_id: str) -> bytes:
 async def test_paid_request_debits_exactly_once_and_logs_one_row(
     common: CommonSettings, stack: dict[str, procs.ServiceProcess]
 ) -> None:
+    # The demo seed brings the catalog and the mock channel; the payer is a fresh account of its own, so other
+    # tests' traffic on the demo account cannot move this balance.
     demo = await keys_seed.seed_demo(common, upstream_base_url=stack["mock-upstream"].url)
-    await billing_seed.seed_demo(common, account_id=demo.account_id, amount_micros=5_000_000)
+    async with httpx.AsyncClient(base_url=stack["keys"].url) as keys_api:
+        reg = await keys_api.post("/api/auth/register",
+                                  json={"email": f"payer-{events.new_id()[:8]}@example.com",
+                                        "password": "a long enough password"})
+    assert reg.status_code == 201, reg.text
+    account_id, api_key = reg.json()["account"]["id"], reg.json()["api_key"]
+    assert account_id != demo.account_id
+    await billing_seed.seed_demo(common, account_id=account_id, amount_micros=5_000_000)
     pool = await asyncpg.create_pool(common.database_url, min_size=1, max_size=2)
     assert pool is not None
     try:
-        before = await _balance(pool, demo.account_id)
+        before = await _balance(pool, account_id)
         assert before == 5_000_000
 
         client = openai.AsyncOpenAI(
-            base_url=stack["gateway"].url + "/v1", api_key=demo.api_key, max_retries=0
+            base_url=stack["gateway"].url + "/v1", api_key=api_key, max_retries=0
         )
         plain = await client.chat.completions.with_raw_response.create(
             model=MODEL, messages=[{"role": "user", "content": "Say something about trains."}], max_tokens=64
@@ -143,7 +153,7 @@ async def test_paid_request_debits_exactly_once_and_logs_one_row(
             want=2,
         )
         assert debited == 2
-        assert await _balance(pool, demo.account_id) == before - expected
+        assert await _balance(pool, account_id) == before - expected
         logged = await _wait_for(
             pool,
             "SELECT count(*) FROM usage.request_log WHERE request_id = ANY($1)",
@@ -164,7 +174,7 @@ async def test_paid_request_debits_exactly_once_and_logs_one_row(
         finally:
             await nc.close()
         await _wait_consumers_idle(common)
-        assert await _balance(pool, demo.account_id) == before - expected
+        assert await _balance(pool, account_id) == before - expected
         assert (
             await pool.fetchval("SELECT count(*) FROM billing.ledger WHERE request_id = $1", rid_plain) == 1
         )
