@@ -175,18 +175,38 @@ PER_REQUEST = """
 """
 
 
+@dataclass(frozen=True)
+class Payer:
+    account_id: str
+    api_key: str
+
+
+async def _payer(common: CommonSettings, stack: Stack) -> Payer:
+    """The demo seed brings the catalog and the mock channel; the payer is a fresh account of its own, so no
+    other test's traffic moves the balance this test checks."""
+    await keys_seed.seed_demo(common, upstream_base_url=stack.mock.url)
+    async with httpx.AsyncClient(base_url=stack.keys.url) as keys_api:
+        reg = await keys_api.post("/api/auth/register",
+                                  json={"email": f"replicas-{time.time_ns()}@example.com",
+                                        "password": "a long enough password"})
+    assert reg.status_code == 201, reg.text
+    payer = Payer(reg.json()["account"]["id"], reg.json()["api_key"])
+    await billing_seed.seed_demo(common, account_id=payer.account_id, amount_micros=50_000_000)
+    return payer
+
+
 async def test_two_of_everything_debit_and_log_each_request_once(common: CommonSettings,
                                                                  stack: Stack) -> None:
-    demo = await keys_seed.seed_demo(common, upstream_base_url=stack.mock.url)
-    await billing_seed.seed_demo(common, account_id=demo.account_id, amount_micros=50_000_000)
+    payer = await _payer(common, stack)
     pool = await asyncpg.create_pool(common.database_url, min_size=1, max_size=2)
     assert pool is not None
     try:
         before = int(await pool.fetchval("SELECT balance_micros FROM billing.wallets WHERE account_id = $1",
-                                         demo.account_id))
+                                         payer.account_id))
+        assert before == 50_000_000
 
         # Both gateways serve; both replicas of each consumer are up.
-        first = await _traffic(stack, demo.api_key, FIRST_WAVE, 0)
+        first = await _traffic(stack, payer.api_key, FIRST_WAVE, 0)
         assert {s.gateway for s in first} == {0, 1}
         ids = [s.request_id for s in first]
         assert len(set(ids)) == FIRST_WAVE
@@ -205,7 +225,7 @@ async def test_two_of_everything_debit_and_log_each_request_once(common: CommonS
         for stopping in (stack.billing[0], stack.usage[0]):
             code = stopping.stop()
             assert code == 0, f"{stopping.name} exited {code}:\n{stopping.log()[-3000:]}"
-        second = await _traffic(stack, demo.api_key, SECOND_WAVE, FIRST_WAVE)
+        second = await _traffic(stack, payer.api_key, SECOND_WAVE, FIRST_WAVE)
         sent = first + second
         ids = [s.request_id for s in sent]
         assert len(set(ids)) == len(sent)
@@ -219,7 +239,7 @@ async def test_two_of_everything_debit_and_log_each_request_once(common: CommonS
         rows = await pool.fetch(PER_REQUEST, ids)
         assert {(r["debits"], r["rows"]) for r in rows} == {(1, 1)}
         after = int(await pool.fetchval("SELECT balance_micros FROM billing.wallets WHERE account_id = $1",
-                                        demo.account_id))
+                                        payer.account_id))
         expected = await _price(common, sent)
         assert expected > 0
         assert before - after == expected
@@ -273,10 +293,10 @@ async def _slow_streams_on_the_mock(common: CommonSettings, gateway: procs.Servi
 async def test_a_stopping_gateway_finishes_the_stream_in_flight(common: CommonSettings, stack: Stack) -> None:
     """What the pod's preStop and termination grace rely on: SIGTERM in the middle of a streamed response lets
     it finish, its usage is still recorded and debited, and the process exits cleanly."""
-    demo = await keys_seed.seed_demo(common, upstream_base_url=stack.mock.url)
+    payer = await _payer(common, stack)
     leaving = stack.gateways[0]
-    await _slow_streams_on_the_mock(common, leaving, demo.api_key)
-    client = openai.AsyncOpenAI(base_url=leaving.url + "/v1", api_key=demo.api_key, max_retries=0)
+    await _slow_streams_on_the_mock(common, leaving, payer.api_key)
+    client = openai.AsyncOpenAI(base_url=leaving.url + "/v1", api_key=payer.api_key, max_retries=0)
     try:
         await _stream_while_stopping(client, leaving, common)
     finally:
