@@ -22,6 +22,7 @@ import httpx
 import nats
 import openai
 import pytest
+from nats.js.errors import NotFoundError
 
 from services.billing import seed as billing_seed
 from services.keys import seed as keys_seed
@@ -151,8 +152,11 @@ async def _consumers_idle(common: CommonSettings, seconds: float = 60) -> None:
         stream = bus.stream_name(common.namespace, next(s for s in bus.STREAMS if s.name == "USAGE"))
         deadline = time.monotonic() + seconds
         while True:
-            infos = [await js.consumer_info(stream, name) for name in ("billing-usage", "usage-log")]
-            if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
+            try:
+                infos = [await js.consumer_info(stream, name) for name in ("billing-usage", "usage-log")]
+            except NotFoundError:  # a service declares its consumer as it starts: not there yet
+                infos = []
+            if infos and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
                 return
             assert time.monotonic() < deadline, f"consumers still busy: {infos}"
             await asyncio.sleep(0.2)
