@@ -18,10 +18,13 @@ tests/gateway/test_redis_outage.py):
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
@@ -39,6 +42,7 @@ REDIS_DEGRADED = Counter(
 )
 
 RESERVATION_TTL_S = 15 * 60
+ALLOWANCE_TTL_S = 40 * 24 * 3600  # a month's allowance hash outlives its month, then goes
 INFLIGHT_TTL_MS = 15 * 60 * 1000  # an in-flight entry left by a killed pod stops counting after this
 
 SCOPES = {
@@ -61,6 +65,30 @@ class Limits:
     account_concurrency: int = 0
 
 
+@functools.lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """An organisation member's monthly credit allowance (issue 11; from the key snapshot), held like a key
+    quota in `{ns}:allow:{org}:{user}:{yyyymm}`, the month taken in the org's time zone: a new month is a new
+    hash, so the allowance resets at the org's midnight on the 1st."""
+
+    org_id: str
+    user_id: str
+    limit: int
+    tz: str = "UTC"
+
+    def key(self, ns: str, now: float) -> str:
+        month = datetime.fromtimestamp(now, _zone(self.tz)).strftime("%Y%m")
+        return f"{ns}:allow:{self.org_id}:{self.user_id}:{month}"
+
+
 @dataclass
 class Ticket:
     """What admission held for one request; handed back to `finish`."""
@@ -76,6 +104,7 @@ class Ticket:
     key_tpm_used: int = 0
     reset_ms: int = 0
     finished: bool = False
+    allowance_key: str = ""  # the allowance hash this request holds against ("" = none)
 
 
 @dataclass(frozen=True)
@@ -123,12 +152,18 @@ class Admission:
         quota_limit: int,
         token_estimate: int,
         limits: Limits,
+        allowance: Allowance | None = None,
     ) -> Verdict:
         now_ms = int(time.time() * 1000)
         window = now_ms // 60000
+        keys = self._keys(account_id, key_id, request_id, window)
+        allowance_key = ""
+        if allowance is not None and allowance.limit > 0:
+            allowance_key = allowance.key(self.keys.ns, now_ms / 1000)
+            keys += [allowance_key, self.keys.reservation(request_id) + ":allow"]
         try:
             out = await self._admit(
-                keys=self._keys(account_id, key_id, request_id, window),
+                keys=keys,
                 args=[
                     amount,
                     quota_limit,
@@ -143,6 +178,8 @@ class Admission:
                     limits.account_rpm,
                     limits.account_tpm,
                     limits.account_concurrency,
+                    allowance.limit if allowance_key and allowance is not None else 0,
+                    ALLOWANCE_TTL_S,
                 ],
             )
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
@@ -163,13 +200,14 @@ class Admission:
                     key_rpm_used=rpm_used,
                     key_tpm_used=tpm_used,
                     reset_ms=retry_ms,
+                    allowance_key=allowance_key,
                 ),
                 available=available,
             )
         if code in SCOPES:
             scope, kind = SCOPES[code]
             return Verdict(None, refused=f"{scope}_{kind}", retry_after_ms=retry_ms)
-        refused = {1: "wallet", 2: "quota", 3: "unknown"}[code]
+        refused = {1: "wallet", 2: "quota", 3: "unknown", 4: "allowance"}[code]
         if refused != "unknown":
             self._last_available[account_id] = available
         return Verdict(None, refused=refused, available=available)
@@ -212,9 +250,12 @@ class Admission:
             )
             return
         keys = self._keys(ticket.account_id, ticket.key_id, ticket.request_id, ticket.window)
+        held = [keys[0], keys[1], keys[2], keys[4], keys[7], keys[5], keys[8]]
+        if ticket.allowance_key:
+            held += [ticket.allowance_key, self.keys.reservation(ticket.request_id) + ":allow"]
         try:
             await self._finish(
-                keys=[keys[0], keys[1], keys[2], keys[4], keys[7], keys[5], keys[8]],
+                keys=held,
                 args=[actual_cost, ticket.request_id, actual_tokens - ticket.token_estimate],
             )
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:

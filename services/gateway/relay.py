@@ -25,7 +25,7 @@ import msgspec
 from opentelemetry import trace
 
 from services.gateway import metrics
-from services.gateway.admission import Limits, Ticket
+from services.gateway.admission import Allowance, Limits, Ticket
 from services.gateway.auth import check_ip, check_key
 from services.gateway.context import Gateway
 from services.gateway.dialects.openai import TokenUsage
@@ -174,6 +174,10 @@ async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, toke
             quota_limit=snap.quota_micros,
             token_estimate=token_estimate,
             limits=limits,
+            # An org member's monthly allowance (issue 11), held in the same script as wallet and quota.
+            allowance=Allowance(snap.org_id, snap.user_id, snap.allowance_micros, snap.allowance_tz)
+            if snap.org_id and snap.allowance_micros > 0
+            else None,
         )
         if verdict.ticket is not None:
             return verdict.ticket
@@ -186,6 +190,10 @@ async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, toke
             )
         if verdict.refused == "quota":
             raise InsufficientQuota("This API key has used up its spending limit.")
+        if verdict.refused == "allowance":
+            raise InsufficientQuota(
+                "You have used up your monthly allowance in this organisation; its administrators can raise it."
+            )
         if verdict.refused == "unavailable":
             raise NoChannel("The spend guard is temporarily unavailable; retry shortly.", code="service_unavailable")
         scope, _, kind = verdict.refused.partition("_")

@@ -7,8 +7,11 @@
 -- ARGV[1] amount (micro-USD), ARGV[2] quota limit (0 none), ARGV[3] marker TTL s,
 -- ARGV[4] now ms, ARGV[5] request id, ARGV[6] token estimate, ARGV[7] in-flight entry TTL ms,
 -- ARGV[8..10] key rpm/tpm/concurrency limits, ARGV[11..13] account rpm/tpm/concurrency limits (0 = none)
+-- Organisation keys (issue 11): KEYS[10] the member's allowance hash for this month (used, reserved),
+-- KEYS[11] its reservation marker; ARGV[14] the monthly allowance (0 = none: both keys are ignored),
+-- ARGV[15] the allowance hash's TTL s (it outlives its month, then goes: next month starts at zero).
 -- Returns {code, available, key_rpm_used, key_tpm_used, retry_ms}
---   code 0 ok, 1 wallet short, 2 quota short, 3 wallet not loaded,
+--   code 0 ok, 1 wallet short, 2 quota short, 3 wallet not loaded, 4 allowance short,
 --   10 key rpm, 11 key tpm, 12 key concurrency, 13 account rpm, 14 account tpm, 15 account concurrency
 local amount = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -51,6 +54,16 @@ local available = tonumber(w[1]) - tonumber(w[2] or 0) - tonumber(w[3] or 0)
 if available < amount or available <= 0 then
   return {1, available, key_rpm, key_tpm, 0}
 end
+-- The member's monthly allowance (organisation keys), a third hold beside wallet and key quota. The gateway
+-- itself counts `used` when it settles (finish.lua), from the same priced cost billing debits.
+local allowance = tonumber(ARGV[14] or 0)
+if allowance > 0 then
+  local a = redis.call('HMGET', KEYS[10], 'used', 'reserved')
+  local aa = allowance - tonumber(a[1] or 0) - tonumber(a[2] or 0)
+  if aa < amount or aa <= 0 then
+    return {4, aa, key_rpm, key_tpm, 0}
+  end
+end
 if limit > 0 then
   local q = redis.call('HMGET', KEYS[2], 'used', 'reserved', 'pending')
   local qa = limit - tonumber(q[1] or 0) - tonumber(q[2] or 0) - tonumber(q[3] or 0)
@@ -59,6 +72,11 @@ if limit > 0 then
   end
   redis.call('HSET', KEYS[2], 'limit', limit)
   redis.call('HINCRBY', KEYS[2], 'reserved', amount)
+end
+if allowance > 0 then
+  redis.call('HINCRBY', KEYS[10], 'reserved', amount)
+  redis.call('EXPIRE', KEYS[10], tonumber(ARGV[15]))
+  redis.call('SET', KEYS[11], amount, 'EX', tonumber(ARGV[3]))
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', amount)
 redis.call('SET', KEYS[3], amount .. ':' .. limit, 'EX', tonumber(ARGV[3]))

@@ -3,8 +3,18 @@
 -- KEYS[1] wallet hash, KEYS[2] quota hash, KEYS[3] reservation marker, KEYS[4] key TPM window,
 -- KEYS[5] account TPM window, KEYS[6] key in-flight zset, KEYS[7] account in-flight zset
 -- ARGV[1] actual cost, ARGV[2] request id, ARGV[3] tokens actual - estimate
+-- Organisation keys: KEYS[8] the member's allowance hash, KEYS[9] its reservation marker (absent when the
+-- request held no allowance): reserved -= held, used += actual.
 redis.call('ZREM', KEYS[6], ARGV[2])
 redis.call('ZREM', KEYS[7], ARGV[2])
+if KEYS[9] then
+  local held = redis.call('GET', KEYS[9])
+  if held then
+    redis.call('HINCRBY', KEYS[8], 'reserved', -tonumber(held))
+    redis.call('HINCRBY', KEYS[8], 'used', tonumber(ARGV[1]))
+    redis.call('DEL', KEYS[9])
+  end
+end
 local delta = tonumber(ARGV[3])
 if delta ~= 0 then
   for _, k in ipairs({KEYS[4], KEYS[5]}) do

@@ -1,0 +1,74 @@
+"""A member's monthly allowance is enforced at the gateway by the same atomic reservation as the wallet and
+the key quota: over it, that member gets 402 while the org's other members continue; the month is the org's.
+
+The gateway app runs on real Redis, NATS and the mock upstream; the key snapshots are written to Redis the way
+the keys service writes them (tests/gateway/conftest.py), carrying the allowance keys puts there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar.testing import AsyncTestClient
+
+from services.gateway.admission import Allowance
+from tests.gateway.conftest import World
+
+ORG = "org_allowancetest"
+
+
+async def chat(client: AsyncTestClient[Any], secret: str) -> Any:
+    return await client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                              json={"model": "gpt-4o-mini", "max_tokens": 8,
+                                    "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_the_allowance_month_is_the_orgs() -> None:
+    # 23:30 UTC on 31 January is already February in Tokyo, still January in New York.
+    at = datetime(2027, 1, 31, 23, 30, tzinfo=UTC).timestamp()
+    assert Allowance(ORG, "u", 5, "Asia/Tokyo").key("ns", at) == f"ns:allow:{ORG}:u:202702"
+    assert Allowance(ORG, "u", 5, "America/New_York").key("ns", at) == f"ns:allow:{ORG}:u:202701"
+    assert Allowance(ORG, "u", 5, "Not/AZone").key("ns", at) == f"ns:allow:{ORG}:u:202701"  # UTC
+
+
+async def test_a_member_over_the_allowance_gets_402_while_the_others_continue(
+        world: World, gateway: AsyncTestClient[Any]) -> None:
+    capped_secret, capped = await world.add_key(account_id=ORG, user_id="u_capped", org_id=ORG,
+                                                allowance_micros=20, allowance_tz="Europe/Paris")
+    free_secret, _ = await world.add_key(account_id=ORG, user_id="u_free", org_id=ORG, balance=None)
+    allow_key = Allowance(ORG, "u_capped", 20, "Europe/Paris").key(world.res.keys.ns,
+                                                                   datetime.now(UTC).timestamp())
+
+    served = 0
+    refused: Any = None
+    for _ in range(40):
+        r = await chat(gateway, capped_secret)
+        if r.status_code == 402:
+            refused = r
+            break
+        assert r.status_code == 200, r.text
+        served += 1
+    assert refused is not None, "the allowance never ran out"
+    assert served >= 1
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    assert "allowance" in refused.json()["error"]["message"]
+    held = {k.decode(): int(v) for k, v in (await world.redis.hgetall(allow_key)).items()}
+    # Every finished request is counted; nothing stays reserved; the cap was never passed.
+    assert held["reserved"] == 0 and 0 < held["used"] <= 20
+    assert 0 < await world.redis.ttl(allow_key) <= 40 * 24 * 3600
+
+    # The org's wallet still has money: another member carries on.
+    for _ in range(3):
+        r = await chat(gateway, free_secret)
+        assert r.status_code == 200, r.text
+    # An administrator raises the allowance (keys re-publishes the snapshot): the member spends again.
+    await world.put_key(msgspec.structs.replace(capped, allowance_micros=10_000))
+    for _ in range(50):
+        r = await chat(gateway, capped_secret)
+        if r.status_code == 200:
+            break
+        await asyncio.sleep(0.05)  # the gateway applies the key.changed event as it arrives
+    assert r.status_code == 200, r.text
