@@ -1,7 +1,8 @@
 """An organisation end to end, every part a real process (`faregate <service>`) on real Postgres, Redis, NATS:
 members use org keys at a running gateway, the org's wallet pays, removing a member stops their key at once
 while the others continue, and the org's ledger equals the sum of its members' charges (as usage reports them
-per member). Viewers read the ledger and usage; members do not; only owners and admins export CSV.
+per member). Viewers read the ledger and usage; members do not; only owners and admins export CSV. A member
+over the monthly allowance an admin set gets 402 from the running gateway while others continue.
 """
 
 from __future__ import annotations
@@ -200,6 +201,22 @@ async def test_members_spend_the_org_wallet_removal_stops_a_key_and_the_ledger_a
             await asyncio.sleep(0.2)
         assert [(e["detail"]["kind"], e["detail"]["amount_micros"]) for e in credits] == [
             ("topup", 5_000_000)]
+
+        # An admin caps Bob's monthly allowance below one request: the running gateway refuses him with 402
+        # (the snapshot re-published by keys), while the owner's own org key carries on.
+        mine = await owner.post(f"/api/orgs/{org_id}/keys", json={"label": "owner's"})
+        assert mine.status_code == 201, mine.text
+        capped = await owner.keys.patch(f"/api/orgs/{org_id}/members/{bob.account_id}",
+                                        json={"allowance_micros": 1}, headers={"X-CSRF-Token": owner.csrf})
+        assert capped.status_code == 200, capped.text
+        deadline = time.monotonic() + 5
+        while (resp := await chat(stack["gateway"], secrets[bob.account_id])).status_code == 200:
+            assert time.monotonic() < deadline, "the gateway never applied the allowance"
+            await asyncio.sleep(0.05)
+        assert resp.status_code == 402, resp.text
+        assert "allowance" in resp.json()["error"]["message"]
+        ok = await chat(stack["gateway"], mine.json()["secret"])
+        assert ok.status_code == 200, ok.text
     finally:
         await billing.aclose()
         await usage.aclose()
