@@ -77,6 +77,7 @@ def serve_service(name: str) -> None:
         workers=settings.workers,
         data_dir=common.data_dir,
         service=name,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
 
 

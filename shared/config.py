@@ -159,3 +159,6 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    # On SIGTERM, how long in-flight requests (a stream, for the gateway) may take to finish before the worker
+    # is stopped; keep it below the pod's terminationGracePeriodSeconds minus its preStop sleep.
+    shutdown_grace_s: int = 30

@@ -6,7 +6,7 @@ import multiprocessing
 import os
 import re
 import shutil
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +121,12 @@ def metrics_payload() -> bytes:
     return generate_latest(REGISTRY)
 
 
-def ops_handlers(checks: Mapping[str, ReadyCheck]) -> list[HTTPRouteHandler]:
-    """/healthz (the process is alive), /readyz (each dependency answers), /metrics (Prometheus)."""
+def ops_handlers(checks: Mapping[str, ReadyCheck], *, degrade_only: Collection[str] = ()) -> list[HTTPRouteHandler]:
+    """/healthz (the process is alive), /readyz (each dependency answers), /metrics (Prometheus).
+
+    A dependency named in `degrade_only` is one the service keeps working without (the gateway spools events
+    while NATS is away and runs on its caches while Redis is): its failure shows in the body as "degraded" but
+    leaves the answer 200, so an orchestrator does not take every replica out of service at once."""
 
     @get("/healthz", include_in_schema=False, sync_to_thread=False)
     def healthz() -> dict[str, str]:
@@ -131,17 +135,18 @@ def ops_handlers(checks: Mapping[str, ReadyCheck]) -> list[HTTPRouteHandler]:
     @get("/readyz", include_in_schema=False)
     async def readyz() -> Response[dict[str, Any]]:
         results: dict[str, str] = {}
-        ok = True
+        status = "ok"
         for name, check in checks.items():
             try:
                 await check()
                 results[name] = "ok"
             except Exception as exc:
                 results[name] = f"error: {type(exc).__name__}"
-                ok = False
-        return Response(
-            {"status": "ok" if ok else "unavailable", "checks": results}, status_code=200 if ok else 503
-        )
+                if name not in degrade_only:
+                    status = "unavailable"
+                elif status == "ok":
+                    status = "degraded"
+        return Response({"status": status, "checks": results}, status_code=503 if status == "unavailable" else 200)
 
     @get("/metrics", include_in_schema=False, sync_to_thread=False)
     def metrics() -> Response[bytes]:
@@ -150,7 +155,9 @@ def ops_handlers(checks: Mapping[str, ReadyCheck]) -> list[HTTPRouteHandler]:
     return [healthz, readyz, metrics]
 
 
-def serve(target: str, *, host: str, port: int, workers: int, data_dir: str, service: str) -> None:
+def serve(
+    target: str, *, host: str, port: int, workers: int, data_dir: str, service: str, shutdown_grace_s: int = 30
+) -> None:
     """Run `target` ("module:factory") on granian, a Rust ASGI server (1.3-1.45x uvicorn here)."""
     from granian.constants import Interfaces
     from granian.server import Server
@@ -174,5 +181,5 @@ def serve(target: str, *, host: str, port: int, workers: int, data_dir: str, ser
         factory=True,
         log_access=False,
         backlog=2048,
-        workers_kill_timeout=30,
+        workers_kill_timeout=shutdown_grace_s,
     ).serve()

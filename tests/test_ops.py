@@ -24,3 +24,26 @@ def test_metrics_cover_every_worker_process(common: CommonSettings) -> None:
             text = client.get("/metrics").text
     counts = [float(v) for v in re.findall(r"^faregate_keys_logins_total\{[^}]*\} (\S+)$", text, re.M)]
     assert sum(counts) == 12, text[:2000]
+
+
+async def test_readiness_fails_on_a_hard_dependency_and_only_degrades_on_a_soft_one() -> None:
+    from litestar import Litestar
+    from litestar.testing import AsyncTestClient
+
+    from shared.web import ops_handlers
+
+    async def ok() -> None:
+        return None
+
+    async def down() -> None:
+        raise ConnectionError("gone")
+
+    soft = Litestar(ops_handlers({"postgres": ok, "nats": down}, degrade_only=("nats",)))
+    hard = Litestar(ops_handlers({"postgres": down, "nats": ok}, degrade_only=("nats",)))
+    async with AsyncTestClient(soft) as client:
+        r = await client.get("/readyz")
+        assert (r.status_code, r.json()["status"]) == (200, "degraded")
+        assert r.json()["checks"] == {"postgres": "ok", "nats": "error: ConnectionError"}
+    async with AsyncTestClient(hard) as client:
+        r = await client.get("/readyz")
+        assert (r.status_code, r.json()["status"]) == (503, "unavailable")

@@ -475,7 +475,8 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
     return Litestar(
         logging_config=web.logging_config(),
         route_handlers=[
-            *ops_handlers(ready_checks),
+            # The gateway serves through NATS and Redis outages (spool, caches): they degrade readiness only.
+            *ops_handlers(ready_checks, degrade_only=("nats", "redis")),
             chat_completions,
             anthropic_messages,
             anthropic_count_tokens,

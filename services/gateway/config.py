@@ -10,6 +10,8 @@ from shared.config import ServerSettings, register
 @register("GATEWAY")
 class GatewaySettings(ServerSettings, frozen=True, kw_only=True):
     port: int = 8100
+    # A streaming answer may run for minutes: let it finish on SIGTERM (the pod's grace is 130 s, preStop 10 s).
+    shutdown_grace_s: int = 120
     # Largest request body accepted; bigger ones get 413 in the caller's dialect.
     max_body_bytes: int = 16 * 1024 * 1024
     # Upstream timeouts: TCP/TLS connect, wait for the first byte of the answer, and silence between stream
