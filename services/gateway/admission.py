@@ -158,7 +158,7 @@ class Admission:
         window = now_ms // 60000
         keys = self._keys(account_id, key_id, request_id, window)
         allowance_key = ""
-        if allowance is not None and allowance.limit > 0:
+        if allowance is not None:
             allowance_key = allowance.key(self.keys.ns, now_ms / 1000)
             keys += [allowance_key, self.keys.reservation(request_id) + ":allow"]
         try:
@@ -178,7 +178,7 @@ class Admission:
                     limits.account_rpm,
                     limits.account_tpm,
                     limits.account_concurrency,
-                    allowance.limit if allowance_key and allowance is not None else 0,
+                    allowance.limit if allowance is not None else 0,
                     ALLOWANCE_TTL_S,
                 ],
             )

@@ -174,9 +174,10 @@ async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, toke
             quota_limit=snap.quota_micros,
             token_estimate=token_estimate,
             limits=limits,
-            # An org member's monthly allowance (issue 11), held in the same script as wallet and quota.
+            # An org member's monthly allowance (issue 11), held in the same script as wallet and quota; an org
+            # key's spend is counted even without one (0), so an allowance set mid-month sees the whole month.
             allowance=Allowance(snap.org_id, snap.user_id, snap.allowance_micros, snap.allowance_tz)
-            if snap.org_id and snap.allowance_micros > 0
+            if snap.org_id
             else None,
         )
         if verdict.ticket is not None:

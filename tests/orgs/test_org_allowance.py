@@ -72,3 +72,22 @@ async def test_a_member_over_the_allowance_gets_402_while_the_others_continue(
             break
         await asyncio.sleep(0.05)  # the gateway applies the key.changed event as it arrives
     assert r.status_code == 200, r.text
+
+
+async def test_spend_before_an_allowance_was_set_counts_toward_the_month(
+        world: World, gateway: AsyncTestClient[Any]) -> None:
+    secret, snap = await world.add_key(account_id=ORG + "2", user_id="u_early", org_id=ORG + "2")
+    for _ in range(2):
+        r = await chat(gateway, secret)
+        assert r.status_code == 200, r.text
+    month_key = Allowance(ORG + "2", "u_early", 0).key(world.res.keys.ns, datetime.now(UTC).timestamp())
+    spent = int(await world.redis.hget(month_key, "used"))
+    assert spent > 0 and int(await world.redis.hget(month_key, "reserved")) == 0
+    # An allowance equal to what was already spent this month leaves nothing to spend.
+    await world.put_key(msgspec.structs.replace(snap, allowance_micros=spent))
+    for _ in range(50):
+        r = await chat(gateway, secret)
+        if r.status_code == 402:
+            break
+        await asyncio.sleep(0.05)
+    assert r.status_code == 402 and "allowance" in r.json()["error"]["message"]

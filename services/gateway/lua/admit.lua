@@ -8,7 +8,8 @@
 -- ARGV[4] now ms, ARGV[5] request id, ARGV[6] token estimate, ARGV[7] in-flight entry TTL ms,
 -- ARGV[8..10] key rpm/tpm/concurrency limits, ARGV[11..13] account rpm/tpm/concurrency limits (0 = none)
 -- Organisation keys (issue 11): KEYS[10] the member's allowance hash for this month (used, reserved),
--- KEYS[11] its reservation marker; ARGV[14] the monthly allowance (0 = none: both keys are ignored),
+-- KEYS[11] its reservation marker (both absent for a personal key); ARGV[14] the monthly allowance (0 = none:
+-- nothing is refused, but the spend is still counted, so an allowance set mid-month counts the whole month),
 -- ARGV[15] the allowance hash's TTL s (it outlives its month, then goes: next month starts at zero).
 -- Returns {code, available, key_rpm_used, key_tpm_used, retry_ms}
 --   code 0 ok, 1 wallet short, 2 quota short, 3 wallet not loaded, 4 allowance short,
@@ -73,7 +74,7 @@ if limit > 0 then
   redis.call('HSET', KEYS[2], 'limit', limit)
   redis.call('HINCRBY', KEYS[2], 'reserved', amount)
 end
-if allowance > 0 then
+if KEYS[10] then
   redis.call('HINCRBY', KEYS[10], 'reserved', amount)
   redis.call('EXPIRE', KEYS[10], tonumber(ARGV[15]))
   redis.call('SET', KEYS[11], amount, 'EX', tonumber(ARGV[3]))
