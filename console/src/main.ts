@@ -12,6 +12,7 @@ import { playgroundPage } from "./pages/playground";
 import { modelsPage } from "./pages/models";
 import { adminPage } from "./pages/admin";
 import { settingsPage } from "./pages/settings";
+import { joinPage, orgPage, orgsPage } from "./pages/orgs";
 
 const routes: Route[] = [
   { path: "/", title: "Dashboard", page: dashboardPage, access: "user" },
@@ -27,6 +28,9 @@ const routes: Route[] = [
   { path: "/playground", title: "Playground", page: playgroundPage, access: "user" },
   { path: "/models", title: "Models & pricing", page: modelsPage, access: "public" },
   { path: "/settings", title: "Settings", page: settingsPage, access: "user" },
+  { path: "/orgs", title: "Organisations", page: orgsPage, access: "user" },
+  { path: "/orgs/join", title: "Join an organisation", page: joinPage, access: "user" },
+  { path: "/orgs/*", title: "Organisation", page: orgPage, access: "user" },
   { path: "/admin", title: "Admin", page: adminPage, access: "admin" },
   { path: "/admin/*", title: "Admin", page: adminPage, access: "admin" },
 ];
@@ -37,6 +41,7 @@ const NAV: [string, string, "user" | "admin" | "public"][] = [
   ["/wallet", "Wallet", "user"],
   ["/logs", "Logs", "user"],
   ["/playground", "Playground", "user"],
+  ["/orgs", "Organisations", "user"],
   ["/models", "Models & pricing", "public"],
   ["/admin", "Admin", "admin"],
 ];

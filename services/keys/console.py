@@ -30,7 +30,7 @@ DEFAULT_DIST = Path(__file__).resolve().parents[2] / "console" / "dist"
 # The client-side router's pages; each answers index.html so a reload or a deep link (a reset e-mail's link)
 # lands on the right page. Listed rather than caught-all so an unknown path stays a plain 404.
 PAGES = ["/", "/login", "/signup", "/forgot", "/reset-password", "/onboarding", "/dashboard", "/keys",
-         "/wallet", "/logs", "/playground", "/models", "/settings", "/admin"]
+         "/wallet", "/logs", "/playground", "/models", "/settings", "/admin", "/orgs", "/orgs/join"]
 
 # The page shell may be replaced by a new build at any time; hashed assets never change under their name.
 NO_CACHE = "no-cache"
@@ -74,6 +74,10 @@ def static_handlers(settings: KeysSettings) -> list[BaseRouteHandler]:
     def admin_page(section: FromPath[str]) -> Response[bytes]:
         return index()
 
+    @get("/orgs/{org_id:str}", include_in_schema=False, sync_to_thread=False)
+    def org_page(org_id: FromPath[str]) -> Response[bytes]:
+        return index()
+
     @get("/assets/{name:path}", include_in_schema=False, sync_to_thread=False)
     def asset(name: FromPath[str]) -> Response[bytes]:
         assets = (root / "assets").resolve()
@@ -91,7 +95,7 @@ def static_handlers(settings: KeysSettings) -> list[BaseRouteHandler]:
             return Response(b"", status_code=404)
         return Response(icon.read_bytes(), media_type="image/svg+xml", headers={"Cache-Control": NO_CACHE})
 
-    return [page, admin_page, asset, favicon]
+    return [page, admin_page, org_page, asset, favicon]
 
 
 class Proxy:
