@@ -51,6 +51,8 @@ export async function orgPage(root: HTMLElement, _params: URLSearchParams, path:
   const inviteCard = h("section", { class: "card" });
   const invitesCard = h("section", { class: "card wide" });
   const auditCard = h("section", { class: "card wide" });
+  // Audit entries name people by account id; shown by e-mail where they are (still) members.
+  const emails = new Map<string, string>();
   clear(root, h("p", {}, h("a", { href: "/orgs" }, "← Organisations")), h("h1", {}, org.name),
     h("p", { class: "muted" }, `Your role: ${org.my_role} · time zone ${org.time_zone}`),
     h("div", { class: "grid" }, walletCard, manager ? inviteCard : null, membersCard, manager ? invitesCard : null,
@@ -70,6 +72,7 @@ export async function orgPage(root: HTMLElement, _params: URLSearchParams, path:
 
   async function loadMembers(): Promise<void> {
     const members = await get<Member[]>(`${base}/members`);
+    for (const m of members) emails.set(m.user_id, m.email);
     const note = notice();
     const rows = members.map((m) => {
       const self = m.user_id === session.account?.id;
@@ -170,12 +173,13 @@ export async function orgPage(root: HTMLElement, _params: URLSearchParams, path:
       return `${k}: ${money ? usd(v as number) : String(v)}`;
     }).join(", ");
     clear(auditCard, h("h2", {}, "Audit log"), h("div", { "data-testid": "audit" },
-      table(["When", "Action", "Subject", "Detail"], rows.map((a) => [when(a.at), a.action, a.subject_id, detail(a)]),
+      table(["When", "By", "Action", "Subject", "Detail"], rows.map((a) => [when(a.at), emails.get(a.actor_id) ?? a.actor_id,
+        a.action, emails.get(a.subject_id) ?? a.subject_id, detail(a)]),
         "Nothing recorded yet.")));
   }
 
   if (manager) renderInvite();
-  await Promise.all([loadWallet(), loadMembers(), manager ? loadInvitations() : null, loadAudit()]);
+  await Promise.all([loadWallet(), loadMembers().then(loadAudit), manager ? loadInvitations() : null]);
 }
 
 export async function joinPage(root: HTMLElement, params: URLSearchParams): Promise<void> {
