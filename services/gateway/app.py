@@ -18,7 +18,7 @@ from litestar.params import FromPath
 from litestar.response import Stream
 from opentelemetry import trace
 
-from services.gateway import attempts, clients, metrics, relay, streams, tokenizer, upstream_http
+from services.gateway import attempts, channel_test, clients, metrics, relay, streams, tokenizer, upstream_http
 from services.gateway.admission import Ticket
 from services.gateway.auth import client_address
 from services.gateway.config import GatewaySettings
@@ -43,7 +43,7 @@ from shared.config import CommonSettings
 from shared.events import ModelPrice
 from shared.pricing import cost_micros
 from shared.runtime import open_resources
-from shared.web import ServiceError, Unauthorized, ops_handlers, request_id_middleware, service_error_handler
+from shared.web import NotFound, ServiceError, Unauthorized, ops_handlers, request_id_middleware, service_error_handler
 
 log = logging.getLogger("faregate.gateway")
 _json = msgspec.json.Encoder().encode
@@ -438,6 +438,17 @@ async def channels_health(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"channels": report}
 
 
+@post("/internal/channels/{channel_id:str}/test", status_code=200)
+async def channel_test_handler(request: Request[Any, Any, Any], channel_id: str) -> dict[str, Any]:
+    gw = gateway_of(request)
+    if request.headers.get("x-internal-token") != gw.common.internal_token:
+        raise Unauthorized("internal endpoint: missing or wrong X-Internal-Token")
+    try:
+        return await channel_test.run_channel_test(gw, channel_id)
+    except channel_test.UnknownChannel:
+        raise NotFound(f"no channel {channel_id}") from None
+
+
 def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     """Framework errors (unknown route, wrong method) in the OpenAI shape rather than Litestar's."""
     status = exc.status_code
@@ -487,6 +498,7 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> Litestar:
             list_models,
             get_model,
             channels_health,
+            channel_test_handler,
         ],
         lifespan=[lifespan],
         middleware=[request_id_middleware],
