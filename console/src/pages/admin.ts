@@ -8,6 +8,8 @@ interface Channel { id: string; name: string; provider: string; base_url: string
 interface ModelDef { name: string; provider: string; kind: string; context_window: number; max_output: number; price: { input: number; output: number; cached_input: number }; list_price: { input: number; output: number; cached_input: number } | null; fallbacks: string[]; image_price_micros: number }
 interface Group { name: string; ratio_ppm: number; models: string[]; selectable?: boolean }
 interface Catalog { version: number; discount_ppm: number; channels: Channel[]; models: ModelDef[]; groups: Group[] }
+interface ChannelHealth { channel_id: string; state: string; since_ms: number; reason: string; open_until_ms: number; window_ok: number; window_errors: number }
+interface ChannelTest { ok: boolean; status: number; latency_ms: number; error: string }
 interface Plan { plan_id: string; name: string; price_micros: number; credit_micros: number; validity_days: number; models: string[]; active: boolean }
 
 const SECTIONS: [string, string][] = [["users", "Users"], ["channels", "Channels"], ["models", "Models & prices"], ["groups", "Groups"],
@@ -79,7 +81,33 @@ async function users(root: HTMLElement): Promise<void> {
 
 async function channels(root: HTMLElement): Promise<void> {
   const cat = await get<Catalog>("/api/admin/catalog");
+  // The breaker lives in the gateway; the page stays usable (without the rotation column) if it is down.
+  const health = new Map<string, ChannelHealth>();
+  let healthError = "";
+  try {
+    for (const row of (await get<{ channels: ChannelHealth[] }>("/api/admin/channels/health")).channels) health.set(row.channel_id, row);
+  } catch (err) { healthError = (err as Error).message; }
+  const rotation = (c: Channel): HTMLElement => {
+    const row = health.get(c.id);
+    if (!row) return h("span", { class: "muted small" }, healthError ? "gateway unreachable" : "unknown");
+    const since = row.since_ms ? ` since ${when(new Date(row.since_ms).toISOString())}` : "";
+    const label = row.state === "closed" ? (c.status === "enabled" ? "in rotation" : "breaker closed") : row.state === "open" ? "out of rotation" : "probing";
+    return h("span", { class: "channel-health", "data-state": row.state },
+      h("span", { class: `badge ${row.state === "closed" ? "active" : "disabled"}` }, label),
+      row.state !== "closed" ? h("span", { class: "small" }, since, row.reason ? ` — ${row.reason}` : "") : "");
+  };
+  const tester = (c: Channel): HTMLElement => {
+    const result = h("span", { class: "small channel-test-result", role: "status" });
+    return h("span", {}, button("Test", async () => {
+      result.textContent = "testing…";
+      try {
+        const t = await post<ChannelTest>(`/api/admin/channels/${encodeURIComponent(c.id)}/test`);
+        result.textContent = t.ok ? `OK: ${t.status} in ${t.latency_ms} ms` : `Failed: ${t.error}${t.status ? ` (status ${t.status})` : ""} after ${t.latency_ms} ms`;
+      } catch (err) { result.textContent = `Failed: ${(err as Error).message}`; }
+    }, "secondary small"), " ", result);
+  };
   const note = notice();
+  if (healthError) note.fail(`Channel health unavailable: ${healthError}`);
   const editor = h("div", {});
   const channelForm = (c: Channel | null) => form([
     { name: "id", label: "Id", value: c?.id ?? "", hint: c ? "Fixed" : "Empty: one is made up" },
@@ -106,11 +134,12 @@ async function channels(root: HTMLElement): Promise<void> {
     return "Saved.";
   });
   clear(root, note,
-    h("p", { class: "muted" }, "A channel is out of rotation when disabled here, or when the gateway's health checks trip its breaker (see the gateway's /internal/channels/health)."),
-    table(["Channel", "Provider", "Base URL", "Models", "Priority / weight", "Upstream keys", "Status", ""], cat.channels.map((c) => [
+    h("p", { class: "muted" }, "A channel is out of rotation when disabled here, or when the gateway's circuit breaker has opened it after upstream errors (Rotation column). Test sends one tiny request (max_tokens 1) through the channel; it is not billed and does not move the breaker."),
+    table(["Channel", "Provider", "Base URL", "Models", "Priority / weight", "Upstream keys", "Status", "Rotation", "Test", ""], cat.channels.map((c) => [
       h("span", {}, h("strong", {}, c.name), h("br", {}), h("code", { class: "small" }, c.id)), c.provider, h("code", { class: "small" }, c.base_url),
       `${c.models.length} model(s)`, `${c.priority} / ${c.weight}`, c.api_keys.join(", ") || "none",
       h("span", { class: `badge ${c.status === "enabled" ? "active" : "disabled"}` }, c.status),
+      rotation(c), tester(c),
       h("div", { class: "actions" },
         button("Edit", () => clear(editor, h("section", { class: "card" }, h("h2", {}, `Edit ${c.name}`), channelForm(c))), "secondary small"),
         button(c.status === "enabled" ? "Disable" : "Enable", async () => {
