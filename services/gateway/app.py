@@ -439,7 +439,7 @@ async def channels_health(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @post("/internal/channels/{channel_id:str}/test", status_code=200)
-async def channel_test_handler(request: Request[Any, Any, Any], channel_id: str) -> dict[str, Any]:
+async def channel_test_handler(request: Request[Any, Any, Any], channel_id: FromPath[str]) -> dict[str, Any]:
     gw = gateway_of(request)
     if request.headers.get("x-internal-token") != gw.common.internal_token:
         raise Unauthorized("internal endpoint: missing or wrong X-Internal-Token")
