@@ -9,26 +9,23 @@ needs only the gateway process: it measures the gateway's hot path, not the admi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import subprocess
 import sys
 import time
-import urllib.parse
 from dataclasses import dataclass
 
-import asyncpg
 import httpx
 import msgspec
-import nats
 import redis.asyncio as aioredis
 
 from bench import fixtures
 from bench.system import ROOT, WORK, BenchError, Child, children_of, free_port, listeners, pin, spawn
 from bench.targets import Endpoint, Target
+from faregate import stack as stack_tools
 from faregate.cli import load_all_configs, migrate_all
-from shared import bus, catalog, config
+from shared import catalog, config
 from shared.cache import Keys
 from shared.config import CommonSettings
 from shared.crypto import hash_api_key, seal
@@ -51,11 +48,6 @@ class Stack:
     user_id: str
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
-
-
 def open_stack(redis_url: str | None = None, nats_url: str | None = None) -> Stack:
     load_all_configs()
     tag = secrets.token_hex(4)
@@ -63,7 +55,7 @@ def open_stack(redis_url: str | None = None, nats_url: str | None = None) -> Sta
     data_dir = WORK / "faregate-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {
-        "FAREGATE_DATABASE_URL": _with_database(base.database_url, f"fg_bench_{tag}"),
+        "FAREGATE_DATABASE_URL": stack_tools.with_database(base.database_url, f"fg_bench_{tag}"),
         "FAREGATE_NAMESPACE": f"bench{tag}",
         "FAREGATE_DATA_DIR": str(data_dir),
         "FAREGATE_LOG_LEVEL": "WARNING",
@@ -80,31 +72,9 @@ def open_stack(redis_url: str | None = None, nats_url: str | None = None) -> Sta
     return Stack(common=common, env=env, account_id=f"acct-bench-{tag}", user_id=f"user-bench-{tag}")
 
 
-async def _drop(common: CommonSettings) -> None:
-    dbname = urllib.parse.urlsplit(common.database_url).path.lstrip("/")
-    conn = await asyncpg.connect(_with_database(common.database_url, "postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    finally:
-        await conn.close()
-    r = aioredis.Redis.from_url(common.redis_url)
-    try:
-        async for key in r.scan_iter(f"{common.namespace}:*", count=1000):
-            await r.delete(key)
-    finally:
-        await r.aclose()
-    nc = await nats.connect(common.nats_url)
-    try:
-        js = nc.jetstream()
-        for spec in bus.STREAMS:
-            with contextlib.suppress(Exception):
-                await js.delete_stream(bus.stream_name(common.namespace, spec))
-    finally:
-        await nc.close()
-
-
 def close_stack(stack: Stack) -> None:
-    asyncio.run(_drop(stack.common))
+    c = stack.common
+    asyncio.run(stack_tools.drop_namespace(c.database_url, c.redis_url, c.nats_url, c.namespace))
 
 
 def bench_catalog(common: CommonSettings, json_port: int, stream_port: int,

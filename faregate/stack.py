@@ -228,3 +228,41 @@ def _kill(pid: int) -> None:
         os.kill(pid, 15)
     except ProcessLookupError:
         pass
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name` instead."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def drop_namespace(database_url: str, redis_url: str, nats_url: str, namespace: str) -> None:
+    """Remove a throwaway stack (a test session's, a bench run's): its database, Redis keys and streams."""
+    import asyncpg
+    import nats
+    import redis.asyncio as aioredis
+
+    from shared import bus
+
+    dbname = urllib.parse.urlsplit(database_url).path.lstrip("/")
+    conn = await asyncpg.connect(with_database(database_url, "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    finally:
+        await conn.close()
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        async for key in r.scan_iter(f"{namespace}:*", count=1000):
+            await r.delete(key)
+    finally:
+        await r.aclose()
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for spec in bus.STREAMS:
+            try:
+                await js.delete_stream(bus.stream_name(namespace, spec))
+            except Exception:  # noqa: S112 - a stream that was never created
+                continue
+    finally:
+        await nc.close()

@@ -9,48 +9,15 @@ import asyncio
 import os
 import secrets
 import tempfile
-import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
-import nats
 import pytest
-import redis.asyncio as aioredis
 
+from faregate import stack
 from faregate.cli import load_all_configs, migrate_all
-from shared import bus, config
+from shared import config
 from shared.config import CommonSettings
 from shared.runtime import Resources, open_resources
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
-
-
-async def _drop(common: CommonSettings, dbname: str) -> None:
-    admin = _with_database(common.database_url, "postgres")
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    finally:
-        await conn.close()
-    r = aioredis.Redis.from_url(common.redis_url)
-    try:
-        async for key in r.scan_iter(f"{common.namespace}:*", count=1000):
-            await r.delete(key)
-    finally:
-        await r.aclose()
-    nc = await nats.connect(common.nats_url)
-    try:
-        js = nc.jetstream()
-        for spec in bus.STREAMS:
-            try:
-                await js.delete_stream(bus.stream_name(common.namespace, spec))
-            except Exception:
-                pass
-    finally:
-        await nc.close()
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +28,7 @@ def common() -> Iterator[CommonSettings]:
     dbname = f"fg_test_{tag}"
     data_dir = tempfile.mkdtemp(prefix=f"faregate-test-{tag}-")
     overrides = {
-        "FAREGATE_DATABASE_URL": _with_database(base.database_url, dbname),
+        "FAREGATE_DATABASE_URL": stack.with_database(base.database_url, dbname),
         "FAREGATE_NAMESPACE": f"t{tag}",
         "FAREGATE_DATA_DIR": data_dir,
         "FAREGATE_LOG_FORMAT": "json",
@@ -74,7 +41,10 @@ def common() -> Iterator[CommonSettings]:
         yield settings
     finally:
         if not os.environ.get("FAREGATE_TEST_KEEP"):
-            asyncio.run(_drop(settings, dbname))
+            asyncio.run(
+                stack.drop_namespace(settings.database_url, settings.redis_url, settings.nats_url,
+                                     settings.namespace)
+            )
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
