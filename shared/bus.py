@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
@@ -69,7 +71,7 @@ async def connect(url: str, *, name: str, **kw: object) -> NATS:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         allow_reconnect=True,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
@@ -90,57 +92,211 @@ async def ensure_streams(js: JetStreamContext, namespace: str, replicas: int = 1
             await js.update_stream(config)
 
 
+# One event waiting to be published: (event type, subject, payload, headers).
+_Item = tuple[str, str, bytes, dict[str, str]]
+
+# Prometheus children by event type: `labels()` takes a lock and a dict lookup, too much to pay per event.
+_PUBLISHED_BY_TYPE: dict[str, Counter] = {}
+_FAILURES_BY_TYPE: dict[str, Counter] = {}
+
+
+def _child(cache: dict[str, Counter], metric: Counter, etype: str) -> Counter:
+    child = cache.get(etype)
+    if child is None:
+        child = cache[etype] = metric.labels(etype)
+    return child
+
+
 @dataclass
 class Publisher:
     """Publishes events in the background with many acks in flight; never blocks a request.
 
-    An event that cannot be published (NATS down, timeout) goes to an append-only spool file and is retried until
-    JetStream acknowledges it. A retry carries the same Nats-Msg-Id, and consumers are idempotent on the event id,
-    so a retried event is never counted twice.
+    `publish_nowait` only appends to a queue. One sender task drains it in batches as plain NATS publishes whose
+    reply subject is `<inbox>.<seq>` on one wildcard subscription the publisher owns: JetStream answers each with
+    its PubAck there, so there is no future, task or timer per event. A sweep spools whatever went unacknowledged
+    for `ack_wait_s`.
+
+    An event that cannot be published (NATS down, no stream, an error ack, timeout) goes to an append-only spool
+    file and is retried until JetStream acknowledges it. A retry carries the same Nats-Msg-Id, and consumers are
+    idempotent on the event id, so a retried event is never counted twice.
     """
 
     js: JetStreamContext
     namespace: str
     spool_dir: Path
-    concurrency: int = 256
-    _queue: asyncio.Queue[tuple[str, bytes, dict[str, str]]] = field(default_factory=asyncio.Queue)
+    ack_wait_s: float = 2.0
+    max_in_flight: int = 4096  # sent, not yet acknowledged; beyond it the sender waits for acks
+    batch: int = 256  # events sent per turn of the sender before it yields to the loop
+    sweep_every_s: float = 0.25
+    linger_s: float = 0.001  # how long a first event waits for company before the sender writes
+    _queue: deque[_Item] = field(default_factory=deque)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)  # the queue got an event
+    _in_flight: dict[int, tuple[_Item, float]] = field(default_factory=dict)  # seq -> (event, sent at)
+    _room: asyncio.Event = field(default_factory=asyncio.Event)  # the sender may send again
+    _seq: int = 0
+    _busy_since: float = 0.0  # when the sender started its current batch; 0 while it is not sending
+    _inbox: str = ""  # "_INBOX.<nuid>." ; a PubAck arrives on it + seq
+    _sub: Subscription | None = None
+    _to_spool: list[_Item] = field(default_factory=list)
+    _spool_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _spooling: int = 0  # taken off _to_spool, being written
+    _last_error: str = ""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _spool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _closing: bool = False
 
     def start(self) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
-        self._tasks.append(asyncio.create_task(self._drain_spool_forever()))
+        self._inbox = f"{self.js._nc.new_inbox()}."
+        self._tasks = [
+            asyncio.create_task(self._send_forever()),
+            asyncio.create_task(self._sweep_forever()),
+            asyncio.create_task(self._spool_forever()),
+            asyncio.create_task(self._drain_spool_forever()),
+        ]
         SPOOL_SIZE.set(self.spool_count())
 
     def publish_nowait(self, event: ev.Event) -> None:
         headers = {"Nats-Msg-Id": event.event_id}
         inject_headers(headers)
-        self._queue.put_nowait((ev.tag_of(type(event)), ev.encode(event), headers))
+        etype = ev.tag_of(type(event))
+        self._queue.append((etype, subject(self.namespace, etype), ev.encode(event), headers))
+        self._wake.set()
 
     async def publish(self, event: ev.Event, ack_wait_s: float = 2.0) -> None:
         """Publish and wait for the ack; on failure spool it. Returns once the event is durable somewhere."""
         headers = {"Nats-Msg-Id": event.event_id}
         inject_headers(headers)
-        await self._send(ev.tag_of(type(event)), ev.encode(event), headers, ack_wait_s)
-
-    async def _send(self, etype: str, data: bytes, headers: dict[str, str], ack_wait_s: float = 2.0) -> None:
+        etype = ev.tag_of(type(event))
+        data = ev.encode(event)
         try:
             await self.js.publish(subject(self.namespace, etype), data, headers=headers, timeout=ack_wait_s)
-            PUBLISHED.labels(etype).inc()
+            _child(_PUBLISHED_BY_TYPE, PUBLISHED, etype).inc()
         except Exception as exc:  # any failure: keep the event on disk, never lose it
-            PUBLISH_FAILURES.labels(etype).inc()
+            _child(_FAILURES_BY_TYPE, PUBLISH_FAILURES, etype).inc()
             log.warning("publish failed, spooling", extra={"event_type": etype, "error": repr(exc)})
             await self._spool(etype, data, headers)
 
-    async def _worker(self) -> None:
+    async def _send_forever(self) -> None:
+        nc = self.js._nc
+        while not self._closing:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                # Let the events of other requests in flight join this one: a socket write per batch, not per event.
+                await asyncio.sleep(self.linger_s)
+                continue
+            room = self.max_in_flight - len(self._in_flight)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            if self._sub is None:
+                try:
+                    self._sub = await nc.subscribe(f"{self._inbox}*", cb=self._on_ack)
+                except Exception as exc:  # closed or draining: nothing can be acknowledged now
+                    self._fail_all_queued(repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+            if not nc.is_connected:
+                # While reconnecting nats-py would buffer the publish; spool at once instead, so a request's
+                # event is on disk within one turn rather than held in memory for an outage of unknown length.
+                self._fail_all_queued("nats not connected")
+                continue
+            sent_at = self._busy_since = time.monotonic()
+            for _ in range(min(room, self.batch)):
+                if not self._queue:  # the sweep may have spooled it while a publish waited
+                    break
+                item = self._queue.popleft()
+                self._seq += 1
+                seq = self._seq
+                self._in_flight[seq] = (item, sent_at)
+                try:
+                    # Normally returns without yielding (nats-py appends to its write buffer); it waits only when
+                    # that buffer is full and the socket is not draining, which the sweep notices.
+                    await nc.publish(item[1], item[2], reply=f"{self._inbox}{seq}", headers=item[3])
+                except Exception as exc:
+                    if self._in_flight.pop(seq, None) is not None:  # else the sweep spooled it meanwhile
+                        self._fail(item, repr(exc))
+            self._busy_since = 0.0
+            await asyncio.sleep(0)  # let the flusher write the batch and acks come in
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            entry = self._in_flight.pop(int(msg.subject[len(self._inbox):]))
+        except (KeyError, ValueError):
+            return  # already swept into the spool (its replay is then a duplicate JetStream drops)
+        item = entry[0]
+        data = msg.data
+        # A PubAck is `{"stream":..,"seq":..[,"duplicate":true]}`: a duplicate is a success too. Anything else is a
+        # failure: `{"error":{...}}`, or an empty message with a status header (503: no stream on the subject).
+        if data[:1] == b"{" and b'"error"' not in data:
+            _child(_PUBLISHED_BY_TYPE, PUBLISHED, item[0]).inc()
+        else:
+            self._fail(item, (msg.headers or {}).get("Status", "") or data[:200].decode(errors="replace"))
+        if len(self._in_flight) <= max(self.max_in_flight - self.batch, 0):
+            self._room.set()
+
+    async def _sweep_forever(self) -> None:
         while True:
-            etype, data, headers = await self._queue.get()
+            await asyncio.sleep(self.sweep_every_s)
+            self._sweep(time.monotonic() - self.ack_wait_s)
+
+    def _sweep(self, cutoff: float) -> None:
+        """Spool what was sent before `cutoff` and is still unacknowledged (in flight is in order of sending)."""
+        expired = []
+        for seq, (_, sent_at) in self._in_flight.items():
+            if sent_at > cutoff:
+                break
+            expired.append(seq)
+        for seq in expired:
+            self._fail(self._in_flight.pop(seq)[0], "no ack within ack wait")
+        if expired:
+            self._room.set()
+        if expired or (self._busy_since and self._busy_since < cutoff):
+            # NATS has stopped answering, or takes no writes on a connection not yet declared dead (the sender is
+            # stuck inside a publish): spool what waits behind rather than hold requests' events in memory.
+            self._fail_all_queued("nats not answering")
+
+    def _fail(self, item: _Item, error: str) -> None:
+        _child(_FAILURES_BY_TYPE, PUBLISH_FAILURES, item[0]).inc()
+        self._last_error = error
+        self._to_spool.append(item)
+        self._spool_wake.set()
+
+    def _fail_all_queued(self, error: str) -> None:
+        while self._queue:
+            self._fail(self._queue.popleft(), error)
+
+    async def _spool_forever(self) -> None:
+        while True:
+            await self._spool_wake.wait()
+            self._spool_wake.clear()
             try:
-                await self._send(etype, data, headers)
+                # Shielded: a close() during the write waits for it (via the lock) instead of losing the batch.
+                await asyncio.shield(self._spool_pending())
+            except OSError:
+                log.exception("cannot write the spool; keeping the events in memory and retrying")
+                await asyncio.sleep(1.0)
+                self._spool_wake.set()
+
+    async def _spool_pending(self) -> None:
+        """Write every failed event to the spool with one fsync; on a write error they stay in `_to_spool`."""
+        async with self._spool_lock:
+            items, self._to_spool = self._to_spool, []
+            if not items:
+                return
+            self._spooling = len(items)
+            try:
+                lines = b"".join(_spool_line(etype, data, headers) for etype, _, data, headers in items)
+                await asyncio.to_thread(self._append, lines)
+            except OSError:
+                self._to_spool[:0] = items
+                raise
             finally:
-                self._queue.task_done()
+                self._spooling = 0
+        log.warning("publish failed, spooled", extra={"events": len(items), "error": self._last_error})
+        SPOOL_SIZE.set(self.spool_count())
 
     # The spool. Several worker processes of one pod share the folder, so each appends only to its own
     # `pending-<pid>.jsonl`, and a replay first claims a file by renaming it to `replay-<own pid>-<ns>.jsonl`
@@ -150,15 +306,15 @@ class Publisher:
         return self.spool_dir / f"pending-{os.getpid()}.jsonl"
 
     async def _spool(self, etype: str, data: bytes, headers: dict[str, str]) -> None:
-        line = msgspec.json.encode({"t": etype, "h": headers, "d": data.decode()}) + b"\n"
+        line = _spool_line(etype, data, headers)
         async with self._spool_lock:
             # fsync can take milliseconds: off the event loop, so a NATS outage does not stall requests.
             await asyncio.to_thread(self._append, line)
         SPOOL_SIZE.set(self.spool_count())
 
-    def _append(self, line: bytes) -> None:
+    def _append(self, lines: bytes) -> None:
         with open(self._spool_path(), "ab") as fh:
-            fh.write(line)
+            fh.write(lines)
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -210,17 +366,38 @@ class Publisher:
                     await self.drain_spool()
 
     async def flush(self, wait_s: float = 10.0) -> None:
-        """Wait until the in-memory queue is empty (published or spooled)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), wait_s)
+        """Wait until every event handed over so far is acknowledged or on disk (or `wait_s` passed)."""
+        deadline = time.monotonic() + wait_s
+        while self._queue or self._in_flight or self._to_spool or self._spooling:
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.005)
 
-    async def close(self) -> None:
-        await self.flush()
+    async def close(self, wait_s: float = 10.0) -> None:
+        """Flush for up to `wait_s`, stop, and spool whatever is still unacknowledged."""
+        await self.flush(wait_s)
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Bounded: nats-py swallows a cancel while it waits on a stalled socket, and shutdown must not hang on it.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
+        self._tasks = []
+        # Whatever is still queued or unacknowledged goes to disk, so a shutdown loses nothing; if its ack was
+        # merely late, the replay is a duplicate JetStream drops.
+        self._to_spool.extend(self._queue)
+        self._to_spool.extend(item for item, _ in self._in_flight.values())
+        self._queue.clear()
+        self._in_flight.clear()
+        await self._spool_pending()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):  # bounded for the same reason
+                await asyncio.wait_for(self._sub.unsubscribe(), 1.0)
+            self._sub = None
+
+
+def _spool_line(etype: str, data: bytes, headers: dict[str, str]) -> bytes:
+    return msgspec.json.encode({"t": etype, "h": headers, "d": data.decode()}) + b"\n"
 
 
 def _owner_pid(name: str) -> int:
