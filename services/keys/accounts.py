@@ -8,7 +8,6 @@ storage.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import re
 import secrets
@@ -22,6 +21,7 @@ from services.keys import apikeys, passwords, repo, throttle
 from services.keys.context import Ctx, Principal
 from services.keys.errors import InvalidInput, NotLoggedIn, TooManyAttempts
 from services.keys.schemas import AccountOut, AccountPage, AccountPatch, KeyCreateIn
+from shared import console_auth
 from shared import events as ev
 from shared.web import Conflict, Forbidden, NotFound, Unauthorized
 
@@ -50,8 +50,8 @@ def token_hash(token: str) -> str:
 
 
 def csrf_token(ctx: Ctx, session_hash: str) -> str:
-    key = ctx.common.secret_key.encode()
-    return hmac.new(key, b"csrf:" + session_hash.encode(), hashlib.sha256).hexdigest()
+    # One formula for keys, which sets the cookie, and the services that check it (shared/console_auth.py).
+    return console_auth.csrf_token(ctx.common.secret_key, session_hash)
 
 
 def account_out(row: Any) -> AccountOut:

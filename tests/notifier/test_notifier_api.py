@@ -14,6 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from services.notifier.app import create_app
 from shared.config import CommonSettings
+from shared.console_auth import csrf_token, session_hash
 from tests.notifier.receivers import SmtpServer, settings_for
 from tests.procs import free_port
 
@@ -76,11 +77,18 @@ async def test_console_session_is_checked_with_keys(
         assert put.status_code == 200, put.text
         assert put.json()["account_id"] == "acct-api"
         client.cookies.set("fg_session", "good-session")
-        client.cookies.set("csrf", "token-from-keys")
+        token = csrf_token(common.secret_key, session_hash("good-session"))  # what keys puts in its csrf cookie
+        client.cookies.set("csrf", token)
         got = await client.get("/api/notifications/preferences")
         assert got.json()["email"] == "billing@example.com" and got.json()["email_alerts"] == ["receipt"]
         assert got.json()["webhook_url"] is None and got.json()["webhook_secret_set"] is False
         # Writes with the cookie must echo the csrf cookie, as with keys' own API.
+        # A csrf cookie planted by a sibling site, echoed back, is not the token keys signed.
+        client.cookies.set("csrf", "planted")
+        planted = await client.put("/api/notifications/preferences", json={"email_alerts": []},
+                                   headers={"X-CSRF-Token": "planted"})
+        assert planted.status_code == 403 and planted.json()["error"]["code"] == "csrf_failed"
+        client.cookies.set("csrf", token)
         forged = await client.put("/api/notifications/preferences", json={"email_alerts": []})
         assert forged.status_code == 403 and forged.json()["error"]["code"] == "csrf_failed"
         wrong = await client.put(
@@ -90,7 +98,7 @@ async def test_console_session_is_checked_with_keys(
         ok = await client.put(
             "/api/notifications/preferences",
             json={"email_alerts": []},
-            headers={"X-CSRF-Token": "token-from-keys"},
+            headers={"X-CSRF-Token": token},
         )
         assert ok.status_code == 200 and ok.json()["email_alerts"] == []
 
@@ -149,6 +157,6 @@ async def test_rotating_the_webhook_secret_shows_a_new_one_once(
 async def test_keys_unreachable_is_a_503_not_a_crash(common: CommonSettings, smtp: SmtpServer) -> None:
     async with client_for(common, smtp, f"http://127.0.0.1:{free_port()}") as client:
         resp = await client.get("/api/notifications/preferences", headers={"X-Session": "any"})
-        assert resp.status_code == 503 and resp.json()["error"]["code"] == "keys_unavailable"
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "auth_unavailable"
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).json()["checks"] == {"postgres": "ok", "nats": "ok"}
