@@ -1,7 +1,10 @@
 """API keys: create, list, change, rotate, delete. Only a sha256 of each secret and a short prefix are stored.
 
 Every change ends with the key's snapshot written to Redis and `key.changed` published (deleted keys too), so
-a gateway worker refuses a disabled key as soon as the event reaches it.
+a gateway worker refuses a disabled key as soon as the event reaches it. A change is announced right after its
+commit, on the connection that made it, before the log line, the quota read and the answer: the time from a
+click on "disable" to every gateway worker refusing the key is the commit plus one read, one Redis write and
+one acked publish.
 """
 
 from __future__ import annotations
@@ -133,19 +136,30 @@ async def snapshot_by_hash(ctx: Ctx, key_hash: str) -> ev.KeySnapshot | None:
     return snap
 
 
-async def _publish_row(ctx: Ctx, key_id: str) -> ev.KeySnapshot:
-    """Re-read the committed row (so the last of two concurrent edits publishes the final state) and publish
-    it, and the snapshots of its rotated-out secrets still in their grace period, which follow the key's
-    settings (a disabled key's old secret stops too)."""
-    async with ctx.pool.acquire() as conn:
-        row = await conn.fetchrow(repo.KEY_BY_ID, key_id)
-        retired = await conn.fetch(repo.RETIRED_OF_KEY, key_id)
+async def _announce(ctx: Ctx, row: Any) -> ev.KeySnapshot:
+    """Publish a key's snapshot (Redis, then key.changed) from a row read with repo.KEY_WITH_RETIRED, and the
+    snapshots of its rotated-out secrets still in their grace period, which follow the key's settings (a
+    disabled key's old secret stops too)."""
     snap = snapshots.key_snapshot(row)
     await snapshots.publish_key(ctx, snap)
-    for r in retired:
-        await snapshots.publish_key(ctx, snapshots.retired_snapshot(row, r["key_hash"], r["grace_until"],
-                                                                    retired=False))
+    for old_hash, grace_until in zip(row["retired_hashes"], row["retired_graces"], strict=True):
+        await snapshots.publish_key(ctx, snapshots.retired_snapshot(row, old_hash, grace_until, retired=False))
     return snap
+
+
+def _grace_in(row: Any) -> datetime | None:
+    """When the latest rotated-out secret of a KEY_WITH_RETIRED row stops working (None: none still does)."""
+    now = datetime.now(UTC)
+    live = [g for g in row["retired_graces"] if g > now]
+    return max(live) if live else None
+
+
+async def _publish_row(ctx: Ctx, key_id: str) -> ev.KeySnapshot:
+    """Re-read the committed row (so the last of two concurrent edits publishes the final state) and publish
+    it with its rotated-out secrets."""
+    async with ctx.pool.acquire() as conn:
+        row = await conn.fetchrow(repo.KEY_WITH_RETIRED, key_id)
+    return await _announce(ctx, row)
 
 
 async def publish_key_id(ctx: Ctx, key_id: str) -> ev.KeySnapshot:
@@ -220,46 +234,66 @@ async def create_key(ctx: Ctx, who: Principal, data: KeyCreateIn, *, account_id:
             if account is None:
                 raise NotFound(f"no account {owner}")
             key_id, secret = await insert_key(conn, ctx, who, account, data)
-        row = await conn.fetchrow(repo.KEY_BY_ID, key_id)
-    await _publish_row(ctx, key_id)
+        row = await conn.fetchrow(repo.KEY_WITH_RETIRED, key_id)
+        await _announce(ctx, row)
     log.info("key created", extra={"key_id": key_id, "account_id": owner, "actor": who.account_id})
     return key_out(row, 0), secret
 
 
+def _status_only(patch: KeyPatch) -> bool:
+    unset = msgspec.UNSET
+    return patch.status is not unset and all(
+        getattr(patch, f) is unset for f in patch.__struct_fields__ if f != "status")
+
+
+async def _apply_patch(conn: asyncpg.Connection, who: Principal, key_id: str, patch: KeyPatch) -> None:
+    """Validate and write a patch inside the caller's transaction, the key's row locked meanwhile."""
+    row = await _visible_row(conn, who, key_id, lock=True)
+    unset = msgspec.UNSET
+    label = row["label"] if patch.label is unset else patch.label.strip()
+    group = row["group"]
+    if patch.group is not unset and patch.group != row["group"]:
+        account = await conn.fetchrow(repo.ACCOUNT_BY_ID, row["account_id"])
+        group = await _allowed_group(conn, who, account["group"], patch.group)
+    status = row["status"] if patch.status is unset else patch.status
+    models = list(row["models"])
+    if patch.models is not unset:
+        models = validation.models(patch.models, await _known_models(conn)) if patch.models else []
+    ips = list(row["ip_allow"])
+    if patch.ip_allow is not unset:
+        ips = validation.ip_allow_list(patch.ip_allow)
+    expires = row["expires_at"] if patch.expires_at is unset else validation.expiry(patch.expires_at)
+
+    def pick(value: Any, column: str) -> Any:
+        return row[column] if value is unset else value
+
+    await conn.execute(
+        repo.UPDATE_KEY, key_id, label, group, status, pick(patch.quota_micros, "quota_micros"),
+        models, ips, expires, pick(patch.rpm_limit, "rpm_limit"), pick(patch.tpm_limit, "tpm_limit"),
+        pick(patch.concurrency_limit, "concurrency_limit"),
+    )
+
+
 async def update_key(ctx: Ctx, who: Principal, key_id: str, patch: KeyPatch) -> KeyOut:
+    """Change a key and announce it. Enabling or disabling, the console's revocation, is one self-committing
+    statement (it needs no validation beyond who may see the key); other edits run in a transaction that locks
+    the row while they are validated."""
     async with ctx.pool.acquire() as conn:
-        async with conn.transaction():
-            row = await _visible_row(conn, who, key_id, lock=True)
-            account = await conn.fetchrow(repo.ACCOUNT_BY_ID, row["account_id"])
-            unset = msgspec.UNSET
-            label = row["label"] if patch.label is unset else patch.label.strip()
-            group = row["group"]
-            if patch.group is not unset and patch.group != row["group"]:
-                group = await _allowed_group(conn, who, account["group"], patch.group)
-            status = row["status"] if patch.status is unset else patch.status
-            models = list(row["models"])
-            if patch.models is not unset:
-                models = validation.models(patch.models, await _known_models(conn)) if patch.models else []
-            ips = list(row["ip_allow"])
-            if patch.ip_allow is not unset:
-                ips = validation.ip_allow_list(patch.ip_allow)
-            expires = row["expires_at"] if patch.expires_at is unset else validation.expiry(patch.expires_at)
-
-            def pick(value: Any, column: str) -> Any:
-                return row[column] if value is unset else value
-
-            await conn.execute(
-                repo.UPDATE_KEY, key_id, label, group, status, pick(patch.quota_micros, "quota_micros"),
-                models, ips, expires, pick(patch.rpm_limit, "rpm_limit"), pick(patch.tpm_limit, "tpm_limit"),
-                pick(patch.concurrency_limit, "concurrency_limit"),
-            )
-        row = await conn.fetchrow(repo.KEY_BY_ID, key_id)
-        grace = await _grace_of(conn, key_id)
-    await _publish_row(ctx, key_id)
+        if _status_only(patch):
+            owner = None if who.is_admin else who.account_id
+            if await conn.fetchval(repo.SET_KEY_STATUS, key_id, patch.status, owner) is None:
+                raise NotFound(f"no key {key_id}")
+        else:
+            async with conn.transaction():
+                await _apply_patch(conn, who, key_id, patch)
+        # Committed: re-read (so the last of two concurrent edits publishes the final state) and announce at
+        # once, on this connection, before anything else; it goes back to the pool (a reset round trip) after.
+        row = await conn.fetchrow(repo.KEY_WITH_RETIRED, key_id)
+        await _announce(ctx, row)
     changed = sorted(f for f in patch.__struct_fields__ if getattr(patch, f) is not msgspec.UNSET)
     log.info("key changed", extra={"key_id": key_id, "account_id": row["account_id"], "actor": who.account_id,
                                    "fields": ",".join(changed), "status": row["status"]})
-    return key_out(row, (await _quota_used(ctx, [key_id]))[key_id], grace)
+    return key_out(row, (await _quota_used(ctx, [key_id]))[key_id], _grace_in(row))
 
 
 async def delete_key(ctx: Ctx, who: Principal, key_id: str) -> None:

@@ -39,6 +39,10 @@ def latest_use(batch: Sequence[ev.AnyEvent]) -> dict[str, datetime]:
 async def apply_last_used(ctx: Ctx, batch: Sequence[ev.AnyEvent]) -> int:
     """Claim the batch's events and apply the new ones, in one transaction; returns how many were new."""
     async with ctx.pool.acquire() as conn, conn.transaction():
+        # The touch locks the key's row until this commit, and disabling that key (revocation) waits for the
+        # lock: do not hold it through a disk flush for an informational timestamp. The commit stays atomic;
+        # a database crash may forget the last fraction of a second of touches (never a charge).
+        await conn.execute(repo.ASYNC_COMMIT)
         new = await db.claim_events(conn, "keys", LAST_USED.durable, [e.event_id for e in batch])
         latest = latest_use([e for e in batch if e.event_id in new])
         if latest:

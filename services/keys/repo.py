@@ -108,6 +108,16 @@ SELECT key_hash, grace_until, retired_at FROM keys.retired_key_hashes
 WHERE key_id = $1 AND retired_at IS NULL
 """
 
+# A key and its rotated-out secrets still in their grace, in one round trip: what is announced after a change.
+KEY_WITH_RETIRED = f"""
+SELECT {KEY_COLUMNS},
+    ARRAY(SELECT r.key_hash FROM keys.retired_key_hashes r
+          WHERE r.key_id = k.id AND r.retired_at IS NULL ORDER BY r.key_hash) AS retired_hashes,
+    ARRAY(SELECT r.grace_until FROM keys.retired_key_hashes r
+          WHERE r.key_id = k.id AND r.retired_at IS NULL ORDER BY r.key_hash) AS retired_graces
+FROM {_KEYS_JOIN} WHERE k.id = $1
+"""
+
 LIST_KEYS = f"""
 SELECT {KEY_COLUMNS}, count(*) OVER () AS total
 FROM keys.api_keys k JOIN keys.accounts a ON a.id = k.account_id
@@ -134,6 +144,14 @@ UPDATE_KEY = """
 UPDATE keys.api_keys SET label = $2, "group" = $3, status = $4, quota_micros = $5, models = $6, ip_allow = $7,
     expires_at = $8, rpm_limit = $9, tpm_limit = $10, concurrency_limit = $11, updated_at = now()
 WHERE id = $1
+"""
+
+# Enable/disable: one statement, committed on its own. $3: the owner the caller must be (NULL: an admin, any
+# account). No row: no such key, deleted, or someone else's (all "not found").
+SET_KEY_STATUS = """
+UPDATE keys.api_keys SET status = $2, updated_at = now()
+WHERE id = $1 AND status <> 'deleted' AND ($3::text IS NULL OR account_id = $3)
+RETURNING id
 """
 
 DELETE_KEY = """
@@ -176,6 +194,9 @@ WHERE id IN (
     ORDER BY expires_at LIMIT 500 FOR UPDATE SKIP LOCKED)
 RETURNING id, account_id, label, expires_at
 """
+
+# For this transaction only: commit without waiting for the WAL flush.
+ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
 
 # last used: never moves backwards, whatever order usage events arrive in.
 TOUCH_LAST_USED = """
