@@ -334,7 +334,7 @@ async def messages(request: Request[Any, Any, Any]) -> Response[Any]:
     if ex.faults.no_usage:
         del message["usage"]
     if ex.body.get("stream"):
-        failure = event("error", error_body(529, "Overloaded"))
+        failure = event("error", error_body(ex.faults.error_status or 529, "Overloaded"))
         return ex.stream(
             stream_frames(ex, message, blocks, stop_reason, stop_sequence, output), error_frame=failure
         )

@@ -13,7 +13,10 @@ must not silently turn into a passing happy path.
 - `disconnect_after=N` drop the connection after N stream events (a non-stream reply: after half its body)
                        (the server logs a traceback for each: that is how an ASGI app aborts a response)
 - `error_after=N`      after N stream events, report an error inside the stream (each dialect's way: an
-                       `event: error` for Anthropic, a `data: {"error": ...}` for OpenAI and Gemini), then end
+                       `event: error` for Anthropic, a `data: {"error": ...}` for OpenAI and Gemini), then end;
+                       `error_after=0` is a 200 whose very first event is the error
+- `error_status=N`     with `error_after`, the in-stream error is the one the dialect gives with status N
+                       (400: `invalid_request_error` / `INVALID_ARGUMENT`); default a server-side one
 - `chunks=N`           number of content pieces a streamed reply is cut into (default 20)
 - `cached=N`           report N prompt tokens as read from the provider's cache
 - `tool_calls=N`       when the model calls a tool, it makes N calls at once (parallel tool calls)
@@ -51,6 +54,7 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
     disconnect_after: int | None = None
     chunks: int = DEFAULT_CHUNKS
     error_after: int | None = None
+    error_status: int | None = None
     cached: int | None = None
     no_usage: int = 0
     tool_calls: int = 1
@@ -80,8 +84,9 @@ def _items(spec: str) -> dict[str, int]:
             raise FaultSpecError(f"mock fault item {item!r} needs an integer") from None
         if out[key] < 0:
             raise FaultSpecError(f"mock fault item {item!r} must not be negative")
-    if "status" in out and not 100 <= out["status"] <= 599:
-        raise FaultSpecError(f"mock fault status {out['status']} is not an HTTP status")
+    for name in ("status", "error_status"):
+        if name in out and not 100 <= out[name] <= 599:
+            raise FaultSpecError(f"mock fault {name} {out[name]} is not an HTTP status")
     if out.get("chunks") == 0:
         raise FaultSpecError("mock fault chunks must be at least 1")
     return out

@@ -310,9 +310,8 @@ async def model_action(request: Request[Any, Any, Any], model_id: FromPath[str])
     if streaming:
         payloads = stream_payloads(ex, candidates, usage, response_id)
         if request.query_params.get("alt") == "sse":
-            failure = (
-                b"data: " + msgspec.json.encode(error_body(503, "The model is overloaded.")) + b"\r\n\r\n"
-            )
+            overloaded = error_body(ex.faults.error_status or 503, "The model is overloaded.")
+            failure = b"data: " + msgspec.json.encode(overloaded) + b"\r\n\r\n"
             return ex.stream(
                 [b"data: " + msgspec.json.encode(p) + b"\r\n\r\n" for p in payloads], error_frame=failure
             )

@@ -392,13 +392,17 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]
     created = int(time.time())
     if ex.body.get("stream"):
+        error_status = ex.faults.error_status or 500
+        etype, code = _ERROR_TYPES.get(
+            error_status, ("server_error" if error_status >= 500 else "invalid_request_error", None)
+        )
         failure = sse(
             {
                 "error": {
                     "message": "Injected fault: the model stopped mid-stream.",
-                    "type": "server_error",
+                    "type": etype,
                     "param": None,
-                    "code": None,
+                    "code": code,
                 }
             }
         )
