@@ -1,15 +1,18 @@
 """The usage service: consumers that build the request log and aggregates, and the usage API.
 
   GET /api/usage/summary      dashboard: balance; requests, tokens and spend today / this week / this month;
-                              this month by model
-  GET /api/usage/series       spend, requests and tokens per hour / day / week / month, by model or key
+                              this month by model; `key_id`: one API key's numbers (the balance stays the account's)
+  GET /api/usage/series       spend, requests and tokens per hour / day / week / month, by model or key;
+                              `key_id`: one API key's
   GET /api/usage/keys         usage per API key over a range
   GET /api/usage/logs         the request log, filtered (time range, key, model, status), cursor-paged
   GET /api/usage/logs.csv     the same filter as CSV, streamed
   GET /api/usage/members      usage per person over a range (an organisation's members)
 
 Every read takes `tz` (IANA zone; default UTC) for where days begin, and `account_id` (admins: any account or,
-left out, all; users: only their own). Who is calling: see `auth.py`.
+left out, all; users: only their own). Who is calling: see `auth.py`. A `key_id` filter only ever narrows the
+account in scope: another account's key reads as an unused one (zeros, no rows), never as a refusal that would
+tell a user the key exists.
 """
 
 from __future__ import annotations
@@ -74,13 +77,14 @@ Account = Annotated[str | None, QueryParameter(description="admins: one account 
 Since = Annotated[str | None, QueryParameter(name="from", description="ISO 8601; no offset: read in `tz`")]
 Until = Annotated[str | None, QueryParameter(name="to", description="ISO 8601, exclusive; default now")]
 Text = FromQuery[str | None]
+KeyId = Annotated[str | None, QueryParameter(description="one API key of the account in scope")]
 
 
 @get("/api/usage/summary")
-async def get_summary(state: State, who: Who, tz: Tz = "UTC",
-                      account_id: Account = None) -> reports.Summary:
+async def get_summary(state: State, who: Who, tz: Tz = "UTC", account_id: Account = None,
+                      key_id: KeyId = None) -> reports.Summary:
     account = scope(who, account_id)
-    summary = await reports.summary(_pool(state), account, periods.zone(tz), datetime.now(UTC))
+    summary = await reports.summary(_pool(state), account, periods.zone(tz), datetime.now(UTC), key_id or "")
     if account and summary.balance_micros is None:
         common: CommonSettings = state.common
         summary.balance_micros = await balance.from_billing(state.http, common.billing_url,
@@ -92,12 +96,13 @@ async def get_summary(state: State, who: Who, tz: Tz = "UTC",
 @get("/api/usage/series")
 async def get_series(state: State, who: Who, granularity: FromQuery[str] = "day",
                      group_by: FromQuery[str] = "none", tz: Tz = "UTC", account_id: Account = None,
-                     from_: Since = None, to: Until = None) -> reports.Series:
+                     from_: Since = None, to: Until = None, key_id: KeyId = None) -> reports.Series:
     zone = periods.zone(tz)
     span = timedelta(days=2) if granularity == "hour" else timedelta(days=30)
     rng = periods.time_range(from_, to, zone, datetime.now(UTC), span)
     periods.check_series(granularity, group_by, rng, state.settings.max_series_buckets)
-    return await reports.series(_pool(state), scope(who, account_id), rng, zone, granularity, group_by)
+    return await reports.series(_pool(state), scope(who, account_id), rng, zone, granularity, group_by,
+                                key_id or "")
 
 
 @get("/api/usage/keys")

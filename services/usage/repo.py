@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -178,8 +178,32 @@ def _both_forms(template: str) -> tuple[str, str]:
     return template.replace("{who}", _ACCOUNT), template.replace("{who}", _ALL)
 
 
+class KeyForms(NamedTuple):
+    """One read in four statements: per account or across all, each with or without one API key. Separate
+    statements for the same reason as `_both_forms`: `($n = '' OR key_id = $n)` would keep a generic plan off
+    the key index. The key forms keep `{who}`: another account's key matches nothing, which is the
+    authorization."""
+
+    account: str
+    every: str
+    account_key: str
+    every_key: str
+
+    def pick(self, account: str | None, key_id: str) -> str:
+        """The statement; the key forms take `key_id` as their last parameter."""
+        if key_id:
+            return self.account_key if account else self.every_key
+        return self.account if account else self.every
+
+
+def _key_forms(template: str, key_param: int) -> KeyForms:
+    unkeyed = template.replace("{key}", "")
+    keyed = template.replace("{key}", f"AND key_id = ${key_param}")
+    return KeyForms(*_both_forms(unkeyed), *_both_forms(keyed))
+
+
 # Dashboard totals since the start of today / this week / this month (instants computed in the caller's zone).
-SUMMARY_TOTALS, SUMMARY_TOTALS_ALL = _both_forms("""
+SUMMARY_TOTALS = _key_forms("""
 SELECT
   coalesce(sum(requests) FILTER (WHERE hour >= $2), 0)::bigint          AS today_requests,
   coalesce(sum(errors) FILTER (WHERE hour >= $2), 0)::bigint            AS today_errors,
@@ -197,18 +221,18 @@ SELECT
   coalesce(sum(completion_tokens) FILTER (WHERE hour >= $4), 0)::bigint AS month_completion_tokens,
   coalesce(sum(cost_micros) FILTER (WHERE hour >= $4), 0)::bigint       AS month_cost_micros
 FROM usage.usage_hourly
-WHERE {who} AND hour >= least($2, $3, $4)
-""")
+WHERE {who} AND hour >= least($2, $3, $4) {key}
+""", 5)
 
-SUMMARY_BY_MODEL, SUMMARY_BY_MODEL_ALL = _both_forms("""
+SUMMARY_BY_MODEL = _key_forms("""
 SELECT model, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
        sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
        sum(cost_micros)::bigint AS cost_micros
 FROM usage.usage_hourly
-WHERE {who} AND hour >= $2
+WHERE {who} AND hour >= $2 {key}
 GROUP BY model
 ORDER BY cost_micros DESC, requests DESC, model
-""")
+""", 3)
 
 BALANCE = "SELECT balance_micros, as_of FROM usage.account_balance WHERE account_id = $1"
 BALANCE_ALL = (
@@ -216,18 +240,18 @@ BALANCE_ALL = (
 )
 
 # $2/$3 the UTC range, $4 the bucket ('hour' | 'day' | 'week' | 'month'), $5 the zone for bucket boundaries,
-# $6 the grouping ('model' | 'key' | 'none').
-SERIES, SERIES_ALL = _both_forms("""
+# $6 the grouping ('model' | 'key' | 'none'); the key forms: $7 the one API key.
+SERIES = _key_forms("""
 SELECT date_trunc($4, hour AT TIME ZONE $5) AT TIME ZONE $5 AS bucket,
        CASE $6 WHEN 'model' THEN model WHEN 'key' THEN key_id ELSE '' END AS grp,
        sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
        sum(prompt_tokens)::bigint AS prompt_tokens, sum(completion_tokens)::bigint AS completion_tokens,
        sum(cached_tokens)::bigint AS cached_tokens, sum(cost_micros)::bigint AS cost_micros
 FROM usage.usage_hourly
-WHERE {who} AND hour >= $2 AND hour < $3
+WHERE {who} AND hour >= $2 AND hour < $3 {key}
 GROUP BY 1, 2
 ORDER BY 1, 2
-""")
+""", 7)
 
 KEYS_USAGE, KEYS_USAGE_ALL = _both_forms("""
 SELECT account_id, key_id, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,

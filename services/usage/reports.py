@@ -46,6 +46,7 @@ class ModelTotals(msgspec.Struct, kw_only=True):
 
 class Summary(msgspec.Struct, kw_only=True):
     account_id: str | None  # None: every account (admins)
+    key_id: str | None = None  # totals and models of this API key only (the balance stays the account's)
     tz: str
     balance_micros: int | None  # last balance billing reported; None if unknown
     balance_as_of: datetime | None  # when billing reported it (events only)
@@ -69,6 +70,7 @@ class SeriesPoint(msgspec.Struct, kw_only=True):
 
 class Series(msgspec.Struct, kw_only=True):
     account_id: str | None
+    key_id: str | None = None  # this API key's points only
     granularity: str
     group_by: str
     tz: str
@@ -119,13 +121,19 @@ class LogPage(msgspec.Struct, kw_only=True):
 # --- reads ----------------------------------------------------------------------------------------------
 
 
-async def summary(pool: asyncpg.Pool, account: str | None, tz: ZoneInfo, now: datetime) -> Summary:
+def _key_arg(key_id: str) -> tuple[str, ...]:
+    return (key_id,) if key_id else ()
+
+
+async def summary(pool: asyncpg.Pool, account: str | None, tz: ZoneInfo, now: datetime,
+                  key_id: str = "") -> Summary:
+    """`key_id` narrows the totals and the models to one API key (of `account`: another's matches nothing)."""
     p = period_starts(now, tz)
+    key = _key_arg(key_id)
     async with pool.acquire() as conn:
-        totals = await conn.fetchrow(repo.SUMMARY_TOTALS if account else repo.SUMMARY_TOTALS_ALL,
-                                     account, p.today, p.week, p.month)
-        models = await conn.fetch(repo.SUMMARY_BY_MODEL if account else repo.SUMMARY_BY_MODEL_ALL,
-                                  account, p.month)
+        totals = await conn.fetchrow(repo.SUMMARY_TOTALS.pick(account, key_id), account, p.today, p.week, p.month,
+                                     *key)
+        models = await conn.fetch(repo.SUMMARY_BY_MODEL.pick(account, key_id), account, p.month, *key)
         balance = await (conn.fetchrow(repo.BALANCE, account) if account else conn.fetchrow(repo.BALANCE_ALL))
     assert totals is not None
 
@@ -135,7 +143,7 @@ async def summary(pool: asyncpg.Pool, account: str | None, tz: ZoneInfo, now: da
             for f in ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_micros")})
 
     return Summary(
-        account_id=account, tz=tz.key,
+        account_id=account, key_id=key_id or None, tz=tz.key,
         balance_micros=balance["balance_micros"] if balance else None,
         balance_as_of=balance["as_of"] if balance else None,
         balance_source="events" if balance and balance["balance_micros"] is not None else "unknown",
@@ -145,14 +153,14 @@ async def summary(pool: asyncpg.Pool, account: str | None, tz: ZoneInfo, now: da
 
 
 async def series(pool: asyncpg.Pool, account: str | None, rng: Range, tz: ZoneInfo, granularity: str,
-                 group_by: str) -> Series:
-    rows = await pool.fetch(repo.SERIES if account else repo.SERIES_ALL, account, rng.start, rng.end,
-                            granularity, tz.key, group_by)
+                 group_by: str, key_id: str = "") -> Series:
+    rows = await pool.fetch(repo.SERIES.pick(account, key_id), account, rng.start, rng.end, granularity, tz.key,
+                            group_by, *_key_arg(key_id))
     points = [SeriesPoint(bucket=r["bucket"].astimezone(tz), group=r["grp"], requests=r["requests"],
                           errors=r["errors"], prompt_tokens=r["prompt_tokens"],
                           completion_tokens=r["completion_tokens"], cached_tokens=r["cached_tokens"],
                           cost_micros=r["cost_micros"]) for r in rows]
-    return Series(account_id=account, granularity=granularity, group_by=group_by, tz=tz.key,
+    return Series(account_id=account, key_id=key_id or None, granularity=granularity, group_by=group_by, tz=tz.key,
                   start=rng.start.astimezone(tz), end=rng.end.astimezone(tz), points=points)
 
 

@@ -177,11 +177,19 @@ async def test_sign_up_to_refused_key_in_a_browser(
     assert await page.locator(".share-fig li", has_text=MODEL).count() == 1
     assert await page.locator("svg.chart rect.bar").count() >= 1
     await _shoot(page, "dashboard-after-chat", 1280)
-    key_filter = page.get_by_label("Key")
+    key_filter = page.get_by_label("Key", exact=True)
     key_id = await key_filter.locator("option", has_text="playground").get_attribute("value")
     await key_filter.select_option(key_id)
     key_stat = page.locator(".stat", has_text='key "playground"').locator("strong")
     await key_stat.filter(has_text=re.compile(r"^[1-9]")).wait_for()
+    assert await page.locator(".share-fig li", has_text=MODEL).count() == 1
+    # A key without traffic: every number on the page is that key's (none), only the balance is the account's.
+    await key_filter.select_option(await key_filter.locator("option", has_text="default").get_attribute("value"))
+    unused = page.locator(".stat", has_text='key "default"').locator("strong")
+    await unused.filter(has_text=re.compile(r"^0$")).wait_for()
+    assert await page.locator(".share-fig li").count() == 0
+    assert await page.locator(".share-fig", has_text="No traffic yet.").count() == 1
+    assert await page.locator(".stat", has_text="Balance").filter(has_text="whole account").count() == 1
 
     # Compare two models side by side on one prompt: each column streams its own reply.
     await _nav(page, "Playground")

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -76,7 +77,7 @@ async def test_callers_without_credentials_are_refused(clean_usage: Resources, u
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthorized"
     no_account = await usage_client.get("/api/usage/summary",
                                         headers={"X-Internal-Token": clean_usage.common.internal_token})
-    assert no_account.status_code == 401
+    assert no_account.status_code == 400 and no_account.json()["error"]["code"] == "missing_account"
 
 
 class _FakeKeysAndBilling(BaseHTTPRequestHandler):
@@ -212,6 +213,61 @@ async def test_the_dashboard_counts_today_this_week_and_this_month(
     assert set(by_model) == {e.model for e, _ in month}
     assert [m["cost_micros"] for m in got["by_model"]] == sorted((m["cost_micros"] for m in got["by_model"]),
                                                                  reverse=True)
+
+
+async def test_the_dashboard_narrowed_to_one_key_shows_only_that_keys_numbers(clean_usage: Resources,
+                                                                              usage_client: Client) -> None:
+    common = clean_usage.common
+    a1 = [recorded("acct-a", "key-a1", "gpt-4o", prompt=1000, completion=100) for _ in range(2)]
+    a2 = [recorded("acct-a", "key-a2", "gpt-4o-mini", prompt=10, completion=5, status=502)]
+    b1 = [recorded("acct-b", "key-b1", "claude-sonnet", prompt=7, completion=3)]
+    await _seed(clean_usage, *a1, *a2, *b1)
+    await _seed(clean_usage, charged(a1[0], 400, 9_600), charged(a1[1], 400, 9_200), charged(b1[0], 50, 950))
+
+    async def summary(headers: dict[str, str], **params: str) -> dict[str, Any]:
+        resp = await usage_client.get("/api/usage/summary", params=params, headers=headers)
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        return body
+
+    def models(body: dict[str, Any]) -> list[tuple[str, int, int, int]]:
+        return [(m["model"], m["requests"], m["errors"], m["cost_micros"]) for m in body["by_model"]]
+
+    user = as_user(common, "acct-a")
+    whole = await summary(user)
+    assert models(whole) == [("gpt-4o", 2, 0, 800), ("gpt-4o-mini", 1, 1, 0)]
+    one = await summary(user, key_id="key-a1")
+    assert one["key_id"] == "key-a1"
+    assert models(one) == [("gpt-4o", 2, 0, 800)]
+    for period in ("today", "week", "month"):
+        assert one[period] == {**whole[period], "requests": 2, "errors": 0,
+                               "prompt_tokens": 2000, "completion_tokens": 200, "cost_micros": 800}, period
+    assert one["balance_micros"] == whole["balance_micros"] == 9_200  # a key has no wallet: the account's
+    other = await summary(user, key_id="key-a2")
+    assert models(other) == [("gpt-4o-mini", 1, 1, 0)]
+    assert (other["month"]["requests"], other["month"]["prompt_tokens"]) == (1, 10)
+
+    # Another account's key reads exactly like a key that does not exist: nothing says it is somebody's.
+    theirs, nobodys = await summary(user, key_id="key-b1"), await summary(user, key_id="key-nope")
+    assert models(theirs) == [] and theirs["month"]["requests"] == 0
+    assert {**theirs, "key_id": None} == {**nobodys, "key_id": None}
+    series = {k: await usage_client.get("/api/usage/series", params={"key_id": k}, headers=user)
+              for k in ("key-a1", "key-b1", "key-nope")}
+    assert sum(p["requests"] for p in series["key-a1"].json()["points"]) == 2
+    assert series["key-b1"].status_code == series["key-nope"].status_code == 200
+    assert series["key-b1"].json()["points"] == series["key-nope"].json()["points"] == []
+    # Naming the other account outright stays refused, key or not.
+    refused = await usage_client.get("/api/usage/summary", params={"account_id": "acct-b", "key_id": "key-b1"},
+                                     headers=user)
+    assert refused.status_code == 403
+
+    # An admin filters by any account's key, with or without naming the account.
+    for params in ({"key_id": "key-b1"}, {"key_id": "key-b1", "account_id": "acct-b"}):
+        ops = await summary(as_admin(common), **params)
+        assert models(ops) == [("claude-sonnet", 1, 0, 50)], params
+    ops_series = await usage_client.get("/api/usage/series", params={"key_id": "key-a2", "group_by": "model"},
+                                        headers=as_admin(common))
+    assert [(p["group"], p["requests"]) for p in ops_series.json()["points"]] == [("gpt-4o-mini", 1)]
 
 
 async def test_a_balance_no_event_has_reported_yet_comes_from_billing(clean_usage: Resources,

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from bench.usage_bench import generate_rows
-from services.usage import ingest, reports, retention
+from services.usage import ingest, repo, reports, retention
 from shared.config import CommonSettings
 from shared.runtime import Resources
 from tests.usage.conftest import recorded
@@ -81,6 +81,23 @@ async def test_the_dashboard_stays_fast_over_a_large_log(clean_usage: Resources)
         since.replace(minute=0, second=0, microsecond=0))
     assert one.month.requests == raw
     assert one_s < 0.5 and all_s < 1.0, (one_s, all_s)
+
+    # One key (the dashboard's key filter), in one account and across all (an admin's): still the aggregates,
+    # read through the key's own index rather than every account's hours.
+    t0 = time.perf_counter()
+    key = await reports.summary(clean_usage.pool, "acct-3", tz, now, "key-3-1")
+    key_s = time.perf_counter() - t0
+    raw_key = await clean_usage.pool.fetchval(
+        "SELECT count(*) FROM usage.request_log WHERE key_id = 'key-3-1' AND ts >= $1",
+        since.replace(minute=0, second=0, microsecond=0))
+    assert 0 < key.month.requests == raw_key < one.month.requests
+    assert sum(m.requests for m in key.by_model) == raw_key
+    assert (await reports.summary(clean_usage.pool, None, tz, now, "key-3-1")).month == key.month
+    for sql, args in ((repo.SUMMARY_TOTALS.every_key, (None, since, since, since, "key-3-1")),
+                      (repo.SUMMARY_BY_MODEL.every_key, (None, since, "key-3-1"))):
+        plan = "\n".join(r[0] for r in await clean_usage.pool.fetch("EXPLAIN " + sql, *args))
+        assert "usage_hourly_key_hour" in plan and "Seq Scan" not in plan, plan
+    assert key_s < 0.5, key_s
 
 
 def test_the_operator_commands_run(common: CommonSettings, capsys: pytest.CaptureFixture[str]) -> None:

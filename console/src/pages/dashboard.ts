@@ -68,25 +68,18 @@ export async function dashboardPage(root: HTMLElement, params: URLSearchParams):
     if (keyId) u.searchParams.set("key", keyId); else u.searchParams.delete("key");
     history.replaceState(null, "", u.pathname + u.search);
     const from = new Date(Date.now() - span.days * 86400_000).toISOString().slice(0, 10);
+    // Every query on the page takes the key: with one picked, every number is that key's (the balance excepted:
+    // a key has no wallet of its own).
+    const key_id = keyId || null;
     const [summary, series] = await Promise.all([
-      get<Summary>(`/api/usage/summary${qs({ tz })}`),
-      get<Series>(`/api/usage/series${qs({ tz, granularity: span.granularity, group_by: keyId ? "key" : "none", from })}`),
+      get<Summary>(`/api/usage/summary${qs({ tz, key_id })}`),
+      get<Series>(`/api/usage/series${qs({ tz, granularity: span.granularity, from, key_id })}`),
     ]);
-    // The summary is per account; a key filter narrows the trend charts (series grouped by key).
-    const points = fillBuckets(keyId ? series.points.filter((p) => p.group === keyId) : series.points, span.granularity, span.days);
-    if (keyId) {
-      // One key: its own totals over the trend's period (the account-wide counters below stay account-wide).
-      const totals = (await get<(Totals & { key_id: string })[]>(`/api/usage/keys${qs({ tz, from })}`)).find((k) => k.key_id === keyId);
-      const name = keys.find((k) => k.id === keyId)?.label ?? keyId;
-      clear(stats,
-        stat("Balance", usd(summary.balance_micros), "whole account"),
-        stat(`Requests, key "${name}"`, num(totals?.requests ?? 0), span.label.toLowerCase()),
-        stat("Spent by this key", usd(totals?.cost_micros ?? 0), span.label.toLowerCase()),
-        stat("Errors", num(totals?.errors ?? 0)),
-        stat("Tokens in / out", `${num(totals?.prompt_tokens ?? 0)} / ${num(totals?.completion_tokens ?? 0)}`));
-    } else clear(stats,
-      stat("Balance", usd(summary.balance_micros), ""),
-      stat("Requests today", num(summary.today.requests), `${usd(summary.today.cost_micros)} spent`),
+    const points = fillBuckets(series.points, span.granularity, span.days);
+    const whose = keyId ? `, key "${keys.find((k) => k.id === keyId)?.label ?? keyId}"` : "";
+    clear(stats,
+      stat("Balance", usd(summary.balance_micros), keyId ? "whole account" : ""),
+      stat(`Requests today${whose}`, num(summary.today.requests), `${usd(summary.today.cost_micros)} spent`),
       stat("This week", num(summary.week.requests), `${usd(summary.week.cost_micros)} spent`),
       stat("This month", num(summary.month.requests), `${usd(summary.month.cost_micros)} spent`),
       stat("Tokens in / out (month)", `${num(summary.month.prompt_tokens)} / ${num(summary.month.completion_tokens)}`));
@@ -98,7 +91,8 @@ export async function dashboardPage(root: HTMLElement, params: URLSearchParams):
         span.label, (v) => num(Math.round(v)))),
       h("section", { class: "card" }, h("h2", {}, "Input vs output tokens"), pairChart(points.map((p) => ({ label: label(p.bucket), a: p.prompt_tokens, b: p.completion_tokens })),
         span.label, ["input", "output"], (v) => num(Math.round(v)))),
-      h("section", { class: "card" }, h("h2", {}, "Models this month"), shareChart(summary.by_model.map((m) => ({ label: m.model, value: m.cost_micros || m.requests, text: `${num(m.requests)} req, ${usd(m.cost_micros)}` })), "Share of spending by model")),
+      h("section", { class: "card" }, h("h2", {}, "Models this month"), shareChart(summary.by_model.map((m) => ({ label: m.model, value: m.cost_micros || m.requests, text: `${num(m.requests)} req, ${usd(m.cost_micros)}` })),
+        `Share of spending by model${keyId ? ", this key" : ""}`)),
     );
   }
   keyFilter.addEventListener("change", () => void load());
