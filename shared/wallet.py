@@ -110,7 +110,7 @@ class SpendGuard:
 
     async def snapshot(self, account_id: str) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.wallet(account_id))
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
     async def sweep_expired(self, account_id: str, key_id: str, reservation_id: str, amount: int) -> None:
         """Give back a reservation whose `{ns}:res:` marker expired without a settle."""

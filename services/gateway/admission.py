@@ -26,10 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import redis.asyncio as aioredis
 from prometheus_client import Counter
 
 from shared.cache import Keys
+from shared.resp import Resp
 
 log = logging.getLogger("faregate.gateway.admission")
 
@@ -118,14 +118,14 @@ class Verdict:
 
 @dataclass
 class Admission:
-    redis: aioredis.Redis
+    redis: Resp  # the lean pipelined client: two script calls per request are most of the gateway's Redis work
     keys: Keys
     _last_available: dict[str, int] = field(default_factory=dict)
     _local_held: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._admit = self.redis.register_script((_LUA / "admit.lua").read_text())
-        self._finish = self.redis.register_script((_LUA / "finish.lua").read_text())
+        self._admit = self.redis.script((_LUA / "admit.lua").read_text())
+        self._finish = self.redis.script((_LUA / "finish.lua").read_text())
 
     def _keys(self, account_id: str, key_id: str, request_id: str, window: int) -> list[str]:
         k = self.keys
@@ -182,7 +182,7 @@ class Admission:
                     ALLOWANCE_TTL_S,
                 ],
             )
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+        except OSError as exc:  # RespConnectionError / RespTimeout: Redis unreachable or stalled
             return self._admit_locally(request_id, account_id, key_id, amount, token_estimate, window, exc)
         code, available, rpm_used, tpm_used, retry_ms = (int(x) for x in out)
         if self._local_held:
@@ -258,7 +258,7 @@ class Admission:
                 keys=held,
                 args=[actual_cost, ticket.request_id, actual_tokens - ticket.token_estimate],
             )
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+        except OSError as exc:  # RespConnectionError / RespTimeout: Redis unreachable or stalled
             # The reservation marker expires and billing's debit still lands from the usage event.
             log.warning("settle failed; reservation will expire", extra={"error": repr(exc)})
 

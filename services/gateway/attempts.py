@@ -189,7 +189,7 @@ async def _attempt(gw: Gateway, call: Call, model: Model, channel: ChannelView, 
             opened = Opened(resp, channel, model, upstream_model, translated=translated)
             if stream:
                 opened.chunks = resp.aiter_raw()
-                opened.first = await anext(opened.chunks)
+                opened.first = await _stream_head(opened.provider, opened.chunks)
             else:
                 opened.body = await resp.aread()
             return opened
@@ -223,6 +223,45 @@ async def _attempt(gw: Gateway, call: Call, model: Model, channel: ChannelView, 
     except BaseException:
         await close_response(resp)
         raise
+
+
+# How much of a stream's head is read to find its first whole event; past it, the stream is forwarded as is.
+_HEAD_LIMIT = 64 * 1024
+
+
+async def _stream_head(provider: Any, chunks: AsyncIterator[bytes]) -> bytes:
+    """The first chunk of a stream, read on (bounded, and under the caller's first-byte timeout) until its first
+    event is whole; raises AttemptFailed when that event is the upstream's error. The bytes come back as they
+    came, for the stream to forward.
+
+    Nothing has reached the client yet, so an error here can still go to the next channel."""
+    head = await anext(chunks)  # StopAsyncIteration: the caller's empty_stream
+    verdict = provider.stream_head(head)
+    while verdict == "incomplete" and len(head) < _HEAD_LIMIT:
+        try:
+            head += await anext(chunks)
+        except StopAsyncIteration:
+            # The stream ended inside its first event: what came is all there is to judge.
+            verdict = provider.stream_head(head + b"\n\n")
+            break
+        verdict = provider.stream_head(head)
+    if verdict == "error":
+        raise AttemptFailed(
+            "error_first_event",
+            retryable=True,
+            breaker=True,
+            client=BadUpstream("The upstream reported an error before the answer started."),
+        )
+    if verdict == "invalid_request":
+        raise AttemptFailed(
+            "rejected_first_event",
+            retryable=False,
+            breaker=False,
+            client=BadRequest(
+                "The upstream provider rejected the request as invalid.", code="upstream_rejected_request"
+            ),
+        )
+    return head
 
 
 async def _read_capped(resp: Response) -> None:
@@ -304,14 +343,20 @@ async def _disconnected(receive: Any) -> None:
         pass
 
 
+# A watcher task per request costs more than most upstream answers on a fast network take; it is started only
+# for a request still waiting after this long (any real model call), so a quick answer never pays for one.
+WATCH_AFTER_S = 0.02
+
+
 async def open_upstream_for(receive: Any, gw: Gateway, call: Call, model: Model, plan: Plan) -> Opened:
     """`open_upstream`, abandoned at once (and the upstream request cancelled) if the client disconnects.
 
-    The attempts run in the request's own task; a watcher cancels that task when the client leaves, which
-    cancels whatever upstream read is pending (one extra task per request rather than two and a wait)."""
+    The attempts run in the request's own task; a watcher, started once the wait passes WATCH_AFTER_S, cancels
+    that task when the client leaves, which cancels whatever upstream read is pending."""
     me = asyncio.current_task()
     assert me is not None
     gone = False
+    watcher: asyncio.Future[None] | None = None
 
     async def watch() -> None:
         nonlocal gone
@@ -319,7 +364,11 @@ async def open_upstream_for(receive: Any, gw: Gateway, call: Call, model: Model,
         gone = True
         me.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
     try:
         return await open_upstream(gw, call, model, plan)
     except asyncio.CancelledError:
@@ -328,4 +377,6 @@ async def open_upstream_for(receive: Any, gw: Gateway, call: Call, model: Model,
             raise ClientGone() from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

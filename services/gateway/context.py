@@ -24,6 +24,7 @@ from shared import catalog as cat
 from shared import events as ev
 from shared.bus import subject
 from shared.config import CommonSettings
+from shared.resp import Resp
 from shared.runtime import Resources
 
 log = logging.getLogger("faregate.gateway")
@@ -37,6 +38,7 @@ class Gateway:
     http: upstream_http.Client  # upstreams: one keep-alive pool per worker
     internal: httpx.AsyncClient  # keys and billing
     keycache: KeyCache = field(init=False)
+    fast_redis: Resp = field(init=False)  # admission's scripts (shared/resp.py); redis-py for everything else
     catalog: CatalogView = field(init=False)
     admission: Admission = field(init=False)
     breaker: Breaker = field(init=False)
@@ -50,7 +52,8 @@ class Gateway:
         self.trusted_proxies = networks(self.settings.trusted_proxies)
         self.keycache = KeyCache(self._key_from_redis, self._key_from_keys, self.settings.negative_cache_s)
         self.catalog = CatalogView.build(cat.Catalog(), self.common.secret_key)
-        self.admission = Admission(self.res.redis, self.res.keys)
+        self.fast_redis = Resp.from_url(self.common.redis_url)
+        self.admission = Admission(self.fast_redis, self.res.keys)
         self.breaker = Breaker(self.res.redis, self.res.keys, self.settings, self._channel_state_changed)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -4,6 +4,8 @@ never a key, account or user id."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -34,3 +36,18 @@ COST = Counter("faregate_gateway_cost_micros_total", "Cost charged to clients, m
 UPSTREAM_ERRORS = Counter("faregate_gateway_upstream_errors_total", "Failed upstream attempts", ["channel", "reason"])
 RATELIMIT_REJECTIONS = Counter("faregate_gateway_ratelimit_rejections_total", "Requests refused by a limit", ["scope"])
 INFLIGHT = Gauge("faregate_gateway_inflight_requests", "Client requests in progress", multiprocess_mode="livesum")
+
+
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, remembered: prometheus-client takes a lock and rebuilds the label tuple on every
+    call, a few µs per metric per request. Bounded, since labels are catalog names, statuses and dialects."""
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        if len(_children) > 10_000:
+            _children.clear()
+        found = _children[key] = metric.labels(*labels)
+    return found

@@ -248,16 +248,19 @@ async def record(gw: Gateway, call: Call) -> None:
     cost = 0
     if call.price is not None and call.usage.total:
         cost = cost_of(call.usage, call.price, call.group_ratio_ppm, call.discount_ppm)
+    latency_ms = int((time.perf_counter() - call.started) * 1000)
     if call.ticket is not None:
         await gw.admission.finish(call.ticket, cost, call.usage.total)
-    latency_ms = int((time.perf_counter() - call.started) * 1000)
-    metrics.REQUESTS.labels(call.model, call.channel_id, str(call.status), call.dialect).inc()
-    metrics.DURATION.labels(call.dialect).observe(latency_ms / 1000)
+    # A model the client named but the catalog lacks is "unknown": clients must not mint metric series.
+    model = call.model if call.model in gw.catalog.models else "unknown"
+    metrics.child(metrics.REQUESTS, model, call.channel_id, str(call.status), call.dialect).inc()
+    metrics.child(metrics.DURATION, call.dialect).observe(latency_ms / 1000)
     if call.usage.total:
-        metrics.TOKENS.labels(call.model, "input").inc(call.usage.prompt_tokens)
-        metrics.TOKENS.labels(call.model, "output").inc(call.usage.completion_tokens)
-        metrics.TOKENS.labels(call.model, "cached").inc(call.usage.cached_tokens)
-        metrics.COST.labels(call.model).inc(cost)
+        metrics.child(metrics.TOKENS, model, "input").inc(call.usage.prompt_tokens)
+        metrics.child(metrics.TOKENS, model, "output").inc(call.usage.completion_tokens)
+        if call.usage.cached_tokens:
+            metrics.child(metrics.TOKENS, model, "cached").inc(call.usage.cached_tokens)
+        metrics.child(metrics.COST, model).inc(cost)
     span = call.span
     if span is None:
         _publish_usage(gw, call, latency_ms)

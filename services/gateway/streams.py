@@ -31,6 +31,20 @@ from services.gateway.usage import Usage
 # --- step 5: forwarding ------------------------------------------------------------------------------------
 
 
+def _failed_mid_stream(gw: Gateway, call: Call, exc: BaseException) -> GatewayError:
+    """The upstream stalled or broke after the answer started: too late for another channel, so the stream ends
+    with an error event; the request and the channel are charged with it."""
+    failed: GatewayError = (
+        UpstreamTimeout("The upstream stopped sending mid-stream.")
+        if isinstance(exc, TimeoutError)
+        else BadUpstream("The upstream stream broke or reported an error mid-stream.")
+    )
+    call.fail(failed)
+    metrics.child(metrics.UPSTREAM_ERRORS, call.channel_id, "mid_stream").inc()
+    gw.breaker.failure(call.channel_id, "mid_stream")
+    return failed
+
+
 class SSEUsageFilter:
     """Splits an OpenAI SSE byte stream into events, reads the usage chunk, and drops it when the client did
     not ask for usage. Complete events are forwarded as they arrive; a partial one waits for its end."""
@@ -93,11 +107,11 @@ def stream_body(
 
     async def generate() -> AsyncIterator[bytes]:
         assert opened.chunks is not None
-        ended = False
+        ended = delivered = False
         try:
             out = sse.feed(opened.first)
             call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
-            metrics.TTFT.labels(call.model).observe(call.ttft_ms / 1000)
+            metrics.child(metrics.TTFT, call.model).observe(call.ttft_ms / 1000)
             if out:
                 yield out
             while True:
@@ -108,24 +122,20 @@ def stream_body(
                     break
                 out = sse.feed(chunk)
                 if out:
+                    # A client that has its [DONE] may hang up before the upstream's last bytes (the sync OpenAI
+                    # SDK closes at once): the answer was delivered whole, so that is no disconnect.
+                    delivered = delivered or b"data: [DONE]" in out
                     yield out
             rest = sse.rest()
             if rest:
                 yield rest
             ended = True
         except (TimeoutError, UpstreamError, UpstreamStreamError) as exc:
-            failed: GatewayError = (
-                UpstreamTimeout("The upstream stopped sending mid-stream.")
-                if isinstance(exc, TimeoutError)
-                else BadUpstream("The upstream stream broke or reported an error mid-stream.")
-            )
-            call.fail(failed)
-            metrics.UPSTREAM_ERRORS.labels(call.channel_id, "mid_stream").inc()
-            gw.breaker.failure(call.channel_id, "mid_stream")
+            failed = _failed_mid_stream(gw, call, exc)
             yield stream_error_event(call.dialect, failed.status, failed.code, failed.message)
             ended = True
         finally:
-            if not ended:
+            if not ended and not delivered:
                 # The client went away (the ASGI server cancelled us): stop the upstream at once, keep the
                 # tally.
                 call.status, call.error_code = 499, "client_disconnected"
@@ -195,7 +205,7 @@ def translated_stream_body(gw: Gateway, call: Call, opened: Opened, plan: Plan) 
         try:
             data = convert(parser.feed(opened.first))
             call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
-            metrics.TTFT.labels(call.model).observe(call.ttft_ms / 1000)
+            metrics.child(metrics.TTFT, call.model).observe(call.ttft_ms / 1000)
             if data:
                 yield data
             while True:
@@ -223,14 +233,7 @@ def translated_stream_body(gw: Gateway, call: Call, opened: Opened, plan: Plan) 
             )
             ended = True
         except (TimeoutError, UpstreamError, UpstreamStreamError, msgspec.DecodeError) as exc:
-            failed: GatewayError = (
-                UpstreamTimeout("The upstream stopped sending mid-stream.")
-                if isinstance(exc, TimeoutError)
-                else BadUpstream("The upstream stream broke or reported an error mid-stream.")
-            )
-            call.fail(failed)
-            metrics.UPSTREAM_ERRORS.labels(call.channel_id, "mid_stream").inc()
-            gw.breaker.failure(call.channel_id, "mid_stream")
+            failed = _failed_mid_stream(gw, call, exc)
             yield b"".join(out.error(failed.message, failed.status))
             ended = True
         finally:

@@ -13,6 +13,7 @@ import msgspec
 
 from services.gateway.dialects import openai as dialect
 from services.gateway.dialects.errors import UpstreamStreamError
+from services.gateway.providers.stream_head import Head, first_event
 from services.gateway.usage import Usage
 
 _enc = msgspec.json.Encoder()
@@ -110,6 +111,42 @@ def probe_event(data: bytes) -> tuple[Usage | None, bool]:
     if parsed.usage is None:
         return None, False
     return _usage(parsed.usage), bytes(parsed.choices).strip() in (b"[]", b"null")
+
+
+class _ErrorHead(msgspec.Struct):
+    error: Any = None  # only this is built; the rest of the event is skipped
+
+
+_decode_error_head = msgspec.json.Decoder(_ErrorHead).decode
+
+# `invalid_request_error` is also how OpenAI spells a bad key or an unknown model: the channel's fault, not
+# the request's.
+_CHANNEL_CODES = frozenset({"invalid_api_key", "model_not_found"})
+
+
+def stream_head(head: bytes) -> Head:
+    """Whether the first event of a stream is an answer or an error (see stream_head.Head)."""
+    if head.startswith(b'data: {"id"'):
+        return "answer"  # the normal first chunk: no parse
+    event = first_event(head)
+    if event is None:
+        return "incomplete"
+    data = event[1]
+    if not data.startswith(b"{"):
+        return "answer"
+    try:
+        error = _decode_error_head(data).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "answer"  # malformed is the forwarding's to report, as for any later event
+    if error is None:
+        return "answer"
+    if (
+        isinstance(error, dict)
+        and error.get("type") == "invalid_request_error"
+        and error.get("code") not in _CHANNEL_CODES
+    ):
+        return "invalid_request"
+    return "error"
 
 
 class _Function(msgspec.Struct):
