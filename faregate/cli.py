@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from shared import config
 from shared.config import CommonSettings, ConfigError
@@ -61,7 +62,7 @@ def settings_class(package: str) -> type:
 
 def serve_service(name: str) -> None:
     package = SERVICES[name]
-    settings = config.load(settings_class(package))  # type: ignore[type-var]
+    settings: Any = config.load(settings_class(package))
     common = config.load(CommonSettings)
     from shared.web import serve
 

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from typing import IO
+from typing import IO, Any
 
 from faregate import stack
 from faregate.cli import SERVICES, migrate_all, settings_class
@@ -40,7 +40,7 @@ def _wait_ready(url: str, seconds: float = 60) -> bool:
 
 
 def _port(name: str) -> tuple[str, int]:
-    s = config.load(settings_class(SERVICES[name]))  # type: ignore[type-var]
+    s: Any = config.load(settings_class(SERVICES[name]))
     return s.host, s.port
 
 

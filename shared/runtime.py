@@ -120,10 +120,8 @@ async def open_resources(
             await retry("redis", res.redis.ping)
         if use_nats:
             res.nc = await retry("nats", lambda: bus.connect(common.nats_url, name=f"faregate-{service}"))
-            res.js = res.nc.jetstream()
-            await retry(
-                "jetstream", lambda: bus.ensure_streams(res.js, common.namespace, common.stream_replicas)
-            )  # type: ignore[arg-type]
+            js = res.js = res.nc.jetstream()
+            await retry("jetstream", lambda: bus.ensure_streams(js, common.namespace, common.stream_replicas))
             res.publisher = bus.Publisher(res.js, common.namespace, Path(common.data_dir) / "spool" / service)
             res.publisher.start()
         yield res
