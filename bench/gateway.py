@@ -9,19 +9,34 @@ needs only the gateway process: it measures the gateway's hot path, not the admi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import msgspec
 import redis.asyncio as aioredis
 
-from bench import fixtures
-from bench.system import ROOT, WORK, BenchError, Child, children_of, free_port, listeners, pin, spawn
+from bench import engines, fixtures, nginx
+from bench.system import (
+    ROOT,
+    WORK,
+    BenchError,
+    Child,
+    Cores,
+    children_of,
+    ensure_debian_tools,
+    free_port,
+    listeners,
+    pin,
+    spawn,
+    wait_port,
+)
 from bench.targets import Endpoint, Target
 from faregate import stack as stack_tools
 from faregate.cli import load_all_configs, migrate_all
@@ -149,9 +164,9 @@ def gateway_available() -> str | None:
 
 
 def start(stack: Stack, secret: str, *, workers: int, cpus: tuple[int, ...], name: str,
-          label: str) -> Target:
+          label: str, extra_env: dict[str, str] | None = None) -> Target:
     port = free_port()
-    env = {**os.environ, **stack.env, "FAREGATE_GATEWAY_PORT": str(port),
+    env = {**os.environ, **stack.env, **(extra_env or {}), "FAREGATE_GATEWAY_PORT": str(port),
            "FAREGATE_GATEWAY_WORKERS": str(workers), "PYTHONPATH": str(ROOT)}
     child = spawn(f"gateway-{name}", pin(cpus, [sys.executable, "-m", "faregate.cli", "gateway"]), env=env,
                   cwd=ROOT)
@@ -196,3 +211,25 @@ def _wait_ready(child: Child, port: int, secret: str, timeout: float = 60) -> No
         time.sleep(0.2)
     raise BenchError(f"gateway not answering a chat request within {timeout:.0f}s ({last}); "
                      f"log: {child.log_tail()}")
+
+
+@contextlib.contextmanager
+def standalone() -> Iterator[tuple[Cores, nginx.Ports, Stack, str]]:
+    """What a one-gateway tool needs, as `make bench` sets it up: the nginx and paced upstreams, private Redis
+    and NATS, a seeded stack and its key; all stopped and dropped on exit (bench/profile.py, bench/hotpath.py)."""
+    ensure_debian_tools()
+    cores = Cores.detect()
+    up, ports = nginx.start_upstream(cores)
+    ports.paced = free_port()
+    paced = spawn("paced-upstream", pin(cores.load, [sys.executable, "-m", "bench.paced_upstream",
+                                                     str(ports.paced), "20"]))
+    eng = engines.start(cores)
+    stack = open_stack(eng.redis_url, eng.nats_url)
+    try:
+        wait_port(ports.paced, 15, paced.proc, "paced upstream")
+        yield cores, ports, stack, seed(stack, ports.json, ports.stream, ports.paced)
+    finally:
+        close_stack(stack)
+        eng.stop()
+        paced.stop()
+        up.stop()

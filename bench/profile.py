@@ -25,8 +25,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from bench import engines, gateway, nginx, wrk
-from bench.system import WORK, BenchError, Cores, ensure_debian_tools, free_port, pin, spawn, wait_port
+from bench import gateway, wrk
+from bench.system import WORK, BenchError
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]+)(?::\d+)?\)$")
 _OURS = ("services/", "shared/")
@@ -95,48 +95,32 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--stream", action="store_true", help="profile streaming requests")
     args = ap.parse_args()
-    ensure_debian_tools()
-    cores = Cores.detect()
-    up, ports = nginx.start_upstream(cores)
-    ports.paced = free_port()
-    paced = spawn("paced-upstream", pin(cores.load, [sys.executable, "-m", "bench.paced_upstream",
-                                                     str(ports.paced), "20"]))
-    eng = engines.start(cores)
-    stack = gateway.open_stack(eng.redis_url, eng.nats_url)
-    target = None
-    try:
-        wait_port(ports.paced, 15, paced.proc, "paced upstream")
-        secret = gateway.seed(stack, ports.json, ports.stream, ports.paced)
+    with gateway.standalone() as (cores, _, stack, secret):
         target = gateway.start(stack, secret, workers=1, cpus=cores.sut, name="faregate", label="gateway")
-        assert target.worker_pids is not None
-        which = "stream" if args.stream else "json"
-        endpoint = getattr(target, which)
-        result: dict[str, object] = {}
+        try:
+            assert target.worker_pids is not None
+            which = "stream" if args.stream else "json"
+            endpoint = getattr(target, which)
+            result: dict[str, object] = {}
 
-        def load() -> None:
-            assert target is not None
-            result["wrk"] = wrk.run(endpoint.url, target.body(which), api_key=target.api_key,
-                                    connections=args.connections, seconds=args.seconds + 2, cores=cores)
+            def load() -> None:
+                result["wrk"] = wrk.run(endpoint.url, target.body(which), api_key=target.api_key,
+                                        connections=args.connections, seconds=args.seconds + 2, cores=cores)
 
-        thread = threading.Thread(target=load)
-        thread.start()
-        raw = sample(target.worker_pids()[0], args.seconds, WORK / "profile.collapsed")
-        thread.join()
-        print(f"load: {result.get('wrk')}")
-        summary = summarize(raw)
-        for view in ("by_package", "by_step"):
-            print(f"{view} ({summary['samples']} samples):")
-            for row in summary[view]:
-                print(f"  {row['share_pct']:5.1f}%  {row['name']}")
-        print(f"collapsed stacks: {raw}")
-        return 0
-    finally:
-        if target is not None:
+            thread = threading.Thread(target=load)
+            thread.start()
+            raw = sample(target.worker_pids()[0], args.seconds, WORK / "profile.collapsed")
+            thread.join()
+        finally:
             target.stop()
-        gateway.close_stack(stack)
-        eng.stop()
-        paced.stop()
-        up.stop()
+    print(f"load: {result.get('wrk')}")
+    summary = summarize(raw)
+    for view in ("by_package", "by_step"):
+        print(f"{view} ({summary['samples']} samples):")
+        for row in summary[view]:
+            print(f"  {row['share_pct']:5.1f}%  {row['name']}")
+    print(f"collapsed stacks: {raw}")
+    return 0
 
 
 if __name__ == "__main__":
