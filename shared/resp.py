@@ -209,6 +209,15 @@ class Resp:
             conn = await self._connected()
         return await conn.request(command)
 
+    def send(self, *args: Arg) -> asyncio.Future[Any]:
+        """Queue one command now and return the future of its reply, without awaiting anything: a command sent
+        here leaves before any command queued after it, from any task (Redis answers one connection in order).
+        Needs the connection up: raises RespConnectionError when it is not (`execute` connects)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            raise RespConnectionError("Redis not connected")
+        return conn.request(_pack(args))
+
     def script(self, text: str) -> Script:
         return Script(self, text)
 
@@ -297,6 +306,21 @@ class Script:
     async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
         try:
             return await self.client.execute(b"EVALSHA", self.sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.client.execute(b"EVAL", self.text, len(keys), *keys, *args)
+
+    def send(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> asyncio.Future[Any]:
+        """EVALSHA queued now (`Resp.send`: ordered before anything sent later); await `reply` for the result."""
+        return self.client.send(b"EVALSHA", self.sha, len(keys), *keys, *args)
+
+    async def reply(self, sent: asyncio.Future[Any], keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        """The result of a `send` with the same keys and args; a server that did not know the script runs it now
+        by EVAL (later than the send, so only for a script whose effect may come late: the first call after a
+        Redis restart or SCRIPT FLUSH)."""
+        try:
+            return await sent
         except RespError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise

@@ -307,3 +307,22 @@ def test_aclose_fails_pending_calls_and_later_ones(run: Run) -> None:
                 await client.execute("PING")
 
     run(scenario())
+
+
+def test_send_queues_at_once_and_keeps_the_order_of_sending(run: Run) -> None:
+    async def scenario() -> None:
+        async with shared_client() as client:
+            with pytest.raises(RespConnectionError):
+                client.send(b"PING")  # nothing connected yet: `execute` connects
+            assert await client.execute(b"PING") == b"PONG"
+            counter = key("order")
+            # Sent first, from outside any await: it runs before the later `execute`, whatever task awaits it.
+            first = client.send(b"SET", counter, 10)
+            assert await client.execute(b"INCR", counter) == 11
+            assert await first == b"OK"
+            script = client.script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+            sent = script.send([counter], [5])  # never loaded: NOSCRIPT, then run by EVAL when awaited
+            assert await script.reply(sent, [counter], [5]) == 16
+            assert await script.reply(script.send([counter], [1]), [counter], [1]) == 17
+
+    run(scenario())

@@ -18,12 +18,14 @@ tests/gateway/test_redis_outage.py):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prometheus_client import Counter
@@ -105,6 +107,15 @@ class Ticket:
     reset_ms: int = 0
     finished: bool = False
     allowance_key: str = ""  # the allowance hash this request holds against ("" = none)
+
+
+@dataclass(frozen=True)
+class Settling:
+    """A settle on its way: the command's keys and args, and its reply's future (None: not sent yet)."""
+
+    keys: list[str]
+    args: list[int | str]
+    sent: asyncio.Future[Any] | None
 
 
 @dataclass(frozen=True)
@@ -240,24 +251,40 @@ class Admission:
 
     async def finish(self, ticket: Ticket, actual_cost: int, actual_tokens: int) -> None:
         """Settle once; safe to call again (the reservation marker makes the Redis side idempotent)."""
+        await self.settled(self.send_finish(ticket, actual_cost, actual_tokens))
+
+    def send_finish(self, ticket: Ticket, actual_cost: int, actual_tokens: int) -> Settling | None:
+        """Start settling now, without waiting: the settle command is queued on the Redis connection at once, so
+        it reaches Redis before any admission sent after it (a sequential client's next request must find its
+        concurrency slot and reservation given back). Await `settled` with what this returns."""
         if ticket.finished:
-            return
+            return None
         ticket.finished = True
         if ticket.degraded:
             # The local copy keeps the actual spend: it stays spent until Redis (and billing) say otherwise.
             self._local_held[ticket.account_id] = (
                 self._local_held.get(ticket.account_id, 0) - ticket.amount + actual_cost
             )
-            return
+            return None
         keys = self._keys(ticket.account_id, ticket.key_id, ticket.request_id, ticket.window)
         held = [keys[0], keys[1], keys[2], keys[4], keys[7], keys[5], keys[8]]
         if ticket.allowance_key:
             held += [ticket.allowance_key, self.keys.reservation(ticket.request_id) + ":allow"]
+        args: list[int | str] = [actual_cost, ticket.request_id, actual_tokens - ticket.token_estimate]
         try:
-            await self._finish(
-                keys=held,
-                args=[actual_cost, ticket.request_id, actual_tokens - ticket.token_estimate],
-            )
+            sent = self._finish.send(held, args)
+        except OSError:  # not connected right now: `settled` connects and sends it
+            sent = None
+        return Settling(held, args, sent)
+
+    async def settled(self, settling: Settling | None) -> None:
+        if settling is None:
+            return
+        try:
+            if settling.sent is None:
+                await self._finish(keys=settling.keys, args=settling.args)
+            else:
+                await self._finish.reply(settling.sent, settling.keys, settling.args)
         except OSError as exc:  # RespConnectionError / RespTimeout: Redis unreachable or stalled
             # The reservation marker expires and billing's debit still lands from the usage event.
             log.warning("settle failed; reservation will expire", extra={"error": repr(exc)})

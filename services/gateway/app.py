@@ -159,6 +159,7 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> GatewayApp:
             try:
                 yield
             finally:
+                relay.flush_records(gw)
                 await gw.drain()
                 await gw.fast_redis.aclose()
                 await http.aclose()

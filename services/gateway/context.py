@@ -42,6 +42,9 @@ class Gateway:
     catalog: CatalogView = field(init=False)
     admission: Admission = field(init=False)
     breaker: Breaker = field(init=False)
+    # Answered requests waiting to be settled and recorded (relay.record_soon), and the timer that flushes them.
+    unrecorded: list[Any] = field(default_factory=list)
+    record_timer: asyncio.TimerHandle | None = None
     trusted_proxies: tuple[IPNetwork, ...] = field(init=False)
     # channel id -> monotonic time before which it is not tried (an upstream's Retry-After)
     cooling: dict[str, float] = field(default_factory=dict)

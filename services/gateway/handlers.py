@@ -98,7 +98,7 @@ async def guarded(gw: Gateway, call: Call, work: Coroutine[Any, Any, Reply]) -> 
         gw.spawn(relay.record(gw, call))
         raise
     if reply.stream is None:
-        reply.then = lambda: gw.spawn(relay.record(gw, call))
+        reply.then = lambda: relay.record_soon(gw, call)
     return reply
 
 

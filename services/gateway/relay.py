@@ -16,6 +16,7 @@ This module holds steps 1-3 and 6; step 4 is attempts.py, step 5 streams.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import msgspec
 from opentelemetry import trace
 
 from services.gateway import metrics
-from services.gateway.admission import Allowance, Limits, Ticket
+from services.gateway.admission import Allowance, Limits, Settling, Ticket
 from services.gateway.auth import check_ip, check_key
 from services.gateway.context import Gateway
 from services.gateway.dialects.openai import TokenUsage
@@ -76,6 +77,7 @@ class Call:
     group_ratio_ppm: int = PPM
     discount_ppm: int = 0
     ticket: Ticket | None = None
+    ended: float = 0.0  # perf_counter when the answer was handed over (0: not yet)
     recorded: bool = False
     span: Any = None  # the request's OpenTelemetry span, ended by `record`
 
@@ -156,6 +158,7 @@ def worst_case(gw: Gateway, model: Model, call: Call, prompt_estimate: int, max_
 
 
 async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token_estimate: int) -> Ticket:
+    flush_records(gw)  # answered requests' settles go first, in the same write as this admission
     s = gw.settings
     limits = Limits(
         key_rpm=snap.rpm_limit,
@@ -239,18 +242,62 @@ def _token_usage(u: Usage) -> TokenUsage:
 # -------------------------------------------------------------------------------
 
 
+# How long an answered request waits to be settled and recorded when no admission comes first to take it along.
+RECORD_DELAY_S = 0.002
+
+
 async def record(gw: Gateway, call: Call) -> None:
     """Settle the reservation and publish the request's one usage.recorded. Idempotent per Call."""
     if call.recorded:
         return
+    cost, latency_ms, settling = _settle(gw, call)
+    await gw.admission.settled(settling)
+    _account(gw, call, cost, latency_ms)
+
+
+def record_soon(gw: Gateway, call: Call) -> None:
+    """`record`, for an answer handed to the server: batched, and off the next request's way. The settle is sent
+    at the latest with the next admission of this worker (ahead of it, on the same Redis connection, so a client
+    sending one request after another finds its slot and reservation given back), or after RECORD_DELAY_S."""
+    if call.recorded:
+        return
+    call.ended = time.perf_counter()
+    gw.unrecorded.append(call)
+    if gw.record_timer is None:
+        gw.record_timer = asyncio.get_running_loop().call_later(RECORD_DELAY_S, flush_records, gw)
+
+
+def flush_records(gw: Gateway) -> None:
+    """Send the settles of every answered request now; one background task records them once Redis answers."""
+    if gw.record_timer is not None:
+        gw.record_timer.cancel()
+        gw.record_timer = None
+    calls, gw.unrecorded = gw.unrecorded, []
+    batch = [(call, *_settle(gw, call)) for call in calls if not call.recorded]
+    if batch:
+        gw.spawn(_account_batch(gw, batch))
+
+
+async def _account_batch(gw: Gateway, batch: list[tuple[Call, int, int, Settling | None]]) -> None:
+    for call, cost, latency_ms, settling in batch:
+        await gw.admission.settled(settling)  # sent together: one wait for the whole batch
+        _account(gw, call, cost, latency_ms)
+
+
+def _settle(gw: Gateway, call: Call) -> tuple[int, int, Settling | None]:
+    """Mark the call recorded and send its settle: (cost, latency in ms, the settle in flight)."""
     call.recorded = True
     metrics.INFLIGHT.dec()
     cost = 0
     if call.price is not None and call.usage.total:
         cost = cost_of(call.usage, call.price, call.group_ratio_ppm, call.discount_ppm)
-    latency_ms = int((time.perf_counter() - call.started) * 1000)
-    if call.ticket is not None:
-        await gw.admission.finish(call.ticket, cost, call.usage.total)
+    latency_ms = int(((call.ended or time.perf_counter()) - call.started) * 1000)
+    settling = gw.admission.send_finish(call.ticket, cost, call.usage.total) if call.ticket is not None else None
+    return cost, latency_ms, settling
+
+
+def _account(gw: Gateway, call: Call, cost: int, latency_ms: int) -> None:
+    """Once settled: metrics, the span, and the usage event."""
     # A model the client named but the catalog lacks is "unknown": clients must not mint metric series.
     model = call.model if call.model in gw.catalog.models else "unknown"
     metrics.child(metrics.REQUESTS, model, call.channel_id, str(call.status), call.dialect).inc()
