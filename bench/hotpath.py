@@ -4,12 +4,13 @@ The full bench takes 15 minutes; working on the request path wants a number in o
 upstream, private Redis/NATS and seeded stack once, then, round after round (the order rotating), starts each
 variant's 1-worker gateway on the system-under-test core and measures it with wrk:
 
-    python -m bench.hotpath [--rounds 3] [--seconds 4] [--variant NAME=ENV=VALUE[,ENV=VALUE]] ...
+    python -m bench.hotpath [--rounds 3] [--seconds 4] [--floor] [--variant NAME=ENV=VALUE[,ENV=VALUE]] ...
 
 With no --variant it measures the gateway as configured. A variant is a set of environment variables for the
 gateway process (e.g. `--variant base= --variant nofast=FAREGATE_GATEWAY_FAST_PATH=false`). Printed per
 variant: median CPU µs/request at 16 connections, req/s, and p50 added over the direct upstream at 1
-connection, for chat and for streams.
+connection, for chat and for streams. `--floor` adds bench/floor.py's minimal Python relays (ASGI and RSGI on
+granian, one upstream call, nothing else) to every round, for chat: what no Python gateway can go below here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bench import gateway, scenarios
+from bench import floor, gateway, scenarios
 from bench.targets import direct
 
 
@@ -33,17 +34,23 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--stream", action="store_true", help="also measure streams (16 connections, and c1 TTFB)")
+    ap.add_argument("--floor", action="store_true", help="also measure the minimal relays of bench/floor.py")
     args = ap.parse_args()
     variants = [_variant(v) for v in args.variant] or [("gateway", {})]
+    floors = ["asgi", "rsgi"] if args.floor else []
     results: dict[str, dict[str, list[float]]] = {name: {} for name, _ in variants}
+    results.update({f"floor-{i}": {} for i in floors})
     with gateway.standalone() as (cores, ports, stack, secret):
         base = direct(ports.json, ports.stream, ports.paced)
         for r in range(args.rounds):
             order = variants[r % len(variants):] + variants[: r % len(variants)]
             d1 = scenarios.load(base, "json", 1, args.seconds, cores)["p50_ms"]
-            for name, env in order:
-                target = gateway.start(stack, secret, workers=1, cpus=cores.sut, name=name, label=name,
-                                       extra_env=env)
+            for name, env in order + [(f"floor-{i}", {}) for i in floors]:
+                if name.startswith("floor-"):
+                    target = floor.start(name.removeprefix("floor-"), ports.json, cores.sut)
+                else:
+                    target = gateway.start(stack, secret, workers=1, cpus=cores.sut, name=name, label=name,
+                                           extra_env=env)
                 try:
                     scenarios.load(target, "json", 16, 1.0, cores)  # warm-up
                     c16 = scenarios.load(target, "json", 16, args.seconds, cores)
@@ -53,7 +60,7 @@ def main() -> int:
                     row.setdefault("rps_c16", []).append(c16["rps"])
                     row.setdefault("added_p50_ms", []).append(c1["p50_ms"] - d1)
                     row.setdefault("errors", []).append(c16["errors"] + c1["errors"])
-                    if args.stream:
+                    if args.stream and not name.startswith("floor-"):
                         s16 = scenarios.load(target, "stream", 16, args.seconds, cores)
                         row.setdefault("stream_cpu_us", []).append(s16["cpu_us_per_req"] or 0)
                         row.setdefault("streams_s", []).append(s16["rps"])
@@ -63,7 +70,7 @@ def main() -> int:
                     target.stop()
             print(f"round {r + 1}: " + "; ".join(
                 f"{n} {results[n]['cpu_us'][-1]:.0f}µs/req {results[n]['rps_c16'][-1]:.0f}/s"
-                for n, _ in variants), flush=True)
+                for n in results), flush=True)
         print()
         keys = sorted({k for row in results.values() for k in row})
         print("variant".ljust(16) + "".join(k.rjust(14) for k in keys))
