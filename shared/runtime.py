@@ -12,15 +12,17 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import asyncpg
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from shared import bus, cache, db
+from shared import bus, cache
 from shared.config import CommonSettings
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger("faregate.runtime")
 
@@ -112,6 +114,8 @@ async def open_resources(
     res = Resources(common=common, service=service)
     try:
         if use_db:
+            from shared import db  # imported here: the gateway (use_db=False) is spared asyncpg (~5 MB)
+
             res.pool = await retry(
                 "postgres", lambda: db.create_pool(common.database_url, max_size=pool_size)
             )

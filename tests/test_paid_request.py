@@ -219,3 +219,39 @@ async def _wait_consumers_idle(common: CommonSettings, seconds: float = 20) -> N
         raise AssertionError(f"consumers still busy: {infos}")
     finally:
         await nc.close()
+
+
+async def test_a_key_and_a_wallet_missing_from_redis_are_fetched_from_keys_and_billing(
+    common: CommonSettings, stack: dict[str, procs.ServiceProcess]
+) -> None:
+    # Redis lost both (a flush, a fresh Redis) and this gateway never saw the key's event: it asks keys for the key
+    # (GET /internal/keys/{hash}) and billing to load the wallet (POST /internal/wallets/{id}/load), and serves.
+    from litestar.testing import AsyncTestClient
+
+    from services.gateway.app import create_app
+    from shared import cache, crypto
+    from tests.gateway.conftest import sdk, settings
+
+    await keys_seed.seed_demo(common, upstream_base_url=stack["mock-upstream"].url)
+    async with httpx.AsyncClient(base_url=stack["keys"].url) as keys_api:
+        reg = await keys_api.post("/api/auth/register",
+                                  json={"email": f"lost-{events.new_id()[:8]}@example.com",
+                                        "password": "a long enough password"})
+    assert reg.status_code == 201, reg.text
+    account_id, api_key = reg.json()["account"]["id"], reg.json()["api_key"]
+    await billing_seed.seed_demo(common, account_id=account_id, amount_micros=1_000_000)
+    names = cache.Keys(common.namespace)
+    key_name, wallet_name = names.api_key(crypto.hash_api_key(api_key)), names.wallet(account_id)
+    r = cache.client(common.redis_url)
+    wired = msgspec.structs.replace(common, keys_url=stack["keys"].url, billing_url=stack["billing"].url)
+    try:
+        assert await r.delete(key_name, wallet_name) == 2
+        async with AsyncTestClient(app=create_app(settings(), wired), base_url="http://gateway.test") as gateway:
+            reply = await sdk(gateway, api_key).chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=8
+            )
+        assert reply.choices[0].message.content
+        # keys wrote the snapshot back as it answered; billing loaded the wallet.
+        assert await r.exists(key_name) == 1 and await r.exists(wallet_name) == 1
+    finally:
+        await r.aclose()

@@ -9,7 +9,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
@@ -18,7 +17,7 @@ from litestar.params import FromPath
 from services.gateway import channel_test, handlers, relay, tokenizer, upstream_http
 from services.gateway.auth import client_address
 from services.gateway.config import GatewaySettings
-from services.gateway.context import Gateway
+from services.gateway.context import INTERNAL_TIMEOUT_S, Gateway
 from services.gateway.errors import (
     GatewayError,
     ModelNotFound,
@@ -147,7 +146,7 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> GatewayApp:
                 connect_timeout_s=settings.connect_timeout_s,
                 max_idle_per_origin=settings.max_upstream_connections,
             )
-            internal = httpx.AsyncClient(timeout=5)
+            internal = upstream_http.Client(connect_timeout_s=INTERNAL_TIMEOUT_S, max_idle_per_origin=32)
             gw = Gateway(settings=settings, common=common, res=res, http=http, internal=internal)
             tokenizer.configure(f"{common.data_dir}/tiktoken")
             await gw.load_catalog()

@@ -10,7 +10,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import msgspec
 from nats.aio.msg import Msg
 
@@ -29,6 +28,8 @@ from shared.runtime import Resources
 
 log = logging.getLogger("faregate.gateway")
 
+INTERNAL_TIMEOUT_S = 5.0
+
 
 @dataclass
 class Gateway:
@@ -36,7 +37,7 @@ class Gateway:
     common: CommonSettings
     res: Resources
     http: upstream_http.Client  # upstreams: one keep-alive pool per worker
-    internal: httpx.AsyncClient  # keys and billing
+    internal: upstream_http.Client  # keys and billing (INTERNAL_TIMEOUT_S each)
     keycache: KeyCache = field(init=False)
     fast_redis: Resp = field(init=False)  # admission's scripts (shared/resp.py); redis-py for everything else
     catalog: CatalogView = field(init=False)
@@ -80,20 +81,25 @@ class Gateway:
         raw = await self.res.redis.get(self.res.keys.api_key(key_hash))
         return _as_bytes(raw)
 
+    async def call_internal(self, method: bytes, url: str) -> tuple[int, bytes]:
+        """One call to keys or billing: (status, body). Raises UpstreamError, TimeoutError or OSError when it
+        cannot be made."""
+        async with asyncio.timeout(INTERNAL_TIMEOUT_S):
+            resp = await self.internal.request(method, url, self.internal_headers)
+            return resp.status_code, await resp.aread()
+
     async def _key_from_keys(self, key_hash: str) -> bytes | None:
         try:
-            r = await self.internal.get(
-                f"{self.common.keys_url}/internal/keys/{key_hash}", headers=self.internal_headers
-            )
-        except httpx.HTTPError as exc:
+            status, body = await self.call_internal(b"GET", f"{self.common.keys_url}/internal/keys/{key_hash}")
+        except (upstream_http.UpstreamError, TimeoutError, OSError) as exc:
             log.warning("keys service unreachable for a key lookup", extra={"error": repr(exc)})
             return None
-        if r.status_code == 404:
+        if status == 404:
             return None
-        if r.status_code != 200:
-            log.warning("keys service answered a key lookup with an error", extra={"status": r.status_code})
+        if status != 200:
+            log.warning("keys service answered a key lookup with an error", extra={"status": status})
             return None
-        return r.content
+        return body
 
     # --- catalog ------------------------------------------------------------------------------------------
 
@@ -105,10 +111,10 @@ class Gateway:
             raw = _as_bytes(await self.res.redis.get(self.res.keys.catalog()))
         if raw is None:
             try:
-                r = await self.internal.get(f"{self.common.keys_url}/internal/catalog", headers=self.internal_headers)
-                if r.status_code == 200:
-                    raw = r.content
-            except httpx.HTTPError as exc:
+                status, body = await self.call_internal(b"GET", f"{self.common.keys_url}/internal/catalog")
+                if status == 200:
+                    raw = body
+            except (upstream_http.UpstreamError, TimeoutError, OSError) as exc:
                 log.warning("no catalog in redis and keys unreachable", extra={"error": repr(exc)})
         if raw is None:
             return
@@ -123,13 +129,12 @@ class Gateway:
     async def load_wallet(self, account_id: str) -> bool:
         """Ask billing to load the wallet's balance into Redis (e.g. after Redis lost it)."""
         try:
-            r = await self.internal.post(
-                f"{self.common.billing_url}/internal/wallets/{account_id}/load", headers=self.internal_headers
-            )
-        except httpx.HTTPError as exc:
+            url = f"{self.common.billing_url}/internal/wallets/{account_id}/load"
+            status, _ = await self.call_internal(b"POST", url)
+        except (upstream_http.UpstreamError, TimeoutError, OSError) as exc:
             log.warning("billing unreachable for a wallet load", extra={"error": repr(exc)})
             return False
-        return r.status_code == 200
+        return status == 200
 
     # --- events -------------------------------------------------------------------------------------------
 
