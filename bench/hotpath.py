@@ -10,7 +10,7 @@ With no --variant it measures the gateway as configured. A variant is a set of e
 gateway process (e.g. `--variant base= --variant nofast=FAREGATE_GATEWAY_FAST_PATH=false`). Printed per
 variant: median CPU µs/request at 16 connections, req/s, and p50 added over the direct upstream at 1
 connection, for chat and for streams. `--floor` adds bench/floor.py's minimal Python relays (ASGI and RSGI on
-granian, one upstream call, nothing else) to every round, for chat: what no Python gateway can go below here.
+granian, one upstream call, nothing else) to every round: what no Python gateway can go below here.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def main() -> int:
             d1 = scenarios.load(base, "json", 1, args.seconds, cores)["p50_ms"]
             for name, env in order + [(f"floor-{i}", {}) for i in floors]:
                 if name.startswith("floor-"):
-                    target = floor.start(name.removeprefix("floor-"), ports.json, cores.sut)
+                    upstreams = (ports.json, ports.stream, ports.paced)
+                    target = floor.start(name.removeprefix("floor-"), upstreams, cores.sut)
                 else:
                     target = gateway.start(stack, secret, workers=1, cpus=cores.sut, name=name, label=name,
                                            extra_env=env)
@@ -60,7 +61,7 @@ def main() -> int:
                     row.setdefault("rps_c16", []).append(c16["rps"])
                     row.setdefault("added_p50_ms", []).append(c1["p50_ms"] - d1)
                     row.setdefault("errors", []).append(c16["errors"] + c1["errors"])
-                    if args.stream and not name.startswith("floor-"):
+                    if args.stream:
                         s16 = scenarios.load(target, "stream", 16, args.seconds, cores)
                         row.setdefault("stream_cpu_us", []).append(s16["cpu_us_per_req"] or 0)
                         row.setdefault("streams_s", []).append(s16["rps"])

@@ -254,8 +254,9 @@ def _header(res: Results) -> list[str]:
     if pin["pinned"]:
         pinning = (
             f"**Pinning (`taskset`):** each system under test (the nginx hop, Faregate's 1-worker gateway, "
-            f"LiteLLM) runs on CPU {pin['system_under_test']}; wrk, the stream client, the nginx upstream, "
-            f"the paced upstream and the run's private Redis and NATS run on CPU {pin['load_and_upstream']}. "
+            f"LiteLLM, the Python relay floors) runs on CPU {pin['system_under_test']}; wrk, the stream client, "
+            f"the nginx upstream, the paced upstream and the run's private Redis and NATS run on CPU "
+            f"{pin['load_and_upstream']}. "
             f"The multi-worker gateway runs on all cores and so shares them with the load.")
     else:
         pinning = ("**Pinning:** this machine has one core, so nothing could be pinned apart; numbers are "
@@ -513,6 +514,7 @@ def _notes(res: Results) -> list[str]:
                 f"{100 * max(seen):.0f}% of it at the start of each round: the rest went to other people's "
                 f"processes on this shared machine. Throughput and latency suffer accordingly; CPU µs/req "
                 f"much less.")
+    notes += _floor_notes(res)
     rtt = res.get("setup", {}).get("redis_rtt")
     notes += [
         "- Redis and NATS are private to the run and pinned to the load core: their CPU is not in 'SUT CPU', "
@@ -524,6 +526,25 @@ def _notes(res: Results) -> list[str]:
         "are what to compare.",
     ]
     return ["## Notes", "", *notes, ""]
+
+
+def _floor_notes(res: Results) -> list[str]:
+    """What a Python relay cannot go below here (bench/floor.py), beside what the gateway adds."""
+    out = []
+    sc = stream_scenario(res)
+    for name in ("floor-asgi", "floor-rsgi", "faregate"):
+        if not runs(res, "chat_c1", name):
+            continue
+        out.append(f"{res['context']['targets'][name]}: {fmt(added(res, 'chat_c1', name, 'p50_ms'), 3)} ms added "
+                   f"at p50 (c1), {fmt(added(res, 'stream_timing_c1', name, 'ttfb_p50_ms'), 3)} ms to the first "
+                   f"chunk, {fmt(med(res, 'chat_c16', name, 'cpu_us_per_req'), 0)} µs CPU/request (c16), "
+                   f"{fmt(med(res, sc, name, 'rps'), 0)} streams/s")
+    if len(out) < 2:
+        return []
+    return ["- The floor of a Python relay (bench/floor.py: granian, the body read, one upstream call through the "
+            "gateway's own upstream client, the answer handed back; no auth, limits, Redis or usage event), "
+            "beside the gateway, in this run: " + "; ".join(out) + ". What the gateway adds beyond the ASGI "
+            "floor is Faregate's own work (key check, one Redis admission round trip, settlement, the event)."]
 
 
 def markdown(res: Results) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 from bench import (
     engines,
     fixtures,
+    floor,
     gateway,
     keys_service,
     litellm_proxy,
@@ -77,6 +78,8 @@ class Plan:
     pipeline_timeout_s: float = 240
     # billing_bench's defaults (100k events, 15 s paced) take 2.5 min here: sized to fit the 20-minute budget.
     billing_args: tuple[str, ...] = ()
+    # bench/floor.py's minimal Python relays (ASGI and RSGI on granian) as targets of their own
+    floor: bool = True
 
 
 PLANS = {
@@ -87,7 +90,8 @@ PLANS = {
                   profile_s=3, max_load_s=4, usage_rows=100_000, pipeline_timeout_s=90,
                   billing_args=("--events", "10000", "--rate", "1000", "--seconds", "3", "--accounts", "20")),
     "smoke": Plan("smoke", rounds=1, load_s=1, stream_s=0.5, paced_trials=3, soak_s=0, revocation_trials=5,
-                  profile_s=0, max_load_s=2, concurrency=(1, 16), usage_rows=10_000, pipeline_timeout_s=60),
+                  profile_s=0, max_load_s=2, concurrency=(1, 16), usage_rows=10_000, pipeline_timeout_s=60,
+                  floor=False),
 }
 
 
@@ -144,6 +148,11 @@ class Bench:
         # LiteLLM imports for many seconds: let it do so while the gateways start.
         litellm = self._launch_litellm(ports)
         self._start_faregate(ports)
+        if self.plan.floor:
+            for interface in ("asgi", "rsgi"):
+                with step(self.results, "floor", f"starting the {interface} floor relay"):
+                    self.targets.append(floor.start(interface, (ports.json, ports.stream, ports.paced),
+                                                    self.cores.sut))
         if litellm is not None:
             try:
                 litellm_proxy.wait_ready(litellm)
