@@ -17,7 +17,7 @@ async def test_one_request_after_another_on_a_one_at_a_time_key_is_never_refused
         world: World, gateway: AsyncTestClient[Any]) -> None:
     # Each request's concurrency slot is given back by its settle, sent ahead of the next admission on the same
     # Redis connection; were it left to the timer, the next request would find the slot taken (429).
-    secret, snap = await world.add_key(concurrency_limit=1)
+    secret, _ = await world.add_key(concurrency_limit=1)
     codes = []
     for _ in range(25):
         r = await gateway.post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {secret}"})
