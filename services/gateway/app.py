@@ -158,8 +158,7 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> GatewayApp:
             try:
                 yield
             finally:
-                relay.flush_records(gw)
-                await gw.drain()
+                await relay.drain(gw)
                 await gw.fast_redis.aclose()
                 await http.aclose()
                 await internal.aclose()

@@ -66,6 +66,11 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def busy(self) -> bool:
+        """Some request's background work is still running."""
+        return bool(self._tasks)
+
     async def drain(self, wait_s: float = 10.0) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=wait_s)

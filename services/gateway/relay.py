@@ -278,6 +278,17 @@ def flush_records(gw: Gateway) -> None:
         gw.spawn(_account_batch(gw, batch))
 
 
+async def drain(gw: Gateway, wait_s: float = 10.0) -> None:
+    """On shutdown: settle and record every answered request, including those whose stream ends meanwhile."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        flush_records(gw)
+        left = deadline - time.monotonic()
+        if left <= 0 or not gw.busy:
+            return
+        await gw.drain(left)
+
+
 async def _account_batch(gw: Gateway, batch: list[tuple[Call, int, int, Settling | None]]) -> None:
     for call, cost, latency_ms, settling in batch:
         await gw.admission.settled(settling)  # sent together: one wait for the whole batch

@@ -23,7 +23,7 @@ from services.gateway.errors import (
     stream_error_event,
 )
 from services.gateway.providers import openai as oai
-from services.gateway.relay import Call, _usage_of, record
+from services.gateway.relay import Call, _usage_of, record_soon
 from services.gateway.sse import SSEParser
 from services.gateway.upstream_http import UpstreamError
 from services.gateway.usage import Usage
@@ -155,7 +155,7 @@ async def _finish_stream(gw: Gateway, call: Call, opened: Opened, sse: SSEUsageF
             prompt_tokens=tokenizer.count_chat_prompt(prompt_messages),
             completion_tokens=tokenizer.count_text(sse.counted_text()),
         )
-    await record(gw, call)
+    record_soon(gw, call)
 
 
 def _delta_text(chunk: dict[str, Any], into: list[str]) -> None:
@@ -251,4 +251,4 @@ async def _close_and_record(gw: Gateway, call: Call, opened: Opened, count: Any 
     if count is not None:
         await tokenizer.ready()
         call.usage = count()
-    await record(gw, call)
+    record_soon(gw, call)
