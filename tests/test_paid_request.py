@@ -51,6 +51,16 @@ def stack(common: CommonSettings) -> Iterator[dict[str, procs.ServiceProcess]]:
             os.environ.pop(k, None)
 
 
+async def _register(stack: dict[str, procs.ServiceProcess], who: str) -> tuple[str, str]:
+    """A new account of its own through keys' sign-up: (account id, its first API key)."""
+    async with httpx.AsyncClient(base_url=stack["keys"].url) as keys_api:
+        reg = await keys_api.post("/api/auth/register",
+                                  json={"email": f"{who}-{events.new_id()[:8]}@example.com",
+                                        "password": "a long enough password"})
+    assert reg.status_code == 201, reg.text
+    return reg.json()["account"]["id"], reg.json()["api_key"]
+
+
 async def _balance(pool: asyncpg.Pool, account_id: str) -> int:
     return int(
         await pool.fetchval("SELECT balance_micros FROM billing.wallets WHERE account_id = $1", account_id)
@@ -95,12 +105,7 @@ async def test_paid_request_debits_exactly_once_and_logs_one_row(
     # The demo seed brings the catalog and the mock channel; the payer is a fresh account of its own, so other
     # tests' traffic on the demo account cannot move this balance.
     demo = await keys_seed.seed_demo(common, upstream_base_url=stack["mock-upstream"].url)
-    async with httpx.AsyncClient(base_url=stack["keys"].url) as keys_api:
-        reg = await keys_api.post("/api/auth/register",
-                                  json={"email": f"payer-{events.new_id()[:8]}@example.com",
-                                        "password": "a long enough password"})
-    assert reg.status_code == 201, reg.text
-    account_id, api_key = reg.json()["account"]["id"], reg.json()["api_key"]
+    account_id, api_key = await _register(stack, "payer")
     assert account_id != demo.account_id
     await billing_seed.seed_demo(common, account_id=account_id, amount_micros=5_000_000)
     pool = await asyncpg.create_pool(common.database_url, min_size=1, max_size=2)
@@ -233,12 +238,7 @@ async def test_a_key_and_a_wallet_missing_from_redis_are_fetched_from_keys_and_b
     from tests.gateway.conftest import sdk, settings
 
     await keys_seed.seed_demo(common, upstream_base_url=stack["mock-upstream"].url)
-    async with httpx.AsyncClient(base_url=stack["keys"].url) as keys_api:
-        reg = await keys_api.post("/api/auth/register",
-                                  json={"email": f"lost-{events.new_id()[:8]}@example.com",
-                                        "password": "a long enough password"})
-    assert reg.status_code == 201, reg.text
-    account_id, api_key = reg.json()["account"]["id"], reg.json()["api_key"]
+    account_id, api_key = await _register(stack, "lost")
     await billing_seed.seed_demo(common, account_id=account_id, amount_micros=1_000_000)
     names = cache.Keys(common.namespace)
     key_name, wallet_name = names.api_key(crypto.hash_api_key(api_key)), names.wallet(account_id)
