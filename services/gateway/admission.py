@@ -109,6 +109,10 @@ class Ticket:
     allowance_key: str = ""  # the allowance hash this request holds against ("" = none)
 
 
+# Overlapped admission (Admission.overlap_safe): the last balance seen must cover this many such requests.
+OVERLAP_HEADROOM = 20
+
+
 @dataclass(frozen=True)
 class Settling:
     """A settle on its way: the command's keys and args, and its reply's future (None: not sent yet)."""
@@ -133,6 +137,23 @@ class Admission:
     keys: Keys
     _last_available: dict[str, int] = field(default_factory=dict)
     _local_held: dict[str, int] = field(default_factory=dict)
+    _in_flight: dict[str, int] = field(default_factory=dict)  # key id -> this worker's admitted, unsettled
+
+    def overlap_safe(self, account_id: str, key_id: str, amount: int, quota_limit: int, limits: Limits,
+                     allowance: Allowance | None) -> bool:
+        """Whether this request's admission may run while its upstream call starts (the client waits for one
+        round trip instead of two). Only when nothing this worker knows of is near a refusal: the balance
+        Redis last reported covers OVERLAP_HEADROOM such requests, no rate limit, key quota or allowance applies,
+        and few of the key's requests are in flight here. A refusal then cancels an upstream call already
+        made: rare, and never charged to the client."""
+        if limits.key_rpm or limits.key_tpm or limits.account_rpm or limits.account_tpm:
+            return False
+        if limits.account_concurrency or quota_limit or (allowance is not None and allowance.limit):
+            return False
+        known = self._last_available.get(account_id)
+        if known is None or known < OVERLAP_HEADROOM * amount:
+            return False
+        return not limits.key_concurrency or self._in_flight.get(key_id, 0) * 4 < limits.key_concurrency
 
     def __post_init__(self) -> None:
         self._admit = self.redis.script((_LUA / "admit.lua").read_text())
@@ -200,6 +221,7 @@ class Admission:
             self.redis_recovered()
         if code == 0:
             self._last_available[account_id] = available
+            self._in_flight[key_id] = self._in_flight.get(key_id, 0) + 1
             return Verdict(
                 Ticket(
                     request_id,
@@ -266,6 +288,11 @@ class Admission:
                 self._local_held.get(ticket.account_id, 0) - ticket.amount + actual_cost
             )
             return None
+        left = self._in_flight.get(ticket.key_id, 0) - 1
+        if left > 0:
+            self._in_flight[ticket.key_id] = left
+        else:
+            self._in_flight.pop(ticket.key_id, None)
         keys = self._keys(ticket.account_id, ticket.key_id, ticket.request_id, ticket.window)
         held = [keys[0], keys[1], keys[2], keys[4], keys[7], keys[5], keys[8]]
         if ticket.allowance_key:

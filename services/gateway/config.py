@@ -48,6 +48,10 @@ class GatewaySettings(ServerSettings, frozen=True, kw_only=True):
     # the peer is one of them, the client's address for IP allow-lists is the right-most X-Forwarded-For
     # entry that is not itself a trusted proxy. Empty: the peer is the client (X-Forwarded-For is ignored).
     trusted_proxies: tuple[str, ...] = ()
+    # Start the upstream call while the admission (limits, reservation) is on its way to Redis, when this worker
+    # knows of no limit near: the client waits one round trip instead of two. A refusal that comes back then
+    # cancels an upstream call already made (the client is not charged; the provider may bill its start).
+    overlap_admission: bool = True
     # Keep-alive pool to upstreams, per worker.
     max_upstream_connections: int = 1000
 

@@ -4,6 +4,8 @@ The request path itself lives in relay.py (auth, admission, recording), attempts
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -102,6 +104,34 @@ async def guarded(gw: Gateway, call: Call, work: Coroutine[Any, Any, Reply]) -> 
     return reply
 
 
+async def admit_and_open(gw: Gateway, call: Call, incoming: Incoming, snap: Any, model: Model, plan: attempts.Plan,
+                         amount: int, token_estimate: int) -> attempts.Opened:
+    """Admit the request (limits, reservation), then open the upstream answer; both at once when this worker
+    knows of no limit near (relay.may_overlap), so the client waits for one round trip instead of two. A refusal
+    then closes the upstream answer unread; however it ends, a reservation made is settled by `record`."""
+    if not relay.may_overlap(gw, snap, amount):
+        call.ticket = await relay.admit(gw, call, snap, amount, token_estimate)
+        metrics.OVERHEAD.observe(time.perf_counter() - call.started)
+        return await attempts.open_upstream_for(incoming.receive, gw, call, model, plan)
+    metrics.OVERLAPPED.inc()
+    admitting = asyncio.ensure_future(relay.admit(gw, call, snap, amount, token_estimate))
+    metrics.OVERHEAD.observe(time.perf_counter() - call.started)
+    try:
+        opened = await attempts.open_upstream_for(incoming.receive, gw, call, model, plan)
+    except BaseException:
+        # The attempt failed or the client left: still learn the admission's outcome, so a reservation it
+        # made is given back when the call is recorded.
+        with contextlib.suppress(Exception):
+            call.ticket = await asyncio.shield(admitting)
+        raise
+    try:
+        call.ticket = await admitting
+    except BaseException:
+        await attempts.close_response(opened.resp)
+        raise
+    return opened
+
+
 # --- chat, in every client dialect ---------------------------------------------------------------------------
 
 
@@ -135,11 +165,9 @@ async def _chat(
     # and the TPM charge, both corrected to the real count when the request ends.
     prompt_estimate = len(raw) // 2 + 16
     amount = relay.worst_case(gw, model, call, prompt_estimate, max_out, n)
-    call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
-    metrics.OVERHEAD.observe(time.perf_counter() - call.started)
     sse = call.dialect != "gemini" or incoming.query_params.get("alt") == "sse"
     plan = attempts.Plan(call.dialect, body, internal, "/chat/completions", stream, sse)
-    opened = await attempts.open_upstream_for(incoming.receive, gw, call, model, plan)
+    opened = await admit_and_open(gw, call, incoming, snap, model, plan, amount, prompt_estimate)
     headers = ratelimit_headers(call, snap.rpm_limit, snap.tpm_limit, {})
     if stream:
         headers["cache-control"] = "no-cache"
@@ -273,11 +301,8 @@ async def _plain(gw: Gateway, call: Call, incoming: Incoming, kind: str, path: s
         )
     else:
         amount = relay.worst_case(gw, model, call, prompt_estimate, 1 if kind == "embedding" else 0, n)
-    call.ticket = await relay.admit(gw, call, snap, amount, prompt_estimate)
-    metrics.OVERHEAD.observe(time.perf_counter() - call.started)
-    opened = await attempts.open_upstream_for(
-        incoming.receive, gw, call, model, attempts.Plan("openai", body, body, path, False)
-    )
+    plan = attempts.Plan("openai", body, body, path, False)
+    opened = await admit_and_open(gw, call, incoming, snap, model, plan, amount, prompt_estimate)
     await attempts.close_response(opened.resp)
     try:
         usage = oai.response_usage(opened.body)

@@ -35,6 +35,8 @@ TOKENS = Counter("faregate_gateway_tokens_total", "Tokens served", ["model", "ty
 COST = Counter("faregate_gateway_cost_micros_total", "Cost charged to clients, micro-USD", ["model"])
 UPSTREAM_ERRORS = Counter("faregate_gateway_upstream_errors_total", "Failed upstream attempts", ["channel", "reason"])
 RATELIMIT_REJECTIONS = Counter("faregate_gateway_ratelimit_rejections_total", "Requests refused by a limit", ["scope"])
+OVERLAPPED = Counter("faregate_gateway_overlapped_admissions_total",
+                     "Requests whose admission ran beside the upstream call (no limit near)")
 INFLIGHT = Gauge("faregate_gateway_inflight_requests", "Client requests in progress", multiprocess_mode="livesum")
 
 

@@ -157,10 +157,9 @@ def worst_case(gw: Gateway, model: Model, call: Call, prompt_estimate: int, max_
     return worst
 
 
-async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token_estimate: int) -> Ticket:
-    flush_records(gw)  # answered requests' settles go first, in the same write as this admission
+def _limits(gw: Gateway, snap: ev.KeySnapshot) -> Limits:
     s = gw.settings
-    limits = Limits(
+    return Limits(
         key_rpm=snap.rpm_limit,
         key_tpm=snap.tpm_limit,
         key_concurrency=snap.concurrency_limit,
@@ -168,6 +167,23 @@ async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, toke
         account_tpm=s.account_tpm_limit,
         account_concurrency=s.account_concurrency_limit,
     )
+
+
+def _allowance(snap: ev.KeySnapshot) -> Allowance | None:
+    # An org member's monthly allowance (issue 11), held in the same script as wallet and quota; an org key's
+    # spend is counted even without one (0), so an allowance set mid-month sees the whole month.
+    return Allowance(snap.org_id, snap.user_id, snap.allowance_micros, snap.allowance_tz) if snap.org_id else None
+
+
+def may_overlap(gw: Gateway, snap: ev.KeySnapshot, amount: int) -> bool:
+    """Admission may run beside the upstream call (settings.overlap_admission and Admission.overlap_safe)."""
+    return gw.settings.overlap_admission and gw.admission.overlap_safe(
+        snap.account_id, snap.key_id, amount, snap.quota_micros, _limits(gw, snap), _allowance(snap))
+
+
+async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token_estimate: int) -> Ticket:
+    flush_records(gw)  # answered requests' settles go first, in the same write as this admission
+    limits = _limits(gw, snap)
     for attempt in range(2):
         verdict = await gw.admission.admit(
             request_id=call.request_id,
@@ -177,11 +193,7 @@ async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, toke
             quota_limit=snap.quota_micros,
             token_estimate=token_estimate,
             limits=limits,
-            # An org member's monthly allowance (issue 11), held in the same script as wallet and quota; an org
-            # key's spend is counted even without one (0), so an allowance set mid-month sees the whole month.
-            allowance=Allowance(snap.org_id, snap.user_id, snap.allowance_micros, snap.allowance_tz)
-            if snap.org_id
-            else None,
+            allowance=_allowance(snap),
         )
         if verdict.ticket is not None:
             return verdict.ticket

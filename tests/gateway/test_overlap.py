@@ -1,0 +1,81 @@
+"""Overlapped admission (settings.overlap_admission): when this worker knows of no limit near, the upstream call
+starts while the admission is on its way to Redis. The money stays exact either way: a request admitted so is
+settled like any other, and one refused so gets the refusal, is not charged, and holds nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
+
+from shared.wallet import SpendGuard
+from tests.gateway.conftest import World, eventually, usage_events
+
+CHAT = {"model": "gpt-4o-mini", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def overlapped() -> float:
+    return REGISTRY.get_sample_value("faregate_gateway_overlapped_admissions_total") or 0.0
+
+
+async def chat(gateway: AsyncTestClient[Any], secret: str) -> Any:
+    return await gateway.post("/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {secret}"})
+
+
+async def test_with_plenty_of_balance_and_no_limits_admission_overlaps_and_settles_exactly(
+        world: World, gateway: AsyncTestClient[Any]) -> None:
+    secret, snap = await world.add_key()
+    before = overlapped()
+    first = await chat(gateway, secret)  # nothing known of this wallet yet: admitted first
+    assert first.status_code == 200 and overlapped() == before
+    rids = {first.headers["x-request-id"]}
+    for _ in range(3):
+        r = await chat(gateway, secret)
+        assert r.status_code == 200, r.text
+        rids.add(r.headers["x-request-id"])
+    assert overlapped() == before + 3
+    events = await usage_events(world.res, rids)
+    charged = sum(e.reserved_micros > 0 and e.prompt_tokens > 0 for e in events)
+    assert len(events) == 4 and charged == 4
+
+    async def settled() -> bool:
+        w = await world.wallet(snap.account_id)
+        return w.get("reserved") == 0 and w.get("pending", 0) > 0
+
+    await eventually(settled)
+
+
+async def test_a_refusal_that_comes_back_during_the_upstream_call_is_answered_and_not_charged(
+        world: World, gateway: AsyncTestClient[Any]) -> None:
+    secret, snap = await world.add_key()
+    assert (await chat(gateway, secret)).status_code == 200  # the worker now believes the wallet is full
+    await eventually(lambda: _nothing_reserved(world, snap.account_id))
+    # Another pod spent it all meanwhile: this worker's copy is stale, so it overlaps; Redis refuses.
+    await SpendGuard(world.redis, world.res.keys).set_balance(snap.account_id, 0)
+    pending_before = (await world.wallet(snap.account_id)).get("pending", 0)
+    before = overlapped()
+    r = await chat(gateway, secret)
+    assert overlapped() == before + 1
+    assert r.status_code == 402 and r.json()["error"]["code"] == "insufficient_quota", r.text
+    sent = [q for q in world.mock_stats()["requests"] if q["request_id"] == r.headers["x-request-id"]]
+    assert sent, "the upstream call was started before the refusal came back"
+    [event] = await usage_events(world.res, {r.headers["x-request-id"]})
+    assert event.status == 402 and event.prompt_tokens == 0 and event.completion_tokens == 0
+    await eventually(lambda: _nothing_reserved(world, snap.account_id))
+    assert (await world.wallet(snap.account_id)).get("pending", 0) == pending_before
+    # Now the worker knows: the next request is not overlapped.
+    r = await chat(gateway, secret)
+    assert r.status_code == 402 and overlapped() == before + 1
+
+
+async def test_a_key_with_a_rate_limit_is_always_admitted_first(world: World, gateway: AsyncTestClient[Any]) -> None:
+    secret, _ = await world.add_key(rpm_limit=1000)
+    before = overlapped()
+    for _ in range(3):
+        assert (await chat(gateway, secret)).status_code == 200
+    assert overlapped() == before
+
+
+async def _nothing_reserved(world: World, account_id: str) -> bool:
+    return (await world.wallet(account_id)).get("reserved") == 0
