@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -166,10 +167,14 @@ def gateway_available() -> str | None:
 def start(stack: Stack, secret: str, *, workers: int, cpus: tuple[int, ...], name: str,
           label: str, extra_env: dict[str, str] | None = None) -> Target:
     port = free_port()
-    env = {**os.environ, **stack.env, **(extra_env or {}), "FAREGATE_GATEWAY_PORT": str(port),
-           "FAREGATE_GATEWAY_WORKERS": str(workers), "PYTHONPATH": str(ROOT)}
+    extra = dict(extra_env or {})
+    # BENCH_CHECKOUT: run the gateway of another checkout (a git worktree of an older commit, say) with this
+    # one's virtualenv, so bench/hotpath.py can A/B two versions of the code in one run.
+    code = Path(extra.pop("BENCH_CHECKOUT", str(ROOT)))
+    env = {**os.environ, **stack.env, **extra, "FAREGATE_GATEWAY_PORT": str(port),
+           "FAREGATE_GATEWAY_WORKERS": str(workers), "PYTHONPATH": str(code)}
     child = spawn(f"gateway-{name}", pin(cpus, [sys.executable, "-m", "faregate.cli", "gateway"]), env=env,
-                  cwd=ROOT)
+                  cwd=code)
     target = Target(
         name=name, label=label,
         json=Endpoint(port, "/v1/chat/completions", "bench-json"),

@@ -6,7 +6,9 @@ variant's 1-worker gateway on the system-under-test core and measures it with wr
 
     python -m bench.hotpath [--rounds 3] [--seconds 4] [--floor] [--variant NAME=ENV=VALUE[,ENV=VALUE]] ...
 
-With no --variant it measures the gateway as configured. A variant is a set of environment variables for the
+With no --variant it measures the gateway as configured. `BENCH_CHECKOUT=<dir>` in a variant runs another
+checkout's gateway (e.g. `git worktree add /tmp/base HEAD~1`, then `--variant base=BENCH_CHECKOUT=/tmp/base
+--variant new=`): two versions of the code, measured in one run. A variant is a set of environment variables for the
 gateway process (e.g. `--variant base= --variant nofast=FAREGATE_GATEWAY_FAST_PATH=false`). Printed per
 variant: median CPU µs/request at 16 connections, req/s, and p50 added over the direct upstream at 1
 connection, for chat and for streams. `--floor` adds bench/floor.py's minimal Python relays (ASGI and RSGI on

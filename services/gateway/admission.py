@@ -122,6 +122,23 @@ class Settling:
     sent: asyncio.Future[Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class Admitting:
+    """An admission on its way (Admission.send_admit): what the verdict needs, and its reply's future (None:
+    not sent yet)."""
+
+    request_id: str
+    account_id: str
+    key_id: str
+    amount: int
+    token_estimate: int
+    window: int
+    allowance_key: str
+    keys: list[str]
+    args: list[int | str]
+    sent: asyncio.Future[Any] | None
+
+
 @dataclass(frozen=True)
 class Verdict:
     ticket: Ticket | None
@@ -186,6 +203,33 @@ class Admission:
         limits: Limits,
         allowance: Allowance | None = None,
     ) -> Verdict:
+        return await self.verdict(
+            self.send_admit(
+                request_id=request_id,
+                account_id=account_id,
+                key_id=key_id,
+                amount=amount,
+                quota_limit=quota_limit,
+                token_estimate=token_estimate,
+                limits=limits,
+                allowance=allowance,
+            )
+        )
+
+    def send_admit(
+        self,
+        *,
+        request_id: str,
+        account_id: str,
+        key_id: str,
+        amount: int,
+        quota_limit: int,
+        token_estimate: int,
+        limits: Limits,
+        allowance: Allowance | None = None,
+    ) -> Admitting:
+        """Queue the admission on the Redis connection now, without waiting (so it can travel beside the upstream
+        call with no task of its own); `verdict` reads the answer."""
         now_ms = int(time.time() * 1000)
         window = now_ms // 60000
         keys = self._keys(account_id, key_id, request_id, window)
@@ -193,47 +237,58 @@ class Admission:
         if allowance is not None:
             allowance_key = allowance.key(self.keys.ns, now_ms / 1000)
             keys += [allowance_key, self.keys.reservation(request_id) + ":allow"]
+        args: list[int | str] = [
+            amount,
+            quota_limit,
+            RESERVATION_TTL_S,
+            now_ms,
+            request_id,
+            token_estimate,
+            INFLIGHT_TTL_MS,
+            limits.key_rpm,
+            limits.key_tpm,
+            limits.key_concurrency,
+            limits.account_rpm,
+            limits.account_tpm,
+            limits.account_concurrency,
+            allowance.limit if allowance is not None else 0,
+            ALLOWANCE_TTL_S,
+        ]
         try:
-            out = await self._admit(
-                keys=keys,
-                args=[
-                    amount,
-                    quota_limit,
-                    RESERVATION_TTL_S,
-                    now_ms,
-                    request_id,
-                    token_estimate,
-                    INFLIGHT_TTL_MS,
-                    limits.key_rpm,
-                    limits.key_tpm,
-                    limits.key_concurrency,
-                    limits.account_rpm,
-                    limits.account_tpm,
-                    limits.account_concurrency,
-                    allowance.limit if allowance is not None else 0,
-                    ALLOWANCE_TTL_S,
-                ],
-            )
+            sent: asyncio.Future[Any] | None = self._admit.send(keys, args)
+        except OSError:  # not connected right now: `verdict` connects and sends it
+            sent = None
+        return Admitting(request_id, account_id, key_id, amount, token_estimate, window, allowance_key, keys, args,
+                         sent)
+
+    async def verdict(self, a: Admitting) -> Verdict:
+        """The outcome of `send_admit`; admitted on the local balance copy when Redis cannot answer."""
+        try:
+            if a.sent is None:
+                out = await self._admit(keys=a.keys, args=a.args)
+            else:
+                out = await self._admit.reply(a.sent, a.keys, a.args)
         except OSError as exc:  # RespConnectionError / RespTimeout: Redis unreachable or stalled
-            return self._admit_locally(request_id, account_id, key_id, amount, token_estimate, window, exc)
+            return self._admit_locally(a.request_id, a.account_id, a.key_id, a.amount, a.token_estimate, a.window,
+                                       exc)
         code, available, rpm_used, tpm_used, retry_ms = (int(x) for x in out)
         if self._local_held:
             self.redis_recovered()
         if code == 0:
-            self._last_available[account_id] = available
-            self._in_flight[key_id] = self._in_flight.get(key_id, 0) + 1
+            self._last_available[a.account_id] = available
+            self._in_flight[a.key_id] = self._in_flight.get(a.key_id, 0) + 1
             return Verdict(
                 Ticket(
-                    request_id,
-                    account_id,
-                    key_id,
-                    amount,
-                    token_estimate,
-                    window,
+                    a.request_id,
+                    a.account_id,
+                    a.key_id,
+                    a.amount,
+                    a.token_estimate,
+                    a.window,
                     key_rpm_used=rpm_used,
                     key_tpm_used=tpm_used,
                     reset_ms=retry_ms,
-                    allowance_key=allowance_key,
+                    allowance_key=a.allowance_key,
                 ),
                 available=available,
             )
@@ -242,7 +297,7 @@ class Admission:
             return Verdict(None, refused=f"{scope}_{kind}", retry_after_ms=retry_ms)
         refused = {1: "wallet", 2: "quota", 3: "unknown", 4: "allowance"}[code]
         if refused != "unknown":
-            self._last_available[account_id] = available
+            self._last_available[a.account_id] = available
         return Verdict(None, refused=refused, available=available)
 
     def _admit_locally(

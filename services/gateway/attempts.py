@@ -274,9 +274,13 @@ async def _read_capped(resp: Response) -> None:
 
 
 async def close_response(resp: Response | None) -> None:
+    close_response_now(resp)
+
+
+def close_response_now(resp: Response | None) -> None:
     if resp is not None:
         try:
-            await resp.aclose()
+            resp.close()
         except Exception:  # noqa: S110 - closing a broken connection may fail; nothing to do about it
             pass
 

@@ -34,6 +34,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON = b"application/json"
 
+# A stream's client is watched for leaving once the stream has run this long (see _send_stream).
+WATCH_AFTER_S = 0.02
+
 
 class ClientGone(Exception):
     """The client hung up; nothing more can be sent."""
@@ -148,6 +151,12 @@ async def _send_stream(
         me.cancel()
 
     watcher: asyncio.Future[None] | None = None
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    timer: asyncio.TimerHandle | None = None
     try:
         # The stream is started before anything is sent: from then on its own `finally` records the request,
         # even if the very first send fails (an async generator that never ran has no `finally` to run).
@@ -155,10 +164,10 @@ async def _send_stream(
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if first is not None:
             await send({"type": "http.response.body", "body": first, "more_body": True})
-            # Watched from the first chunk on, not before: starting the watcher (a task and a call into the
-            # server) ahead of the first send would delay the first byte, and a client cannot leave any earlier
-            # than the attempts' own watcher notices.
-            watcher = asyncio.ensure_future(watch())
+            # Watched only once the stream outlasts WATCH_AFTER_S (any real model's does), as the attempts are:
+            # the watcher (a task and a call into the server) costs more than a quick stream's whole relay,
+            # and until then a client that left is noticed at the next send.
+            timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
             async for chunk in content:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -169,6 +178,8 @@ async def _send_stream(
     except OSError:
         pass  # the connection broke under a send: the client is gone as well
     finally:
+        if timer is not None:
+            timer.cancel()
         if watcher is not None:
             watcher.cancel()
         aclose = getattr(content, "aclose", None)

@@ -114,7 +114,7 @@ async def admit_and_open(gw: Gateway, call: Call, incoming: Incoming, snap: Any,
         metrics.OVERHEAD.observe(time.perf_counter() - call.started)
         return await attempts.open_upstream_for(incoming.receive, gw, call, model, plan)
     metrics.OVERLAPPED.inc()
-    admitting = asyncio.ensure_future(relay.admit(gw, call, snap, amount, token_estimate))
+    sent = relay.send_admit(gw, call, snap, amount, token_estimate)  # no task: its reply is read below
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
     try:
         opened = await attempts.open_upstream_for(incoming.receive, gw, call, model, plan)
@@ -122,10 +122,10 @@ async def admit_and_open(gw: Gateway, call: Call, incoming: Incoming, snap: Any,
         # The attempt failed or the client left: still learn the admission's outcome, so a reservation it
         # made is given back when the call is recorded.
         with contextlib.suppress(Exception):
-            call.ticket = await asyncio.shield(admitting)
+            call.ticket = await asyncio.shield(asyncio.ensure_future(relay.admitted(gw, snap, sent)))
         raise
     try:
-        call.ticket = await admitting
+        call.ticket = await relay.admitted(gw, snap, sent)
     except BaseException:
         await attempts.close_response(opened.resp)
         raise

@@ -26,7 +26,7 @@ import msgspec
 from opentelemetry import trace
 
 from services.gateway import metrics
-from services.gateway.admission import Allowance, Limits, Settling, Ticket
+from services.gateway.admission import Admitting, Allowance, Limits, Settling, Ticket
 from services.gateway.auth import check_ip, check_key
 from services.gateway.context import Gateway
 from services.gateway.dialects.openai import TokenUsage
@@ -181,23 +181,43 @@ def may_overlap(gw: Gateway, snap: ev.KeySnapshot, amount: int) -> bool:
         snap.account_id, snap.key_id, amount, snap.quota_micros, _limits(gw, snap), _allowance(snap))
 
 
-async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token_estimate: int) -> Ticket:
+def send_admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token_estimate: int) -> Admitting:
+    """Queue the request's admission on the Redis connection now; `admitted` waits for its outcome."""
     flush_records(gw)  # answered requests' settles go first, in the same write as this admission
-    limits = _limits(gw, snap)
+    return gw.admission.send_admit(
+        request_id=call.request_id,
+        account_id=snap.account_id,
+        key_id=snap.key_id,
+        amount=amount,
+        quota_limit=snap.quota_micros,
+        token_estimate=token_estimate,
+        limits=_limits(gw, snap),
+        allowance=_allowance(snap),
+    )
+
+
+async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token_estimate: int) -> Ticket:
+    return await admitted(gw, snap, send_admit(gw, call, snap, amount, token_estimate))
+
+
+async def admitted(gw: Gateway, snap: ev.KeySnapshot, sent: Admitting) -> Ticket:
+    """The ticket of an admission `send_admit` queued; raises the client's error when it was refused. A wallet
+    Redis does not hold yet is loaded from billing and the admission made once more."""
     for attempt in range(2):
-        verdict = await gw.admission.admit(
-            request_id=call.request_id,
-            account_id=snap.account_id,
-            key_id=snap.key_id,
-            amount=amount,
-            quota_limit=snap.quota_micros,
-            token_estimate=token_estimate,
-            limits=limits,
-            allowance=_allowance(snap),
-        )
+        verdict = await gw.admission.verdict(sent)
         if verdict.ticket is not None:
             return verdict.ticket
         if verdict.refused == "unknown" and attempt == 0 and await gw.load_wallet(snap.account_id):
+            sent = gw.admission.send_admit(
+                request_id=sent.request_id,
+                account_id=snap.account_id,
+                key_id=snap.key_id,
+                amount=sent.amount,
+                quota_limit=snap.quota_micros,
+                token_estimate=sent.token_estimate,
+                limits=_limits(gw, snap),
+                allowance=_allowance(snap),
+            )
             continue
         if verdict.refused in ("wallet", "unknown"):
             raise InsufficientQuota(
@@ -276,18 +296,52 @@ def record_soon(gw: Gateway, call: Call) -> None:
     call.ended = time.perf_counter()
     gw.unrecorded.append(call)
     if gw.record_timer is None:
-        gw.record_timer = asyncio.get_running_loop().call_later(RECORD_DELAY_S, flush_records, gw)
+        # Not cancelled when an admission takes the batch along: a timer that finds nothing to send costs less
+        # than one armed and cancelled per request. Whatever waits is sent within RECORD_DELAY_S either way.
+        gw.record_timer = asyncio.get_running_loop().call_later(RECORD_DELAY_S, _record_timer, gw)
+
+
+def _record_timer(gw: Gateway) -> None:
+    gw.record_timer = None
+    flush_records(gw)
 
 
 def flush_records(gw: Gateway) -> None:
-    """Send the settles of every answered request now; one background task records them once Redis answers."""
-    if gw.record_timer is not None:
-        gw.record_timer.cancel()
-        gw.record_timer = None
+    """Send the settles of every answered request now; each is accounted (metrics, usage event) once Redis
+    answers its settle."""
+    if not gw.unrecorded:
+        return
     calls, gw.unrecorded = gw.unrecorded, []
-    batch = [(call, *_settle(gw, call)) for call in calls if not call.recorded]
-    if batch:
-        gw.spawn(_account_batch(gw, batch))
+    waiting: list[tuple[Call, int, int, Settling]] = []
+    for call in calls:
+        if call.recorded:
+            continue
+        cost, latency_ms, settling = _settle(gw, call)
+        if settling is None:
+            _account(gw, call, cost, latency_ms)
+        else:
+            waiting.append((call, cost, latency_ms, settling))
+    if not waiting:
+        return
+    last = waiting[-1][3].sent
+    if last is not None and all(w[3].sent is not None for w in waiting):
+        # Sent together on one connection, answered in order: when the last reply is in, all are.
+        gw.when_done(last, lambda: _accounted(gw, waiting))
+    else:
+        gw.spawn(_account_batch(gw, waiting))
+
+
+def _accounted(gw: Gateway, batch: list[tuple[Call, int, int, Settling]]) -> None:
+    failed = []
+    for item in batch:
+        sent = item[3].sent
+        assert sent is not None
+        if sent.cancelled() or sent.exception() is not None:
+            failed.append(item)  # NOSCRIPT after a Redis restart, or Redis gone: `settled` deals with it
+        else:
+            _account(gw, *item[:3])
+    if failed:
+        gw.spawn(_account_batch(gw, failed))
 
 
 async def drain(gw: Gateway, wait_s: float = 10.0) -> None:
@@ -301,7 +355,7 @@ async def drain(gw: Gateway, wait_s: float = 10.0) -> None:
         await gw.drain(left)
 
 
-async def _account_batch(gw: Gateway, batch: list[tuple[Call, int, int, Settling | None]]) -> None:
+async def _account_batch(gw: Gateway, batch: list[tuple[Call, int, int, Settling]]) -> None:
     for call, cost, latency_ms, settling in batch:
         await gw.admission.settled(settling)  # sent together: one wait for the whole batch
         _account(gw, call, cost, latency_ms)

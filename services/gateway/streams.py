@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from services.gateway import clients, metrics, tokenizer
-from services.gateway.attempts import Opened, Plan, close_response
+from services.gateway.attempts import Opened, Plan, close_response, close_response_now
 from services.gateway.context import Gateway
 from services.gateway.dialects import openai as dialect_openai
 from services.gateway.dialects.errors import UpstreamStreamError
@@ -45,6 +45,14 @@ def _failed_mid_stream(gw: Gateway, call: Call, exc: BaseException) -> GatewayEr
     return failed
 
 
+def _payload(event: bytes) -> bytes | None:
+    """The data of an OpenAI SSE event (one `data:` line); None for anything else (a comment, `[DONE]`)."""
+    if not event.startswith(b"data:"):
+        return None
+    data = event[5:].lstrip()
+    return None if data == b"[DONE]" else data
+
+
 class SSEUsageFilter:
     """Splits an OpenAI SSE byte stream into events, reads the usage chunk, and drops it when the client did
     not ask for usage. Complete events are forwarded as they arrive; a partial one waits for its end."""
@@ -64,25 +72,25 @@ class SSEUsageFilter:
             return b""
         ready, self._buf = self._buf[: end + 2], self._buf[end + 2 :]
         self.payloads.append(ready)
-        dropped = False
-        out = []
-        for event in ready.split(b"\n\n"):
-            if not event.startswith(b"data:"):
-                out.append(event)
-                continue
-            data = event[5:].lstrip()
-            if data == b"[DONE]":
-                out.append(event)
-                continue
-            usage, usage_only = oai.probe_event(data)
+        events = ready.split(b"\n\n")
+        datas = [d for d in map(_payload, events) if d is not None]
+        if not datas:
+            return ready
+        # All the events that arrived, probed in one decode.
+        probes = oai.probe_events(datas)
+        drop = False
+        for usage, usage_only in probes:
             if usage is not None:
                 self.usage = usage
-                if usage_only and not self.client_wants_usage:
-                    dropped = True
-                    continue
-            out.append(event)
-        if not dropped:
+                drop = drop or (usage_only and not self.client_wants_usage)
+        if not drop:
             return ready  # the common case: forward the bytes exactly as they came
+        out = []
+        for event in events:
+            data = _payload(event)
+            if data is not None and oai.probe_events([data])[0][1]:
+                continue  # the usage-only chunk
+            out.append(event)
         return b"\n\n".join(e for e in out if e) + b"\n\n"
 
     def rest(self) -> bytes:
@@ -111,9 +119,10 @@ def stream_body(
         try:
             out = sse.feed(opened.first)
             call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
-            metrics.child(metrics.TTFT, call.model).observe(call.ttft_ms / 1000)
             if out:
                 yield out
+            # Observed once the first chunk is on its way: the histogram is not the client's wait.
+            metrics.child(metrics.TTFT, call.model).observe(call.ttft_ms / 1000)
             while True:
                 try:
                     async with asyncio.timeout(idle):
@@ -139,12 +148,19 @@ def stream_body(
                 # The client went away (the ASGI server cancelled us): stop the upstream at once, keep the
                 # tally.
                 call.status, call.error_code = 499, "client_disconnected"
-            gw.spawn(_finish_stream(gw, call, opened, sse, prompt_messages))
+            if sse.usage is not None:
+                # The common end, done here: a task for it would cost more than the work.
+                close_response_now(opened.resp)
+                call.usage = sse.usage
+                record_soon(gw, call)
+            else:
+                gw.spawn(_finish_stream(gw, call, opened, sse, prompt_messages))
 
     return generate()
 
 
 async def _finish_stream(gw: Gateway, call: Call, opened: Opened, sse: SSEUsageFilter, prompt_messages: Any) -> None:
+    """A stream that ended without a usage report: counted with the tokenizer (which may still be loading)."""
     await close_response(opened.resp)
     if sse.usage is not None:
         call.usage = sse.usage
@@ -205,9 +221,9 @@ def translated_stream_body(gw: Gateway, call: Call, opened: Opened, plan: Plan) 
         try:
             data = convert(parser.feed(opened.first))
             call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
-            metrics.child(metrics.TTFT, call.model).observe(call.ttft_ms / 1000)
             if data:
                 yield data
+            metrics.child(metrics.TTFT, call.model).observe(call.ttft_ms / 1000)
             while True:
                 try:
                     async with asyncio.timeout(idle):

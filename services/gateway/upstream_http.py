@@ -137,6 +137,9 @@ class Response:
         return b"".join([part async for part in self.aiter_raw()])
 
     async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
         """Give the connection back if the body was read to the end; otherwise close it."""
         if self._conn is not None:
             self._discard()

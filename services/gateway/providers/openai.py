@@ -96,21 +96,31 @@ class _Probe(msgspec.Struct):
     error: msgspec.Raw = _NULL
 
 
-_decode_probe = msgspec.json.Decoder(_Probe).decode
+_decode_probes = msgspec.json.Decoder(list[_Probe]).decode
 
 
-def probe_event(data: bytes) -> tuple[Usage | None, bool]:
-    """(usage, is_usage_only_chunk) of one `data:` payload. Raises UpstreamStreamError when the upstream
-    reports an error inside the stream or sends something that is not JSON."""
+def probe_events(datas: list[bytes]) -> list[tuple[Usage | None, bool]]:
+    """(usage, is_usage_only_chunk) of each `data:` payload of a batch, decoded in one call (a JSON array of
+    them): per payload that is a fraction of a microsecond, where a decode each cost about two. Raises
+    UpstreamStreamError when the upstream reports an error inside the stream or any payload is not JSON."""
     try:
-        parsed = _decode_probe(data)
+        parsed = _decode_probes(b"[" + b",".join(datas) + b"]")
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise UpstreamStreamError("malformed", "the upstream sent a malformed stream event") from None
-    if bytes(parsed.error) != b"null":
-        raise UpstreamStreamError("upstream_error", "the upstream reported an error mid-stream")
-    if parsed.usage is None:
-        return None, False
-    return _usage(parsed.usage), bytes(parsed.choices).strip() in (b"[]", b"null")
+    if len(parsed) != len(datas):  # a payload like `1,2` would pass as two array items
+        raise UpstreamStreamError("malformed", "the upstream sent a malformed stream event")
+    out: list[tuple[Usage | None, bool]] = []
+    for event in parsed:
+        if event.error is not _NULL and bytes(event.error) != b"null":
+            raise UpstreamStreamError("upstream_error", "the upstream reported an error mid-stream")
+        if event.usage is None:
+            out.append(_NO_USAGE)
+        else:
+            out.append((_usage(event.usage), bytes(event.choices).strip() in (b"[]", b"null")))
+    return out
+
+
+_NO_USAGE: tuple[Usage | None, bool] = (None, False)
 
 
 class _ErrorHead(msgspec.Struct):
