@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 from litestar import Litestar
 
 from services.gateway.errors import BodyTooLarge, GatewayError, error_body, headers_for
+from shared.events import new_id
 from shared.logs import request_id_var
 from shared.web import well_formed_request_id
 
@@ -43,9 +44,14 @@ class ClientGone(Exception):
 
 
 class Incoming:
-    """One client request: lower-cased headers (decoded once), the query on demand, the peer and the request id."""
+    """One client request: lower-cased headers (decoded once), the query on demand, the peer and the request id.
 
-    __slots__ = ("_query", "headers", "peer", "receive", "request_id", "scope")
+    The request id is always minted here, never taken from the client: it names the request's usage event and
+    reservation, which billing and admission count once, so a client repeating an X-Request-Id of its own would
+    otherwise be charged for the first request only. A well-formed client id is kept as `client_request_id`,
+    echoed as X-Client-Request-Id (as OpenAI's API does)."""
+
+    __slots__ = ("_query", "client_request_id", "headers", "peer", "receive", "request_id", "scope")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
@@ -59,7 +65,9 @@ class Incoming:
         self.headers = headers
         client = scope.get("client")
         self.peer: str = client[0] if client else ""
-        self.request_id = well_formed_request_id(headers.get("x-request-id"))
+        self.request_id = new_id()
+        theirs = headers.get("x-client-request-id") or headers.get("x-request-id")
+        self.client_request_id = theirs if theirs and well_formed_request_id(theirs) == theirs else ""
         self._query: dict[str, str] | None = None
 
     @property
@@ -122,8 +130,10 @@ def error_reply(dialect: str, exc: GatewayError) -> Reply:
 Handler = Callable[[Any, Incoming, str], Coroutine[Any, Any, Reply]]
 
 
-async def send_reply(reply: Reply, request_id: str, send: Send, receive: Receive) -> None:
-    headers = [(b"content-type", reply.media_type), (b"x-request-id", request_id.encode())]
+async def send_reply(reply: Reply, incoming: Incoming, send: Send, receive: Receive) -> None:
+    headers = [(b"content-type", reply.media_type), (b"x-request-id", incoming.request_id.encode())]
+    if incoming.client_request_id:
+        headers.append((b"x-client-request-id", incoming.client_request_id.encode()))
     if reply.headers:
         headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
     if reply.stream is None:
@@ -228,7 +238,7 @@ class GatewayApp(Litestar):
                 except ClientGone:
                     return
             try:
-                await send_reply(reply, incoming.request_id, send, receive)
+                await send_reply(reply, incoming, send, receive)
             finally:
                 if reply.then is not None:
                     reply.then()

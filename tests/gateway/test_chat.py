@@ -108,21 +108,33 @@ async def _catalog_has(gateway: AsyncTestClient[Any], channel_id: str) -> bool:
     return channel_id in gw.catalog.channels
 
 
-async def test_client_request_id_is_kept_and_a_bad_one_replaced(world: World, gateway: AsyncTestClient[Any]) -> None:
+async def test_a_client_request_id_is_echoed_but_every_request_gets_its_own_id(
+    world: World, gateway: AsyncTestClient[Any]
+) -> None:
+    """The request id names the usage event, which billing debits once: a client repeating its own X-Request-Id
+    must not make later requests duplicates of the first (free). Its id comes back as X-Client-Request-Id."""
     secret, _ = await world.add_key()
-    good = "client-req-12345678"
-    r = await gateway.post(
-        "/v1/chat/completions",
-        headers={"authorization": f"Bearer {secret}", "x-request-id": good},
-        json={"model": "gpt-4o-mini", "messages": MESSAGES},
-    )
-    assert r.status_code == 200 and r.headers["x-request-id"] == good
+    mine = "client-req-12345678"
+    answers = [
+        await gateway.post(
+            "/v1/chat/completions",
+            headers={"authorization": f"Bearer {secret}", "x-request-id": mine},
+            json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        )
+        for _ in range(2)
+    ]
+    assert [r.status_code for r in answers] == [200, 200]
+    assert [r.headers["x-client-request-id"] for r in answers] == [mine, mine]
+    rids = {r.headers["x-request-id"] for r in answers}
+    assert len(rids) == 2 and mine not in rids
+    events = await usage_events(world.res, rids)
+    assert sorted(e.event_id for e in events) == sorted(rids)
     r = await gateway.post(
         "/v1/chat/completions",
         headers={"authorization": "Bearer nope", "x-request-id": "bad id with spaces"},
         json={"model": "gpt-4o-mini", "messages": MESSAGES},
     )
-    assert r.status_code == 401 and r.headers["x-request-id"] != "bad id with spaces"
+    assert r.status_code == 401 and "x-client-request-id" not in r.headers
 
 
 @pytest.mark.parametrize("stream", [False, True])
