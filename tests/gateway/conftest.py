@@ -231,8 +231,32 @@ async def usage_events(
     res: Resources, request_ids: set[str], *, wait_s: float = 10.0, settle_s: float = 0.5
 ) -> list[ev.UsageRecorded]:
     """Every usage.recorded for `request_ids` in the session's USAGE stream, duplicates included (so a test
-    can
-    tell "exactly one"). Waits until each id has appeared, then a little longer for stray duplicates."""
+    can tell "exactly one"). Waits until each id has appeared, then a little longer for stray duplicates."""
+    return await _usage_events(
+        res,
+        lambda e: e.request_id in request_ids,
+        lambda found: {e.request_id for e in found} >= request_ids,
+        wait_s,
+        settle_s,
+    )
+
+
+async def usage_events_of_key(
+    res: Resources, key_id: str, count: int = 1, *, wait_s: float = 10.0, settle_s: float = 0.5
+) -> list[ev.UsageRecorded]:
+    """Every usage.recorded of one API key, duplicates included: for requests made through an SDK, whose
+    answer's X-Request-Id the test does not see. Waits until `count` have appeared, then a little longer."""
+    return await _usage_events(res, lambda e: e.key_id == key_id, lambda found: len(found) >= count, wait_s,
+                               settle_s)
+
+
+async def _usage_events(
+    res: Resources,
+    match: Callable[[ev.UsageRecorded], bool],
+    enough: Callable[[list[ev.UsageRecorded]], bool],
+    wait_s: float,
+    settle_s: float,
+) -> list[ev.UsageRecorded]:
     assert res.js and res.publisher
     await res.publisher.flush()
     deadline = time.monotonic() + wait_s
@@ -246,11 +270,11 @@ async def usage_events(
                 except Exception:
                     break
                 event = ev.decode(msg.data)
-                if isinstance(event, ev.UsageRecorded) and event.request_id in request_ids:
+                if isinstance(event, ev.UsageRecorded) and match(event):
                     found.append(event)
         finally:
             await sub.unsubscribe()
-        if {e.request_id for e in found} >= request_ids or time.monotonic() > deadline:
+        if enough(found) or time.monotonic() > deadline:
             if settle_s:
                 await asyncio.sleep(settle_s)
                 settle_s = 0

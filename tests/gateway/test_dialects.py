@@ -20,7 +20,7 @@ from google.genai import types
 from shared import catalog as cat
 from shared import crypto
 from tests import procs
-from tests.gateway.conftest import MOCK_KEY, World, model, usage_events, use_catalog
+from tests.gateway.conftest import MOCK_KEY, World, model, usage_events_of_key, use_catalog
 
 # public model -> (channel provider, the mock's model name for it)
 UPSTREAMS = {
@@ -183,11 +183,12 @@ def ask(client: str, base: str, key: str, rid: str, model_name: str, stream: boo
 async def test_text_reaches_every_client_from_every_upstream_and_is_recorded(
     dialect_world: World, gateways: list[procs.ServiceProcess], client: str, upstream: str, stream: bool
 ) -> None:
-    secret, _ = await dialect_world.add_key()
+    secret, snap = await dialect_world.add_key()
     rid = "rid-" + secrets.token_hex(8)
     seen = await asyncio.to_thread(ask, client, gateways[0].url, secret, rid, upstream, stream, False)
     assert seen.text and seen.completion > 0
-    [event] = await usage_events(dialect_world.res, {rid})
+    [event] = await usage_events_of_key(dialect_world.res, snap.key_id)
+    assert event.request_id != rid  # the client's id is echoed, never the request's own
     assert event.dialect == client and event.upstream_dialect == UPSTREAMS[upstream][0]
     assert event.status == 200 and event.model == upstream and event.stream is stream
     assert event.completion_tokens == seen.completion and event.prompt_tokens > 0

@@ -23,7 +23,7 @@ from services.gateway.providers import openai as p_openai
 from shared import catalog as cat
 from shared import crypto
 from tests import procs
-from tests.gateway.conftest import MOCK_KEY, World, eventually, usage_events, use_catalog
+from tests.gateway.conftest import MOCK_KEY, World, eventually, usage_events_of_key, use_catalog
 
 MODEL = "gpt-4o-mini"
 # channel provider -> the mock's model for it
@@ -84,6 +84,7 @@ def status_of(exc: BaseException) -> int:
 
 
 def attempted(world: World, rid: str) -> list[str]:
+    """The faults the mock played for one request (the gateway's request id, which it passes upstream)."""
     return [r["fault"] or "healthy" for r in world.mock_stats()["requests"] if r["request_id"] == rid]
 
 
@@ -109,7 +110,7 @@ async def test_an_error_first_stream_is_served_by_the_next_channel(
             dialect_channel(world, healthy, dialect, priority=1),
         ],
     )
-    secret, _ = await world.add_key()
+    secret, snap = await world.add_key()
     rid = "req_" + secrets.token_hex(8)
     base = gateways[0].url
 
@@ -117,8 +118,8 @@ async def test_an_error_first_stream_is_served_by_the_next_channel(
 
     # the whole answer of the healthy channel, with no trace of the other channel's error
     assert len(text) > 20
-    assert attempted(world, rid) == ["error_after=0", "healthy"]
-    [event] = await usage_events(world.res, {rid})
+    [event] = await usage_events_of_key(world.res, snap.key_id)
+    assert attempted(world, event.request_id) == ["error_after=0", "healthy"]
     assert event.channel_id == healthy and event.status == 200 and event.completion_tokens > 0
     # the erring channel's failure counts against its health, as a 5xx would
 
@@ -145,16 +146,16 @@ async def test_when_every_channel_errs_first_the_client_gets_a_plain_error(
             dialect_channel(world, f"second-{dialect}-{status}", dialect, fault=fault, priority=1),
         ],
     )
-    secret, _ = await world.add_key()
+    secret, snap = await world.add_key()
     rid = "req_" + secrets.token_hex(8)
 
     with pytest.raises((openai_sdk.APIStatusError, anthropic_sdk.APIStatusError, genai.errors.APIError)) as info:
         await ask_streaming(gateways[0].url, dialect, secret, rid)
 
     assert status_of(info.value) == status
+    [event] = await usage_events_of_key(world.res, snap.key_id)
     # an invalid request is the request's fault: no other channel is asked
-    assert attempted(world, rid) == ([fault] if status == 400 else [fault, fault])
-    [event] = await usage_events(world.res, {rid})
+    assert attempted(world, event.request_id) == ([fault] if status == 400 else [fault, fault])
     assert event.status == status and event.completion_tokens == 0
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from tests import procs
-from tests.gateway.conftest import World, channel, eventually, usage_events, use_catalog
+from tests.gateway.conftest import World, channel, eventually, usage_events, usage_events_of_key, use_catalog
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Count slowly to fifty."}]
 
@@ -168,13 +168,15 @@ async def test_client_leaving_before_the_answer_cancels_the_upstream(
         else:
             raise AssertionError("the mock answered before the client gave up")
 
+    [event] = await usage_events_of_key(world.res, snap.key_id, wait_s=2.5)
+    assert event.status == 499 and event.error_code == "client_disconnected"
+    assert event.request_id != rid  # the request's own id, which the gateway also sent upstream
+
     async def cancelled() -> bool:
-        entries = [e for e in world.mock_stats()["requests"] if e["request_id"] == rid]
+        entries = [e for e in world.mock_stats()["requests"] if e["request_id"] == event.request_id]
         return bool(entries) and entries[0]["outcome"] == "cancelled"
 
-    await eventually(cancelled, 2.5)  # well before the 4 s the upstream would have taken
-    [event] = await usage_events(world.res, {rid})
-    assert event.status == 499 and event.error_code == "client_disconnected"
+    await eventually(cancelled, 1.0)  # well before the 4 s the upstream would have taken
 
     async def released() -> bool:
         w = await world.wallet(snap.account_id)
