@@ -114,7 +114,7 @@ async def admit_and_open(gw: Gateway, call: Call, incoming: Incoming, snap: Any,
         metrics.OVERHEAD.observe(time.perf_counter() - call.started)
         return await attempts.open_upstream_for(incoming.receive, gw, call, model, plan)
     metrics.OVERLAPPED.inc()
-    sent = relay.send_admit(gw, call, snap, amount, token_estimate)  # no task: its reply is read below
+    sent = relay.send_admit(gw, call, snap, amount, token_estimate, settles_first=False)  # read below, no task
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
     try:
         opened = await attempts.open_upstream_for(incoming.receive, gw, call, model, plan)

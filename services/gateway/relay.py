@@ -181,9 +181,17 @@ def may_overlap(gw: Gateway, snap: ev.KeySnapshot, amount: int) -> bool:
         snap.account_id, snap.key_id, amount, snap.quota_micros, _limits(gw, snap), _allowance(snap))
 
 
-def send_admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token_estimate: int) -> Admitting:
-    """Queue the request's admission on the Redis connection now; `admitted` waits for its outcome."""
-    flush_records(gw)  # answered requests' settles go first, in the same write as this admission
+def send_admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token_estimate: int,
+               settles_first: bool = True) -> Admitting:
+    """Queue the request's admission on the Redis connection now; `admitted` waits for its outcome.
+
+    `settles_first`: answered requests' settles go ahead of it, in the same write, so a client's next request
+    finds its concurrency slot and reservation given back. An overlapped admission (nothing near a limit) leaves
+    them to the record timer (within RECORD_DELAY_S, several to a write) or the next admission that is not
+    overlapped: Redis answers a write's commands together, so settles sent with it would hold up its reply by
+    their run time, which the client waits for."""
+    if settles_first:
+        flush_records(gw)
     return gw.admission.send_admit(
         request_id=call.request_id,
         account_id=snap.account_id,
