@@ -67,7 +67,8 @@ def serve_service(name: str) -> None:
     from shared.web import serve
 
     print(
-        f"[{name}] listening on http://{settings.host}:{settings.port} ({settings.workers} worker(s))",
+        f"[{name}] listening on http://{settings.host}:{settings.port} ({settings.workers} worker(s), "
+        f"{getattr(settings, 'server_interface', 'asgi')})",
         file=sys.stderr,
         flush=True,
     )
@@ -79,6 +80,7 @@ def serve_service(name: str) -> None:
         data_dir=common.data_dir,
         service=name,
         shutdown_grace_s=settings.shutdown_grace_s,
+        interface=getattr(settings, "server_interface", "asgi"),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import types
 from collections.abc import Mapping
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -86,6 +86,11 @@ def _convert(name: str, raw: str, hint: Any) -> Any:
             return raw
         if origin is tuple:
             return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if origin is Literal:
+            choices = get_args(hint)
+            if raw.strip() in choices:
+                return raw.strip()
+            raise ValueError(f"expected one of {', '.join(map(str, choices))}")
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r} is malformed: {exc}") from None
     raise ConfigError(f"{name}: unsupported setting type {hint!r}")

@@ -156,9 +156,18 @@ def ops_handlers(checks: Mapping[str, ReadyCheck], *, degrade_only: Collection[s
 
 
 def serve(
-    target: str, *, host: str, port: int, workers: int, data_dir: str, service: str, shutdown_grace_s: int = 30
+    target: str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    data_dir: str,
+    service: str,
+    shutdown_grace_s: int = 30,
+    interface: str = "asgi",
 ) -> None:
-    """Run `target` ("module:factory") on granian, a Rust ASGI server (1.3-1.45x uvicorn here)."""
+    """Run `target` ("module:factory") on granian, a Rust ASGI server (1.3-1.45x uvicorn here); `interface`
+    "rsgi" for an app that also speaks granian's own (the gateway: services/gateway/front.py, shared/rsgi.py)."""
     from granian.constants import Interfaces
     from granian.server import Server
 
@@ -176,7 +185,7 @@ def serve(
         target,
         address=host,
         port=port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI if interface == "rsgi" else Interfaces.ASGI,
         workers=workers,
         factory=True,
         log_access=False,

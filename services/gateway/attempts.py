@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -340,19 +340,14 @@ class ClientGone(Exception):
     """The client hung up before the answer started; the upstream call was cancelled."""
 
 
-async def _disconnected(receive: Any) -> None:
-    # With the body read, the next ASGI message is http.disconnect, and it arrives only when the client
-    # leaves.
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 # A watcher task per request costs more than most upstream answers on a fast network take; it is started only
 # for a request still waiting after this long (any real model call), so a quick answer never pays for one.
 WATCH_AFTER_S = 0.02
 
 
-async def open_upstream_for(receive: Any, gw: Gateway, call: Call, model: Model, plan: Plan) -> Opened:
+async def open_upstream_for(
+    disconnected: Callable[[], Awaitable[None]], gw: Gateway, call: Call, model: Model, plan: Plan
+) -> Opened:
     """`open_upstream`, abandoned at once (and the upstream request cancelled) if the client disconnects.
 
     The attempts run in the request's own task; a watcher, started once the wait passes WATCH_AFTER_S, cancels
@@ -364,7 +359,7 @@ async def open_upstream_for(receive: Any, gw: Gateway, call: Call, model: Model,
 
     async def watch() -> None:
         nonlocal gone
-        await _disconnected(receive)
+        await disconnected()  # returns when the client has gone
         gone = True
         me.cancel()
 

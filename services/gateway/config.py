@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from shared.config import ServerSettings, register
 
@@ -52,6 +53,8 @@ class GatewaySettings(ServerSettings, frozen=True, kw_only=True):
     # knows of no limit near: the client waits one round trip instead of two. A refusal that comes back then
     # cancels an upstream call already made (the client is not charged; the provider may bill its start).
     overlap_admission: bool = True
+    # granian's interface: "rsgi" (its own: an answer handed over in one call; ~15% less CPU a request) or "asgi".
+    server_interface: Literal["rsgi", "asgi"] = "rsgi"
     # Keep-alive pool to upstreams, per worker.
     max_upstream_connections: int = 1000
 

@@ -1,13 +1,15 @@
-"""The gateway's ASGI entry: the paid client endpoints are served straight off the ASGI messages; everything else
-(ops, model listings, internal endpoints, unknown paths) goes through Litestar.
+"""The gateway's server entry: the paid client endpoints are served straight off the server's interface (RSGI in
+production, ASGI in the in-process tests); everything else (ops, model listings, internal endpoints, unknown
+paths) goes through Litestar.
 
 Why not Litestar for these too: on the bench (bench/hotpath.py, one core) Litestar's routing, request and
 response objects, its exception and our request-id middleware cost ~80 µs of the ~400 µs of CPU a relayed
 request took, for endpoints that need none of it: one POST body in, one body or stream out. Here a request is a
-dict lookup, the headers decoded once, the body read with its size limit, and one or two `send` calls.
+dict lookup, the headers decoded once, the body read with its size limit, and the answer handed over.
 
-`GatewayApp` is still a Litestar app (lifespan, state, TestClient, every other route), with `__call__` taking the
-paid paths first.
+`GatewayApp` is still a Litestar app (lifespan, state, TestClient, every other route), with `__call__` (ASGI) and
+`__rsgi__` (RSGI, shared/rsgi.py bridging the rest to Litestar) taking the paid paths first. The two differ only
+in `Incoming`'s transport methods (`AsgiIncoming`, `RsgiIncoming`); the handlers see one request type.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import parse_qsl
 from litestar import Litestar
 
 from services.gateway.errors import BodyTooLarge, GatewayError, error_body, headers_for
+from shared import rsgi
 from shared.events import new_id
 from shared.logs import request_id_var
 from shared.web import well_formed_request_id
@@ -33,7 +36,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-_JSON = b"application/json"
+_JSON = "application/json"
 
 # A stream's client is watched for leaving once the stream has run this long (see _send_stream).
 WATCH_AFTER_S = 0.02
@@ -44,27 +47,23 @@ class ClientGone(Exception):
 
 
 class Incoming:
-    """One client request: lower-cased headers (decoded once), the query on demand, the peer and the request id.
+    """One client request, whichever server interface brought it: lower-cased headers (decoded once), the query
+    on demand, the peer and the request id. `body` reads the body under a size limit; `disconnected` returns
+    once the client has gone (call it only after the body was read).
 
     The request id is always minted here, never taken from the client: it names the request's usage event and
     reservation, which billing and admission count once, so a client repeating an X-Request-Id of its own would
     otherwise be charged for the first request only. A well-formed client id is kept as `client_request_id`,
     echoed as X-Client-Request-Id (as OpenAI's API does)."""
 
-    __slots__ = ("_query", "client_request_id", "headers", "peer", "receive", "request_id", "scope")
+    __slots__ = ("_query", "_raw_query", "client_request_id", "headers", "method", "path", "peer", "request_id")
 
-    def __init__(self, scope: Scope, receive: Receive) -> None:
-        self.scope = scope
-        self.receive = receive
-        headers: dict[str, str] = {}
-        for k, v in scope["headers"]:
-            name = k.decode("latin-1").lower()
-            value = v.decode("latin-1")
-            # A repeated header is one comma-separated list (RFC 9110 5.3); X-Forwarded-For relies on that.
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    def __init__(self, method: str, path: str, headers: dict[str, str], raw_query: str, peer: str) -> None:
+        self.method = method
+        self.path = path
         self.headers = headers
-        client = scope.get("client")
-        self.peer: str = client[0] if client else ""
+        self._raw_query = raw_query
+        self.peer = peer
         self.request_id = new_id()
         theirs = headers.get("x-client-request-id") or headers.get("x-request-id")
         self.client_request_id = theirs if theirs and well_formed_request_id(theirs) == theirs else ""
@@ -73,14 +72,60 @@ class Incoming:
     @property
     def query_params(self) -> dict[str, str]:
         if self._query is None:
-            raw = self.scope.get("query_string", b"")
-            self._query = dict(parse_qsl(raw.decode("latin-1"))) if raw else {}
+            self._query = dict(parse_qsl(self._raw_query)) if self._raw_query else {}
         return self._query
+
+    def _declared_too_large(self, limit: int) -> bool:
+        declared = self.headers.get("content-length")
+        return declared is not None and declared.isdigit() and int(declared) > limit
 
     async def body(self, limit: int) -> bytes:
         """The whole body, refused with 413 past `limit` bytes (from Content-Length before reading, if sent)."""
-        declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise NotImplementedError
+
+    async def disconnected(self) -> None:
+        raise NotImplementedError
+
+    async def answer(self, reply: Reply) -> None:
+        """Hand the reply to the server: whole, or chunk by chunk as the stream produces them."""
+        raise NotImplementedError
+
+    def header_list(self, reply: Reply) -> list[tuple[str, str]]:
+        headers = [("content-type", reply.media_type), ("x-request-id", self.request_id)]
+        if self.client_request_id:
+            headers.append(("x-client-request-id", self.client_request_id))
+        if reply.headers:
+            headers += reply.headers.items()
+        return headers
+
+
+def _header_dict(pairs: Any) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        # A repeated header is one comma-separated list (RFC 9110 5.3); X-Forwarded-For relies on that.
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+class AsgiIncoming(Incoming):
+    """A request off the ASGI messages (the in-process test client; `FAREGATE_GATEWAY_SERVER_INTERFACE=asgi`)."""
+
+    __slots__ = ("receive", "send")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        super().__init__(
+            scope["method"],
+            scope["path"],
+            _header_dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]),
+            scope.get("query_string", b"").decode("latin-1"),
+            client[0] if client else "",
+        )
+        self.receive = receive
+        self.send = send
+
+    async def body(self, limit: int) -> bytes:
+        if self._declared_too_large(limit):
             raise _too_large(limit)
         message = await self.receive()
         if message["type"] == "http.disconnect":
@@ -104,6 +149,88 @@ class Incoming:
             if not message.get("more_body"):
                 return b"".join(parts)
 
+    async def disconnected(self) -> None:
+        # With the body read, the next ASGI message is http.disconnect, and it arrives only when the client leaves.
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
+    async def answer(self, reply: Reply) -> None:
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.header_list(reply)]
+        send = self.send
+        if reply.stream is None:
+            headers.append((b"content-length", str(len(reply.body)).encode()))
+            await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+            await send({"type": "http.response.body", "body": reply.body})
+            return
+
+        async def start(first: bytes) -> Callable[[bytes], Awaitable[None]]:
+            await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+
+            async def chunk(data: bytes) -> None:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+
+            await chunk(first)
+            return chunk
+
+        async def end() -> None:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await _stream(self, reply.stream, start, end)
+
+
+class RsgiIncoming(Incoming):
+    """A request off granian's RSGI protocol (how `faregate gateway` serves): the answer goes to the server in
+    one call, the body comes in one await."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, scope: Any, proto: Any) -> None:
+        client = scope.client
+        super().__init__(scope.method, scope.path, _header_dict(scope.headers.items()), scope.query_string,
+                         client.rpartition(":")[0].strip("[]") if client else "")
+        self.proto = proto
+
+    async def body(self, limit: int) -> bytes:
+        if self._declared_too_large(limit):
+            raise _too_large(limit)
+        if "content-length" in self.headers:
+            body: bytes = await self.proto()  # no more than the declared length, which is within the limit
+        else:  # chunked: read piece by piece, so an endless body is cut at the limit
+            parts = []
+            size = 0
+            async for chunk in self.proto:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                parts.append(chunk)
+            body = b"".join(parts)
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+
+    async def disconnected(self) -> None:
+        await self.proto.client_disconnect()
+
+    async def answer(self, reply: Reply) -> None:
+        headers = self.header_list(reply)
+        proto = self.proto
+        try:
+            if reply.stream is None:
+                proto.response_bytes(reply.status, headers, reply.body)
+                return
+
+            async def start(first: bytes) -> Callable[[bytes], Awaitable[None]]:
+                transport = proto.response_stream(reply.status, headers)
+                await transport.send_bytes(first)
+                return transport.send_bytes  # type: ignore[no-any-return]
+
+            async def end() -> None:
+                return None  # the stream ends when this returns
+
+            await _stream(self, reply.stream, start, end)
+        except RuntimeError as exc:  # RSGIProtocolClosed / RSGIProtocolError: the client is gone
+            raise OSError(str(exc)) from None
+
 
 def _too_large(limit: int) -> BodyTooLarge:
     return BodyTooLarge(f"The request body is larger than the {limit} bytes this gateway accepts.")
@@ -116,7 +243,7 @@ class Reply:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] | None = None
-    media_type: bytes = _JSON
+    media_type: str = _JSON
     stream: AsyncIterator[bytes] | None = None
     # Bookkeeping to start once the answer was handed to the server (settle, usage event): started earlier it
     # would take the core from the server thread that writes the answer, which is pure latency for the client.
@@ -130,33 +257,22 @@ def error_reply(dialect: str, exc: GatewayError) -> Reply:
 Handler = Callable[[Any, Incoming, str], Coroutine[Any, Any, Reply]]
 
 
-async def send_reply(reply: Reply, incoming: Incoming, send: Send, receive: Receive) -> None:
-    headers = [(b"content-type", reply.media_type), (b"x-request-id", incoming.request_id.encode())]
-    if incoming.client_request_id:
-        headers.append((b"x-client-request-id", incoming.client_request_id.encode()))
-    if reply.headers:
-        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
-    if reply.stream is None:
-        headers.append((b"content-length", str(len(reply.body)).encode()))
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
-        return
-    await _send_stream(reply.status, headers, reply.stream, send, receive)
-
-
-async def _send_stream(
-    status: int, headers: list[tuple[bytes, bytes]], content: AsyncIterator[bytes], send: Send, receive: Receive
+async def _stream(
+    incoming: Incoming,
+    content: AsyncIterator[bytes],
+    start: Callable[[bytes], Awaitable[Callable[[bytes], Awaitable[None]]]],
+    end: Callable[[], Awaitable[None]],
 ) -> None:
     """Forward each chunk as it is produced; stop at once (cancelling the upstream read) when the client leaves.
-    The stream's own `finally` records the request however it ended."""
+    The stream's own `finally` records the request however it ended. `start(first)` sends the head and the
+    first chunk and returns the sender of the next ones; `end()` closes the answer."""
     me = asyncio.current_task()
     assert me is not None
     gone = False
 
     async def watch() -> None:
         nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        await incoming.disconnected()
         gone = True
         me.cancel()
 
@@ -171,16 +287,17 @@ async def _send_stream(
         # The stream is started before anything is sent: from then on its own `finally` records the request,
         # even if the very first send fails (an async generator that never ran has no `finally` to run).
         first = await anext(content, None)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
         if first is not None:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+            send = await start(first)
             # Watched only once the stream outlasts WATCH_AFTER_S (any real model's does), as the attempts are:
             # the watcher (a task and a call into the server) costs more than a quick stream's whole relay,
             # and until then a client that left is noticed at the next send.
             timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
             async for chunk in content:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send(chunk)
+        else:
+            await start(b"")
+        await end()
     except asyncio.CancelledError:
         if not gone:
             raise
@@ -210,26 +327,44 @@ class GatewayApp(Litestar):
         self.exact_routes = exact
         self.prefix_routes = prefixes
 
+    def _route(self, method: str, path: str) -> tuple[str, Handler] | None:
+        route = self.exact_routes.get(path)
+        if route is None and method == "POST":
+            for prefix, dialect, handler in self.prefix_routes:
+                if path.startswith(prefix):
+                    return dialect, handler
+        return route
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            path = scope["path"]
-            route = self.exact_routes.get(path)
-            if route is None and scope["method"] == "POST":
-                for prefix, dialect, handler in self.prefix_routes:
-                    if path.startswith(prefix):
-                        route = (dialect, handler)
-                        break
+            route = self._route(scope["method"], scope["path"])
             if route is not None:
-                await self._serve(route, scope, receive, send)
+                await self._serve(route, AsgiIncoming(scope, receive, send))
                 return
         await super().__call__(scope, receive, send)
 
-    async def _serve(self, route: tuple[str, Handler], scope: Scope, receive: Receive, send: Send) -> None:
+    # --- RSGI (granian's own interface; see shared/rsgi.py) ---
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto == "http":
+            route = self._route(scope.method, scope.path)
+            if route is not None:
+                await self._serve(route, RsgiIncoming(scope, proto))
+                return
+        await rsgi.serve_asgi(super().__call__, scope, proto)  # type: ignore[arg-type]
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._lifespan = rsgi.Lifespan(super().__call__)  # type: ignore[arg-type]
+        self._lifespan.startup(loop)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._lifespan.shutdown(loop)
+
+    async def _serve(self, route: tuple[str, Handler], incoming: Incoming) -> None:
         dialect, handler = route
-        incoming = Incoming(scope, receive)
         token = request_id_var.set(incoming.request_id)
         try:
-            if scope["method"] != "POST":
+            if incoming.method != "POST":
                 not_allowed = error_body(dialect, 405, "method_not_allowed", "Method Not Allowed")
                 reply = Reply(405, not_allowed, {"allow": "POST"})
             else:
@@ -238,7 +373,7 @@ class GatewayApp(Litestar):
                 except ClientGone:
                     return
             try:
-                await send_reply(reply, incoming, send, receive)
+                await incoming.answer(reply)
             finally:
                 if reply.then is not None:
                     reply.then()

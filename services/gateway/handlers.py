@@ -32,7 +32,7 @@ from shared.pricing import cost_micros
 log = logging.getLogger("faregate.gateway")
 _json = msgspec.json.Encoder().encode
 
-_SSE = b"text/event-stream"
+_SSE = "text/event-stream"
 
 
 def client_ip_of(gw: Gateway, incoming: Incoming) -> str:
@@ -112,12 +112,12 @@ async def admit_and_open(gw: Gateway, call: Call, incoming: Incoming, snap: Any,
     if not relay.may_overlap(gw, snap, amount):
         call.ticket = await relay.admit(gw, call, snap, amount, token_estimate)
         metrics.OVERHEAD.observe(time.perf_counter() - call.started)
-        return await attempts.open_upstream_for(incoming.receive, gw, call, model, plan)
+        return await attempts.open_upstream_for(incoming.disconnected, gw, call, model, plan)
     metrics.OVERLAPPED.inc()
     sent = relay.send_admit(gw, call, snap, amount, token_estimate, settles_first=False)  # read below, no task
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
     try:
-        opened = await attempts.open_upstream_for(incoming.receive, gw, call, model, plan)
+        opened = await attempts.open_upstream_for(incoming.disconnected, gw, call, model, plan)
     except BaseException:
         # The attempt failed or the client left: still learn the admission's outcome, so a reservation it
         # made is given back when the call is recorded.
@@ -175,7 +175,7 @@ async def _chat(
             content = streams.translated_stream_body(gw, call, opened, plan)
         else:
             content = streams.stream_body(gw, call, opened, oai_dialect.wants_usage(body), body["messages"])
-        return Reply(200, headers=headers, media_type=_SSE if sse else b"application/json", stream=content)
+        return Reply(200, headers=headers, media_type=_SSE if sse else "application/json", stream=content)
     await attempts.close_response(opened.resp)
     call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
     if not opened.translated:
@@ -231,7 +231,7 @@ GEMINI_PREFIXES = ("/v1beta/models/", "/v1/models/")
 async def gemini_generate(gw: Gateway, incoming: Incoming, dialect: str) -> Reply:
     """`POST /v1beta/models/{model}:generateContent` (or :streamGenerateContent)."""
     call = new_call(gw, incoming, "gemini", "chat")
-    path: str = incoming.scope["path"]
+    path = incoming.path
     target = next((path[len(p) :] for p in GEMINI_PREFIXES if path.startswith(p)), "")
     model, _, action = target.rpartition(":")
     if action not in ("generateContent", "streamGenerateContent") or not model:
