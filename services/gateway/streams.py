@@ -117,12 +117,20 @@ def stream_body(
         assert opened.chunks is not None
         ended = delivered = False
         try:
-            out = sse.feed(opened.first)
+            # When several events came at once, the first goes out before the others are read (each event is
+            # still checked before it is forwarded): the client's first token waits for no other.
+            first = opened.first
+            cut = first.find(b"\n\n") + 2
+            rest = first[cut:] if 2 <= cut < len(first) else b""
+            out = sse.feed(first[:cut] if rest else first)
             call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
             if out:
                 yield out
             # Observed once the first chunk is on its way: the histogram is not the client's wait.
             metrics.child(metrics.TTFT, call.model).observe(call.ttft_ms / 1000)
+            if rest and (out := sse.feed(rest)):
+                delivered = b"data: [DONE]" in out
+                yield out
             while True:
                 try:
                     async with asyncio.timeout(idle):
