@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -116,6 +117,7 @@ def stream_body(
     async def generate() -> AsyncIterator[bytes]:
         assert opened.chunks is not None
         ended = delivered = False
+        rest = b""
         try:
             # When several events came at once, the first goes out before the others are read (each event is
             # still checked before it is forwarded): the client's first token waits for no other.
@@ -128,9 +130,11 @@ def stream_body(
                 yield out
             # Observed once the first chunk is on its way: the histogram is not the client's wait.
             metrics.child(metrics.TTFT, call.model).observe(call.ttft_ms / 1000)
-            if rest and (out := sse.feed(rest)):
-                delivered = b"data: [DONE]" in out
-                yield out
+            if rest:
+                out, rest = sse.feed(rest), b""
+                if out:
+                    delivered = b"data: [DONE]" in out
+                    yield out
             while True:
                 try:
                     async with asyncio.timeout(idle):
@@ -153,9 +157,13 @@ def stream_body(
             ended = True
         finally:
             if not ended and not delivered:
-                # The client went away (the ASGI server cancelled us): stop the upstream at once, keep the
-                # tally.
+                # The client went away (the server cancelled us): stop the upstream at once, keep the tally.
                 call.status, call.error_code = 499, "client_disconnected"
+            if rest and sse.usage is None:
+                # The client left right after the first event: the rest had arrived with it and may hold the
+                # upstream's usage report, which beats counting.
+                with contextlib.suppress(UpstreamStreamError):
+                    sse.feed(rest)
             if sse.usage is not None:
                 # The common end, done here: a task for it would cost more than the work.
                 close_response_now(opened.resp)

@@ -73,6 +73,8 @@ class Exchange:
         elif self.faults.error_after is not None and error_frame is not None:
             frames = [*frames[: self.faults.error_after], error_frame]
             outcome = "stream_error"
+        if self.faults.burst:
+            frames = [b"".join(frames)]
         return Stream(
             _paced(frames, self.faults, self.entry, outcome),
             media_type=media_type,

@@ -22,6 +22,7 @@ must not silently turn into a passing happy path.
 - `tool_calls=N`       when the model calls a tool, it makes N calls at once (parallel tool calls)
 - `no_usage=1`         report no usage at all (as some OpenAI-compatible servers do): the caller must count
 - `garbage=1`          answer 200 with a body that is not JSON (a stream: one good event, then junk)
+- `burst=1`            a streamed reply's events all leave in one write, as from an upstream that batches them
 
 """
 
@@ -59,6 +60,7 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
     no_usage: int = 0
     tool_calls: int = 1
     garbage: int = 0
+    burst: int = 0
 
 
 _INT_FIELDS = set(Faults.__struct_fields__)

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import openai
 
 from tests import procs
-from tests.gateway.conftest import World, channel, usage_events, use_catalog
+from tests.gateway.conftest import World, channel, usage_events, usage_events_of_key, use_catalog
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say something."}]
 LIMIT = 16 * 1024 * 1024  # GatewaySettings.max_body_bytes
@@ -78,3 +79,22 @@ async def test_a_chunked_request_is_relayed_and_recorded(world: World, gateways:
     assert r.headers["x-client-request-id"] == "mine-12345678"
     [event] = await usage_events(world.res, {r.headers["x-request-id"]})
     assert event.status == 200 and event.completion_tokens > 0
+
+
+async def test_a_stream_that_arrives_in_one_write_is_relayed_whole(
+    world: World, gateways: list[procs.ServiceProcess]
+) -> None:
+    await use_catalog(
+        world, gateways, [channel(world.mock, "burst", fault="burst=1;cached=2", secret=world.common.secret_key)]
+    )
+    secret, snap = await world.add_key()
+    client = openai.AsyncOpenAI(api_key=secret, base_url=gateways[0].url + "/v1", max_retries=0)
+    chunks = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    pieces = [c async for c in chunks]
+    text = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
+    assert len(text) > 20 and pieces[-1].usage is not None
+    [event] = await usage_events_of_key(world.res, snap.key_id)
+    assert event.status == 200 and event.cached_tokens == 2
+    assert event.completion_tokens == pieces[-1].usage.completion_tokens
