@@ -125,19 +125,27 @@ class _Connection(asyncio.Protocol):
 
     # -- sending --
 
-    def request(self, command: bytes) -> asyncio.Future[Any]:
+    def request(self, command: bytes, now: bool = False) -> asyncio.Future[Any]:
+        """Queue `command`; it is written with whatever else this turn of the loop queues (one write for many).
+        `now`: written at once if the connection is idle (nothing queued, nothing unanswered), where there is
+        no batch to wait for and the reply is on someone's critical path."""
         fut = self._loop.create_future()
         if self.closed:
             fut.set_exception(RespConnectionError("Redis connection closed"))
             return fut
+        idle = not self._pending and not self._outgoing
         self._pending.append(fut)
+        if now and idle:
+            self._outgoing.append(command)
+            self._flush()
+            return fut
         if not self._outgoing:
             self._loop.call_soon(self._flush)
         self._outgoing.append(command)
         return fut
 
     def _flush(self) -> None:
-        if self.closed or self._transport is None:
+        if self.closed or self._transport is None or not self._outgoing:
             return
         outgoing = self._outgoing
         self._transport.write(b"".join(outgoing) if len(outgoing) > 1 else outgoing[0])
@@ -209,14 +217,15 @@ class Resp:
             conn = await self._connected()
         return await conn.request(command)
 
-    def send(self, *args: Arg) -> asyncio.Future[Any]:
+    def send(self, *args: Arg, now: bool = False) -> asyncio.Future[Any]:
         """Queue one command now and return the future of its reply, without awaiting anything: a command sent
         here leaves before any command queued after it, from any task (Redis answers one connection in order).
-        Needs the connection up: raises RespConnectionError when it is not (`execute` connects)."""
+        `now`: see `_Connection.request`. Needs the connection up: raises RespConnectionError when it is not
+        (`execute` connects)."""
         conn = self._conn
         if conn is None or conn.closed:
             raise RespConnectionError("Redis not connected")
-        return conn.request(_pack(args))
+        return conn.request(_pack(args), now)
 
     def script(self, text: str) -> Script:
         return Script(self, text)
@@ -311,9 +320,9 @@ class Script:
                 raise
         return await self.client.execute(b"EVAL", self.text, len(keys), *keys, *args)
 
-    def send(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> asyncio.Future[Any]:
+    def send(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = (), now: bool = False) -> asyncio.Future[Any]:
         """EVALSHA queued now (`Resp.send`: ordered before anything sent later); await `reply` for the result."""
-        return self.client.send(b"EVALSHA", self.sha, len(keys), *keys, *args)
+        return self.client.send(b"EVALSHA", self.sha, len(keys), *keys, *args, now=now)
 
     async def reply(self, sent: asyncio.Future[Any], keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
         """The result of a `send` with the same keys and args; a server that did not know the script runs it now

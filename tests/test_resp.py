@@ -326,3 +326,19 @@ def test_send_queues_at_once_and_keeps_the_order_of_sending(run: Run) -> None:
             assert await script.reply(script.send([counter], [1]), [counter], [1]) == 17
 
     run(scenario())
+
+
+def test_send_now_writes_at_once_on_an_idle_connection_and_batches_otherwise(run: Run) -> None:
+    async def scenario() -> None:
+        async with shared_client() as client:
+            assert await client.execute(b"PING") == b"PONG"
+            conn = client._conn
+            assert conn is not None
+            alone = client.send(b"PING", now=True)  # nothing in flight: on the wire before this returns
+            assert not conn._outgoing
+            behind = client.send(b"ECHO", b"x", now=True)  # one is unanswered: waits for the loop's write
+            later = client.send(b"ECHO", b"y")
+            assert len(conn._outgoing) == 2
+            assert [await alone, await behind, await later] == [b"PONG", b"x", b"y"]
+
+    run(scenario())

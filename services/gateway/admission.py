@@ -255,7 +255,9 @@ class Admission:
             ALLOWANCE_TTL_S,
         ]
         try:
-            sent: asyncio.Future[Any] | None = self._admit.send(keys, args)
+            # Written at once when the connection is idle (a quiet worker): the upstream call that follows costs
+            # a loop turn, which the verdict, last to arrive, would otherwise wait out too.
+            sent: asyncio.Future[Any] | None = self._admit.send(keys, args, now=True)
         except OSError:  # not connected right now: `verdict` connects and sends it
             sent = None
         return Admitting(request_id, account_id, key_id, amount, token_estimate, window, allowance_key, keys, args,
