@@ -191,31 +191,6 @@ class Admission:
             k.rate("acct", account_id, "inflight"),
         ]
 
-    async def admit(
-        self,
-        *,
-        request_id: str,
-        account_id: str,
-        key_id: str,
-        amount: int,
-        quota_limit: int,
-        token_estimate: int,
-        limits: Limits,
-        allowance: Allowance | None = None,
-    ) -> Verdict:
-        return await self.verdict(
-            self.send_admit(
-                request_id=request_id,
-                account_id=account_id,
-                key_id=key_id,
-                amount=amount,
-                quota_limit=quota_limit,
-                token_estimate=token_estimate,
-                limits=limits,
-                allowance=allowance,
-            )
-        )
-
     def send_admit(
         self,
         *,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ class ClientGone(Exception):
     """The client hung up; nothing more can be sent."""
 
 
-class Incoming:
+class Incoming(ABC):
     """One client request, whichever server interface brought it: lower-cased headers (decoded once), the query
     on demand, the peer and the request id. `body` reads the body under a size limit; `disconnected` returns
     once the client has gone (call it only after the body was read).
@@ -79,16 +80,17 @@ class Incoming:
         declared = self.headers.get("content-length")
         return declared is not None and declared.isdigit() and int(declared) > limit
 
+    @abstractmethod
     async def body(self, limit: int) -> bytes:
         """The whole body, refused with 413 past `limit` bytes (from Content-Length before reading, if sent)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def disconnected(self) -> None:
-        raise NotImplementedError
+        """Returns once the client has gone."""
 
+    @abstractmethod
     async def answer(self, reply: Reply) -> None:
         """Hand the reply to the server: whole, or chunk by chunk as the stream produces them."""
-        raise NotImplementedError
 
     def header_list(self, reply: Reply) -> list[tuple[str, str]]:
         headers = [("content-type", reply.media_type), ("x-request-id", self.request_id)]

@@ -122,10 +122,10 @@ async def admit_and_open(gw: Gateway, call: Call, incoming: Incoming, snap: Any,
         # The attempt failed or the client left: still learn the admission's outcome, so a reservation it
         # made is given back when the call is recorded.
         with contextlib.suppress(Exception):
-            call.ticket = await asyncio.shield(asyncio.ensure_future(relay.admitted(gw, snap, sent)))
+            call.ticket = await asyncio.shield(asyncio.ensure_future(relay.admitted(gw, call, snap, sent)))
         raise
     try:
-        call.ticket = await relay.admitted(gw, snap, sent)
+        call.ticket = await relay.admitted(gw, call, snap, sent)
     except BaseException:
         await attempts.close_response(opened.resp)
         raise

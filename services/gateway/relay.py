@@ -205,10 +205,10 @@ def send_admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token
 
 
 async def admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token_estimate: int) -> Ticket:
-    return await admitted(gw, snap, send_admit(gw, call, snap, amount, token_estimate))
+    return await admitted(gw, call, snap, send_admit(gw, call, snap, amount, token_estimate))
 
 
-async def admitted(gw: Gateway, snap: ev.KeySnapshot, sent: Admitting) -> Ticket:
+async def admitted(gw: Gateway, call: Call, snap: ev.KeySnapshot, sent: Admitting) -> Ticket:
     """The ticket of an admission `send_admit` queued; raises the client's error when it was refused. A wallet
     Redis does not hold yet is loaded from billing and the admission made once more."""
     for attempt in range(2):
@@ -216,16 +216,7 @@ async def admitted(gw: Gateway, snap: ev.KeySnapshot, sent: Admitting) -> Ticket
         if verdict.ticket is not None:
             return verdict.ticket
         if verdict.refused == "unknown" and attempt == 0 and await gw.load_wallet(snap.account_id):
-            sent = gw.admission.send_admit(
-                request_id=sent.request_id,
-                account_id=snap.account_id,
-                key_id=snap.key_id,
-                amount=sent.amount,
-                quota_limit=snap.quota_micros,
-                token_estimate=sent.token_estimate,
-                limits=_limits(gw, snap),
-                allowance=_allowance(snap),
-            )
+            sent = send_admit(gw, call, snap, sent.amount, sent.token_estimate)
             continue
         if verdict.refused in ("wallet", "unknown"):
             raise InsufficientQuota(
