@@ -107,6 +107,7 @@ class Ticket:
     reset_ms: int = 0
     finished: bool = False
     allowance_key: str = ""  # the allowance hash this request holds against ("" = none)
+    counted: int = 0  # what admit.lua counted (finish.lua's ARGV[4]: only the limits set)
 
 
 # Overlapped admission (Admission.overlap_safe): the last balance seen must cover this many such requests.
@@ -137,6 +138,13 @@ class Admitting:
     keys: list[str]
     args: list[int | str]
     sent: asyncio.Future[Any] | None
+    counted: int = 0
+
+
+def counted(limits: Limits) -> int:
+    """The windows and in-flight sets admit.lua keeps for these limits, as finish.lua's bits."""
+    return ((1 if limits.key_tpm else 0) | (2 if limits.account_tpm else 0)
+            | (4 if limits.key_concurrency else 0) | (8 if limits.account_concurrency else 0))
 
 
 @dataclass(frozen=True)
@@ -236,7 +244,7 @@ class Admission:
         except OSError:  # not connected right now: `verdict` connects and sends it
             sent = None
         return Admitting(request_id, account_id, key_id, amount, token_estimate, window, allowance_key, keys, args,
-                         sent)
+                         sent, counted(limits))
 
     async def verdict(self, a: Admitting) -> Verdict:
         """The outcome of `send_admit`; admitted on the local balance copy when Redis cannot answer."""
@@ -266,6 +274,7 @@ class Admission:
                     key_tpm_used=tpm_used,
                     reset_ms=retry_ms,
                     allowance_key=a.allowance_key,
+                    counted=a.counted,
                 ),
                 available=available,
             )
@@ -329,7 +338,8 @@ class Admission:
         held = [keys[0], keys[1], keys[2], keys[4], keys[7], keys[5], keys[8]]
         if ticket.allowance_key:
             held += [ticket.allowance_key, self.keys.reservation(ticket.request_id) + ":allow"]
-        args: list[int | str] = [actual_cost, ticket.request_id, actual_tokens - ticket.token_estimate]
+        args: list[int | str] = [actual_cost, ticket.request_id, actual_tokens - ticket.token_estimate,
+                                 ticket.counted]
         try:
             sent = self._finish.send(held, args)
         except OSError:  # not connected right now: `settled` connects and sends it

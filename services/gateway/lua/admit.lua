@@ -11,6 +11,9 @@
 -- KEYS[11] its reservation marker (both absent for a personal key); ARGV[14] the monthly allowance (0 = none:
 -- nothing is refused, but the spend is still counted, so an allowance set mid-month counts the whole month),
 -- ARGV[15] the allowance hash's TTL s (it outlives its month, then goes: next month starts at zero).
+-- A window or in-flight set is kept only while its limit is set (> 0): no Redis work for limits that do not
+-- apply. A limit set mid-minute counts from then on (that minute is lenient by what came before), and a
+-- concurrency limit counts only requests admitted once it is set. finish.lua is told which were counted.
 -- Returns {code, available, key_rpm_used, key_tpm_used, retry_ms}
 --   code 0 ok, 1 wallet short, 2 quota short, 3 wallet not loaded, 4 allowance short,
 --   10 key rpm, 11 key tpm, 12 key concurrency, 13 account rpm, 14 account tpm, 15 account concurrency
@@ -22,14 +25,18 @@ local tokens = tonumber(ARGV[6])
 local inflight_ttl = tonumber(ARGV[7])
 local window_left = 60000 - (now % 60000)
 
-local key_rpm = tonumber(redis.call('GET', KEYS[4]) or 0)
-local key_tpm = tonumber(redis.call('GET', KEYS[5]) or 0)
+local limits = {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]),
+                tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])}
+local key_rpm = 0
+local key_tpm = 0
+if limits[1] > 0 then key_rpm = tonumber(redis.call('GET', KEYS[4]) or 0) end
+if limits[2] > 0 then key_tpm = tonumber(redis.call('GET', KEYS[5]) or 0) end
 
 local function limited(rpm_key, tpm_key, zkey, rpm, tpm, conc, base)
-  if rpm > 0 and tonumber(redis.call('GET', rpm_key) or 0) >= rpm then
+  if rpm > 0 and (rpm_key == KEYS[4] and key_rpm or tonumber(redis.call('GET', rpm_key) or 0)) >= rpm then
     return {base, 0, key_rpm, key_tpm, window_left}
   end
-  if tpm > 0 and tonumber(redis.call('GET', tpm_key) or 0) >= tpm then
+  if tpm > 0 and (tpm_key == KEYS[5] and key_tpm or tonumber(redis.call('GET', tpm_key) or 0)) >= tpm then
     return {base + 1, 0, key_rpm, key_tpm, window_left}
   end
   if conc > 0 then
@@ -41,9 +48,9 @@ local function limited(rpm_key, tpm_key, zkey, rpm, tpm, conc, base)
   return nil
 end
 
-local refused = limited(KEYS[4], KEYS[5], KEYS[6], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), 10)
+local refused = limited(KEYS[4], KEYS[5], KEYS[6], limits[1], limits[2], limits[3], 10)
 if refused then return refused end
-refused = limited(KEYS[7], KEYS[8], KEYS[9], tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), 13)
+refused = limited(KEYS[7], KEYS[8], KEYS[9], limits[4], limits[5], limits[6], 13)
 if refused then return refused end
 
 -- the spend guard (logic of shared/lua/reserve.lua)
@@ -82,17 +89,24 @@ end
 redis.call('HINCRBY', KEYS[1], 'reserved', amount)
 redis.call('SET', KEYS[3], amount .. ':' .. limit, 'EX', tonumber(ARGV[3]))
 
--- count the request in every window; windows outlive their minute a little so a late finish still lands
-for _, k in ipairs({KEYS[4], KEYS[7]}) do
-  redis.call('INCR', k)
-  redis.call('PEXPIRE', k, 120000)
+-- count the request in the windows whose limit is set; windows outlive their minute a little so a late finish
+-- still lands
+for i, k in ipairs({KEYS[4], KEYS[7]}) do
+  if limits[i * 3 - 2] > 0 then
+    redis.call('INCR', k)
+    redis.call('PEXPIRE', k, 120000)
+  end
 end
-for _, k in ipairs({KEYS[5], KEYS[8]}) do
-  redis.call('INCRBY', k, tokens)
-  redis.call('PEXPIRE', k, 120000)
+for i, k in ipairs({KEYS[5], KEYS[8]}) do
+  if limits[i * 3 - 1] > 0 then
+    redis.call('INCRBY', k, tokens)
+    redis.call('PEXPIRE', k, 120000)
+  end
 end
-for _, k in ipairs({KEYS[6], KEYS[9]}) do
-  redis.call('ZADD', k, now, member)
-  redis.call('PEXPIRE', k, inflight_ttl)
+for i, k in ipairs({KEYS[6], KEYS[9]}) do
+  if limits[i * 3] > 0 then
+    redis.call('ZADD', k, now, member)
+    redis.call('PEXPIRE', k, inflight_ttl)
+  end
 end
 return {0, available - amount, key_rpm + 1, key_tpm + tokens, window_left}

@@ -2,11 +2,14 @@
 -- sets, and correct the token windows from the estimate to the actual count.
 -- KEYS[1] wallet hash, KEYS[2] quota hash, KEYS[3] reservation marker, KEYS[4] key TPM window,
 -- KEYS[5] account TPM window, KEYS[6] key in-flight zset, KEYS[7] account in-flight zset
--- ARGV[1] actual cost, ARGV[2] request id, ARGV[3] tokens actual - estimate
+-- ARGV[1] actual cost, ARGV[2] request id, ARGV[3] tokens actual - estimate, ARGV[4] what admit.lua counted
+--   (only where a limit was set), as bits: 1 key TPM, 2 account TPM, 4 key in-flight, 8 account in-flight
 -- Organisation keys: KEYS[8] the member's allowance hash, KEYS[9] its reservation marker (absent when the
 -- request held no allowance): reserved -= held, used += actual.
-redis.call('ZREM', KEYS[6], ARGV[2])
-redis.call('ZREM', KEYS[7], ARGV[2])
+local counted = tonumber(ARGV[4])
+local function was(bit) return counted % (bit * 2) >= bit end
+if was(4) then redis.call('ZREM', KEYS[6], ARGV[2]) end
+if was(8) then redis.call('ZREM', KEYS[7], ARGV[2]) end
 if KEYS[9] then
   local held = redis.call('GET', KEYS[9])
   if held then
@@ -17,8 +20,8 @@ if KEYS[9] then
 end
 local delta = tonumber(ARGV[3])
 if delta ~= 0 then
-  for _, k in ipairs({KEYS[4], KEYS[5]}) do
-    if redis.call('EXISTS', k) == 1 then
+  for i, k in ipairs({KEYS[4], KEYS[5]}) do
+    if was(i) and redis.call('EXISTS', k) == 1 then
       redis.call('INCRBY', k, delta)
     end
   end
