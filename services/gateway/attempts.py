@@ -182,7 +182,7 @@ async def _attempt(gw: Gateway, call: Call, model: Model, channel: ChannelView, 
     resp: Response | None = None
     try:
         async with asyncio.timeout(first_byte):
-            resp = await gw.http.post(url, headers, content)
+            resp = await gw.http.post(url, headers, content, call.upstream_written)
             if resp.status_code != 200:
                 await _read_capped(resp)
                 raise _classify(resp.status_code, resp.headers)

@@ -53,6 +53,9 @@ class GatewaySettings(ServerSettings, frozen=True, kw_only=True):
     # knows of no limit near: the client waits one round trip instead of two. A refusal that comes back then
     # cancels an upstream call already made (the client is not charged; the provider may bill its start).
     overlap_admission: bool = True
+    # How long an answered request waits to be settled in Redis and published as a usage event when no admission
+    # that is not overlapped comes first to take it along: answers within this window go out in one write.
+    record_delay_s: float = 0.02
     # granian's interface: "rsgi" (its own: an answer handed over in one call; ~15% less CPU a request) or "asgi".
     server_interface: Literal["rsgi", "asgi"] = "rsgi"
     # Keep-alive pool to upstreams, per worker.

@@ -15,7 +15,7 @@ import msgspec
 from opentelemetry import trace
 
 from services.gateway import attempts, clients, metrics, relay, streams, tokenizer
-from services.gateway.admission import Ticket
+from services.gateway.admission import Admitting, Ticket
 from services.gateway.auth import client_address
 from services.gateway.context import Gateway
 from services.gateway.dialects import openai as oai_dialect
@@ -108,24 +108,37 @@ async def admit_and_open(gw: Gateway, call: Call, incoming: Incoming, snap: Any,
                          amount: int, token_estimate: int) -> attempts.Opened:
     """Admit the request (limits, reservation), then open the upstream answer; both at once when this worker
     knows of no limit near (relay.may_overlap), so the client waits for one round trip instead of two. A refusal
-    then closes the upstream answer unread; however it ends, a reservation made is settled by `record`."""
+    then closes the upstream answer unread; however it ends, a reservation made is settled by `record`.
+
+    Overlapped, the admission is written to Redis right after the upstream request: the upstream's answer, the
+    longer wait, starts sooner, and the admission's own write and Redis's work fall within that wait."""
     if not relay.may_overlap(gw, snap, amount):
         call.ticket = await relay.admit(gw, call, snap, amount, token_estimate)
         metrics.OVERHEAD.observe(time.perf_counter() - call.started)
         return await attempts.open_upstream_for(incoming.disconnected, gw, call, model, plan)
     metrics.OVERLAPPED.inc()
-    sent = relay.send_admit(gw, call, snap, amount, token_estimate, settles_first=False)  # read below, no task
     metrics.OVERHEAD.observe(time.perf_counter() - call.started)
+    sent: list[Admitting] = []
+
+    def send_admit() -> None:  # once, at the first upstream write (or below, if no attempt got as far)
+        if not sent:
+            sent.append(relay.send_admit(gw, call, snap, amount, token_estimate, settles_first=False))
+
+    call.upstream_written = send_admit
     try:
         opened = await attempts.open_upstream_for(incoming.disconnected, gw, call, model, plan)
     except BaseException:
         # The attempt failed or the client left: still learn the admission's outcome, so a reservation it
         # made is given back when the call is recorded.
+        call.upstream_written = None
+        send_admit()
         with contextlib.suppress(Exception):
-            call.ticket = await asyncio.shield(asyncio.ensure_future(relay.admitted(gw, call, snap, sent)))
+            call.ticket = await asyncio.shield(asyncio.ensure_future(relay.admitted(gw, call, snap, sent[0])))
         raise
+    call.upstream_written = None
+    send_admit()
     try:
-        call.ticket = await relay.admitted(gw, call, snap, sent)
+        call.ticket = await relay.admitted(gw, call, snap, sent[0])
     except BaseException:
         await attempts.close_response(opened.resp)
         raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,9 @@ class Call:
     ended: float = 0.0  # perf_counter when the answer was handed over (0: not yet)
     recorded: bool = False
     span: Any = None  # the request's OpenTelemetry span, ended by `record`
+    # Called each time an upstream request of this call is on the wire (handlers.admit_and_open: the admission
+    # goes out then, in the upstream's wait).
+    upstream_written: Callable[[], None] | None = None
 
     def fail(self, exc: GatewayError) -> None:
         self.status = exc.status
@@ -187,7 +191,7 @@ def send_admit(gw: Gateway, call: Call, snap: ev.KeySnapshot, amount: int, token
 
     `settles_first`: answered requests' settles go ahead of it, in the same write, so a client's next request
     finds its concurrency slot and reservation given back. An overlapped admission (nothing near a limit) leaves
-    them to the record timer (within RECORD_DELAY_S, several to a write) or the next admission that is not
+    them to the record timer (within settings.record_delay_s, several to a write) or the next admission that is not
     overlapped: Redis answers a write's commands together, so settles sent with it would hold up its reply by
     their run time, which the client waits for."""
     if settles_first:
@@ -273,10 +277,6 @@ def _token_usage(u: Usage) -> TokenUsage:
 # -------------------------------------------------------------------------------
 
 
-# How long an answered request waits to be settled and recorded when no admission comes first to take it along.
-RECORD_DELAY_S = 0.002
-
-
 async def record(gw: Gateway, call: Call) -> None:
     """Settle the reservation and publish the request's one usage.recorded. Idempotent per Call."""
     if call.recorded:
@@ -289,15 +289,15 @@ async def record(gw: Gateway, call: Call) -> None:
 def record_soon(gw: Gateway, call: Call) -> None:
     """`record`, for an answer handed to the server: batched, and off the next request's way. The settle is sent
     at the latest with the next admission of this worker (ahead of it, on the same Redis connection, so a client
-    sending one request after another finds its slot and reservation given back), or after RECORD_DELAY_S."""
+    sending one request after another finds its slot and reservation given back), or after settings.record_delay_s."""
     if call.recorded:
         return
     call.ended = time.perf_counter()
     gw.unrecorded.append(call)
     if gw.record_timer is None:
         # Not cancelled when an admission takes the batch along: a timer that finds nothing to send costs less
-        # than one armed and cancelled per request. Whatever waits is sent within RECORD_DELAY_S either way.
-        gw.record_timer = asyncio.get_running_loop().call_later(RECORD_DELAY_S, _record_timer, gw)
+        # than one armed and cancelled per request. Whatever waits is sent within record_delay_s either way.
+        gw.record_timer = asyncio.get_running_loop().call_later(gw.settings.record_delay_s, _record_timer, gw)
 
 
 def _record_timer(gw: Gateway) -> None:

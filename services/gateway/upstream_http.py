@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -51,6 +51,13 @@ def _target(url: str) -> tuple[Origin, str, bytes]:
     default = (parts.scheme == "https" and port == 443) or (parts.scheme == "http" and port == 80)
     host_header = parts.hostname if default else f"{parts.hostname}:{port}"
     return (parts.scheme, parts.hostname, port), path, host_header.encode()
+
+
+@lru_cache(maxsize=1024)
+def _start_line(method: bytes, url: str) -> tuple[Origin, bytes]:
+    """The origin, and the request line with the host header: the same for every request to one URL."""
+    origin, path, host = _target(url)
+    return origin, method + b" " + path.encode() + b" HTTP/1.1\r\nhost: " + host + b"\r\n"
 
 
 class _Conn:
@@ -209,33 +216,33 @@ class Client:
             raise UpstreamConnectError(f"cannot connect to the upstream: {type(exc).__name__}") from None
         return _Conn(reader, writer)
 
-    async def post(self, url: str, headers: dict[str, str], body: bytes) -> Response:
-        """Send the request and read the status and headers; the caller reads (or closes) the body."""
-        return await self.request(b"POST", url, headers, body)
+    async def post(
+        self, url: str, headers: dict[str, str], body: bytes, written: Callable[[], None] | None = None
+    ) -> Response:
+        """Send the request and read the status and headers; the caller reads (or closes) the body. `written`
+        is called once the request is on the wire, before its answer is awaited (each time it is written)."""
+        return await self.request(b"POST", url, headers, body, written)
 
-    async def request(self, method: bytes, url: str, headers: dict[str, str], body: bytes = b"") -> Response:
+    async def request(
+        self,
+        method: bytes,
+        url: str,
+        headers: dict[str, str],
+        body: bytes = b"",
+        written: Callable[[], None] | None = None,
+    ) -> Response:
         """Any method (the gateway's internal GETs to keys use it too); `post` for the upstream calls."""
-        origin, path, host = _target(url)
-        head = bytearray(
-            method
-            + b" "
-            + path.encode()
-            + b" HTTP/1.1\r\nhost: "
-            + host
-            + b"\r\ncontent-length: "
-            + str(len(body)).encode()
-            + b"\r\n"
-        )
-        for name, value in headers.items():
-            head += name.encode() + b": " + value.encode() + b"\r\n"
-        head += b"\r\n"
-        request = bytes(head) + body
+        origin, start = _start_line(method, url)
+        fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        request = b"".join((start, b"content-length: %d\r\n" % len(body), fields.encode(), b"\r\n", body))
         conn = self._take(origin)
         for attempt in range(2):
             if conn is None:
                 conn = await self._open(origin)
             try:
                 conn.writer.write(request)
+                if written is not None:
+                    written()
                 await conn.writer.drain()
                 raw = await conn.reader.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:

@@ -10,7 +10,8 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 
 from shared.wallet import SpendGuard
-from tests.gateway.conftest import World, eventually, usage_events
+from tests import procs
+from tests.gateway.conftest import World, channel, eventually, usage_events
 
 CHAT = {"model": "gpt-4o-mini", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -79,3 +80,62 @@ async def test_a_key_with_a_rate_limit_is_always_admitted_first(world: World, ga
 
 async def _nothing_reserved(world: World, account_id: str) -> bool:
     return (await world.wallet(account_id)).get("reserved") == 0
+
+
+async def _counters(world: World, scope: str, owner: str) -> dict[str, str]:
+    out = {}
+    async for name in world.redis.scan_iter(match=world.res.keys.rate(scope, owner, "*")):
+        kind = await world.redis.type(name)
+        out[name.decode() if isinstance(name, bytes) else name] = kind.decode() if isinstance(kind, bytes) else kind
+    return out
+
+
+async def test_redis_keeps_only_the_counters_of_limits_that_apply(world: World, gateway: AsyncTestClient[Any]) -> None:
+    free, snap = await world.add_key(concurrency_limit=0)
+    for _ in range(2):
+        assert (await chat(gateway, free)).status_code == 200
+    await eventually(lambda: _nothing_reserved(world, snap.account_id))
+    assert await _counters(world, "key", snap.key_id) == {}
+    assert await _counters(world, "acct", snap.account_id) == {}
+
+    limited, lsnap = await world.add_key(tpm_limit=100_000, concurrency_limit=5)
+    r = await chat(gateway, limited)
+    assert r.status_code == 200 and r.headers["x-ratelimit-limit-tokens"] == "100000"
+    await eventually(lambda: _nothing_reserved(world, lsnap.account_id))
+    kinds = await _counters(world, "key", lsnap.key_id)
+    assert sorted(kinds.values()) == ["string"], kinds  # the TPM window; no RPM window, the in-flight set emptied
+    [tpm] = kinds
+    [event] = await usage_events(world.res, {r.headers["x-request-id"]})
+    assert int(await world.redis.get(tpm)) == event.prompt_tokens + event.completion_tokens  # corrected at the end
+    assert await _counters(world, "acct", lsnap.account_id) == {}
+
+
+async def test_an_overlapped_admission_is_made_once_whether_or_not_an_upstream_was_reached(
+        world: World, gateway: AsyncTestClient[Any]) -> None:
+    # The admission goes out when the first upstream request is on the wire; a channel that cannot be reached
+    # writes nothing, so the next one's write sends it, or, when none is reached, the failure path does.
+    dead = channel(world.mock, "dead", base_url=f"http://127.0.0.1:{procs.free_port()}/v1", priority=10,
+                   secret=world.common.secret_key)
+    live = channel(world.mock, "live", secret=world.common.secret_key)
+    await world.set_catalog([dead, live])
+    await eventually(lambda: _loaded(gateway, {"dead", "live"}))
+    secret, snap = await world.add_key()
+    assert (await chat(gateway, secret)).status_code == 200  # learns the wallet: the next ones overlap
+    before = overlapped()
+    r = await chat(gateway, secret)
+    assert r.status_code == 200 and overlapped() == before + 1
+    [event] = await usage_events(world.res, {r.headers["x-request-id"]})
+    assert event.channel_id == "live" and event.reserved_micros > 0
+    await eventually(lambda: _nothing_reserved(world, snap.account_id))
+
+    await world.set_catalog([dead])
+    await eventually(lambda: _loaded(gateway, {"dead"}))
+    r = await chat(gateway, secret)
+    assert r.status_code == 503 and overlapped() == before + 2, r.text
+    [event] = await usage_events(world.res, {r.headers["x-request-id"]})
+    assert event.reserved_micros > 0 and event.prompt_tokens == 0  # admitted, then given back: nothing charged
+    await eventually(lambda: _nothing_reserved(world, snap.account_id))
+
+
+async def _loaded(gateway: AsyncTestClient[Any], ids: set[str]) -> bool:
+    return set(gateway.app.state.gw.catalog.channels) == ids

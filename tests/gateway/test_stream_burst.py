@@ -29,7 +29,8 @@ async def _nothing_more() -> Any:
 
 
 def _stream(call: Call) -> tuple[Any, Any]:
-    gw = SimpleNamespace(settings=SimpleNamespace(idle_timeout_s=5.0), unrecorded=[], record_timer=None)
+    gw = SimpleNamespace(settings=SimpleNamespace(idle_timeout_s=5.0, record_delay_s=0.002), unrecorded=[],
+                         record_timer=None)
     opened = Opened(cast(Any, None), cast(Any, None), cast(Any, None), "m", chunks=_nothing_more(), first=_events())
     return gw, streams.stream_body(cast(Gateway, gw), call, opened, True, [])
 
