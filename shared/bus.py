@@ -492,40 +492,65 @@ async def run_consumer(
 async def _consume(
     sub: JetStreamContext.PullSubscription, spec: ConsumerSpec, handle: Handler, stop: asyncio.Event
 ) -> None:
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(spec.batch, timeout=1.0)
-        except (TimeoutError, nats.errors.TimeoutError):
-            continue  # an empty fetch is normal
-        except Exception as exc:  # connection blips: wait and fetch again
-            log.warning("fetch failed", extra={"consumer": spec.durable, "error": repr(exc)})
-            await asyncio.sleep(0.5)
-            continue
-        good: list[tuple[Msg, ev.AnyEvent]] = []
-        for msg in msgs:
+    # The next batch is fetched while this one is handled (its transaction and acks are mostly waiting on
+    # Postgres and NATS): batches are still handled and acked one after another, in order.
+    ahead: asyncio.Future[list[Msg]] | None = None
+    try:
+        while not stop.is_set():
+            fetching = ahead or asyncio.ensure_future(sub.fetch(spec.batch, timeout=1.0))
+            ahead = None
             try:
-                good.append((msg, ev.decode(msg.data)))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.error("malformed event terminated", extra={"consumer": spec.durable, "error": str(exc)})
-                CONSUMED.labels(spec.durable, "malformed").inc()
-                await msg.term()
-        if not good:
-            continue
-        try:
-            await handle(good)
-        except Exception as exc:
-            log.exception("batch failed, will be redelivered", extra={"consumer": spec.durable})
-            CONSUMED.labels(spec.durable, "retry").inc(len(good))
-            for msg, _ in good:
-                n = msg.metadata.num_delivered if msg.metadata else 1
-                delay = spec.backoff_s[min(n - 1, len(spec.backoff_s) - 1)]
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=delay)
-            del exc
-            continue
-        for msg, _ in good:
-            await msg.ack()
-        CONSUMED.labels(spec.durable, "ok").inc(len(good))
+                msgs = await fetching
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue  # an empty fetch is normal
+            except Exception as exc:  # connection blips: wait and fetch again
+                log.warning("fetch failed", extra={"consumer": spec.durable, "error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            ahead = asyncio.ensure_future(sub.fetch(spec.batch, timeout=1.0))
+            await _handle_batch(msgs, spec, handle)
+    finally:
+        if ahead is not None:
+            await _give_back(ahead)
+
+
+async def _give_back(ahead: asyncio.Future[list[Msg]]) -> None:
+    """On stop: a batch fetched ahead and not handled goes back at once (nak), not after the ack wait."""
+    try:
+        msgs = await asyncio.wait_for(ahead, 2.0)
+    except BaseException:  # nothing came, the fetch failed, or we are cancelled: JetStream redelivers it
+        return
+    for msg in msgs:
         with contextlib.suppress(Exception):
-            if good[-1][0].metadata:
-                CONSUMER_PENDING.labels(spec.durable).set(good[-1][0].metadata.num_pending)
+            await msg.nak()
+
+
+async def _handle_batch(msgs: list[Msg], spec: ConsumerSpec, handle: Handler) -> None:
+    good: list[tuple[Msg, ev.AnyEvent]] = []
+    for msg in msgs:
+        try:
+            good.append((msg, ev.decode(msg.data)))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("malformed event terminated", extra={"consumer": spec.durable, "error": str(exc)})
+            CONSUMED.labels(spec.durable, "malformed").inc()
+            await msg.term()
+    if not good:
+        return
+    try:
+        await handle(good)
+    except Exception as exc:
+        log.exception("batch failed, will be redelivered", extra={"consumer": spec.durable})
+        CONSUMED.labels(spec.durable, "retry").inc(len(good))
+        for msg, _ in good:
+            n = msg.metadata.num_delivered if msg.metadata else 1
+            delay = spec.backoff_s[min(n - 1, len(spec.backoff_s) - 1)]
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
+        del exc
+        return
+    for msg, _ in good:
+        await msg.ack()
+    CONSUMED.labels(spec.durable, "ok").inc(len(good))
+    with contextlib.suppress(Exception):
+        if good[-1][0].metadata:
+            CONSUMER_PENDING.labels(spec.durable).set(good[-1][0].metadata.num_pending)

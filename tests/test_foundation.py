@@ -151,3 +151,39 @@ async def test_consumer_terminates_malformed_and_acks_after_handler(resources: R
     )
     info = await resources.js.consumer_info(bus.stream_name(ns, bus.STREAMS[3]), "tests-probe")
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_consumer_fetches_the_next_batch_ahead_and_gives_it_back_when_stopped(resources: Resources) -> None:
+    assert resources.js
+    ns = resources.common.namespace
+    # Redelivery after the ack wait would take 30 s: the test sees the batch fetched ahead come back at once.
+    spec = bus.ConsumerSpec(durable="tests-ahead", stream="OPS", filter_subjects=("channel.probe_test",),
+                            ack_wait_s=30, batch=2)
+    mine = [events.ChannelStateChanged(channel_id=f"ahead-{i}", state="open") for i in range(6)]
+    for e in mine:
+        await resources.js.publish(f"{ns}.channel.probe_test", events.encode(e))
+    handled: list[str] = []
+    stop = asyncio.Event()
+
+    async def slow_first(batch):  # type: ignore[no-untyped-def]
+        handled.extend(e.event_id for _, e in batch)
+        await asyncio.sleep(0.5)  # the next batch is fetched meanwhile
+        stop.set()
+
+    await asyncio.wait_for(bus.run_consumer(resources.js, ns, spec, slow_first, stop), 10)
+    first = len([i for i in handled if i in {e.event_id for e in mine}])
+    assert first < len(mine)
+
+    async def handle(batch):  # type: ignore[no-untyped-def]
+        handled.extend(e.event_id for _, e in batch)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(bus.run_consumer(resources.js, ns, spec, handle, stop))
+    for _ in range(50):
+        if {e.event_id for e in mine} <= set(handled):
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await task
+    assert {e.event_id for e in mine} <= set(handled)
+    assert len([i for i in handled if i in {e.event_id for e in mine}]) == len(mine)  # each handled once

@@ -65,6 +65,8 @@ def allocate(price: int, grants: Sequence[Grant], model: str,
     least flexible credit), then the soonest to expire. Mutates the grants' remaining amounts; returns
     [(grant_id, amount)] and the wallet's part."""
     taken: list[tuple[str, int]] = []
+    if not grants:
+        return taken, price  # most accounts hold no plan
     left = price
     for g in sorted(grants, key=lambda g: (not g.models, g.expires_at, g.grant_id)):
         if left <= 0:

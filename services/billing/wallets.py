@@ -3,6 +3,7 @@ wallet row, and returns what must happen after commit (the Redis balance, a low-
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,12 +16,18 @@ from services.billing import ledger, repo
 from shared.events import BalanceLow
 
 _IDS = uuid.UUID("6d1f3c2e-93b5-4c53-8a53-0f6f2b7a1e11")
+_IDS_BYTES = _IDS.bytes
 
 
 def derived_id(*parts: str) -> str:
     """A deterministic event id (a UUID5 hex): the same fact always gets the same id, so a retry is a
     duplicate that the ledger's UNIQUE event_id, JetStream's de-duplication and every consumer recognise."""
-    return uuid.uuid5(_IDS, ":".join(parts)).hex
+    # uuid.uuid5(_IDS, name).hex, computed without the UUID object (a third of a usage batch's Python time
+    # went to it): SHA-1 of namespace + name, first 16 bytes, version 5 and the RFC 4122 variant set.
+    digest = bytearray(hashlib.sha1(_IDS_BYTES + ":".join(parts).encode(), usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return digest.hex()
 
 
 def utcnow() -> datetime:

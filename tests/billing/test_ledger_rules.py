@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
-from services.billing import ledger
+from services.billing import ledger, wallets
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -19,6 +20,16 @@ def test_restricted_plans_pay_first_then_the_soonest_to_expire_then_the_wallet()
     taken, wallet = ledger.allocate(50, grants, "other", NOW)
     assert taken == [] and wallet == 50  # everything usable for "other" is spent; expired is never touched
     assert grants[3].remaining == 999
+
+
+def test_no_plan_leaves_the_whole_price_to_the_wallet() -> None:
+    assert ledger.allocate(1_200, [], "gpt-4o-mini", NOW) == ([], 1_200)
+
+
+def test_derived_ids_are_the_uuid5_every_earlier_release_made() -> None:
+    # Event ids already in ledgers, streams and consumers' processed_events: a retry must derive the same one.
+    for parts in [("a" * 32, "charged"), ("payment", "pay_1"), ("code", "ünï"), ("demo-seed",)]:
+        assert wallets.derived_id(*parts) == uuid.uuid5(wallets._IDS, ":".join(parts)).hex
 
 
 def test_spendable_counts_only_valid_unrestricted_plans() -> None:
