@@ -27,16 +27,19 @@ local window_left = 60000 - (now % 60000)
 
 local limits = {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]),
                 tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])}
-local key_rpm = 0
-local key_tpm = 0
-if limits[1] > 0 then key_rpm = tonumber(redis.call('GET', KEYS[4]) or 0) end
-if limits[2] > 0 then key_tpm = tonumber(redis.call('GET', KEYS[5]) or 0) end
+-- a window's count so far, read only when its limit is set
+local function used(k, lim)
+  if lim > 0 then return tonumber(redis.call('GET', k) or 0) end
+  return 0
+end
+local key_rpm = used(KEYS[4], limits[1])
+local key_tpm = used(KEYS[5], limits[2])
 
-local function limited(rpm_key, tpm_key, zkey, rpm, tpm, conc, base)
-  if rpm > 0 and (rpm_key == KEYS[4] and key_rpm or tonumber(redis.call('GET', rpm_key) or 0)) >= rpm then
+local function limited(rpm_used, tpm_used, zkey, rpm, tpm, conc, base)
+  if rpm > 0 and rpm_used >= rpm then
     return {base, 0, key_rpm, key_tpm, window_left}
   end
-  if tpm > 0 and (tpm_key == KEYS[5] and key_tpm or tonumber(redis.call('GET', tpm_key) or 0)) >= tpm then
+  if tpm > 0 and tpm_used >= tpm then
     return {base + 1, 0, key_rpm, key_tpm, window_left}
   end
   if conc > 0 then
@@ -48,9 +51,9 @@ local function limited(rpm_key, tpm_key, zkey, rpm, tpm, conc, base)
   return nil
 end
 
-local refused = limited(KEYS[4], KEYS[5], KEYS[6], limits[1], limits[2], limits[3], 10)
+local refused = limited(key_rpm, key_tpm, KEYS[6], limits[1], limits[2], limits[3], 10)
 if refused then return refused end
-refused = limited(KEYS[7], KEYS[8], KEYS[9], limits[4], limits[5], limits[6], 13)
+refused = limited(used(KEYS[7], limits[4]), used(KEYS[8], limits[5]), KEYS[9], limits[4], limits[5], limits[6], 13)
 if refused then return refused end
 
 -- the spend guard (logic of shared/lua/reserve.lua)
