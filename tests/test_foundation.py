@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import time
 from pathlib import Path
 
 import msgspec
@@ -151,6 +152,43 @@ async def test_consumer_terminates_malformed_and_acks_after_handler(resources: R
     )
     info = await resources.js.consumer_info(bus.stream_name(ns, bus.STREAMS[3]), "tests-probe")
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_two_consumers_on_one_durable_handle_a_trickle_of_events_at_once(resources: Resources) -> None:
+    """Billing and usage each run two consumers on one durable. With nats-py's fetch(batch), an event arriving
+    at a trickle could wait out one consumer's open fetch (up to its 1 s timeout) before it was handled; it
+    happened in about half the runs of a second of events after the consumers started, so the test starts them
+    six times (against the old fetch it failed 2 runs in 4 with four starts)."""
+    assert resources.js
+    ns = resources.common.namespace
+    spec = bus.ConsumerSpec(durable="tests-trickle", stream="OPS", filter_subjects=("channel.probe_test",),
+                            batch=100)
+    handled_at: dict[str, float] = {}
+    sent_at: dict[str, float] = {}
+
+    async def handle(batch):  # type: ignore[no-untyped-def]
+        now = time.monotonic()
+        for _, e in batch:
+            handled_at.setdefault(e.event_id, now)
+        await asyncio.sleep(0.015)  # a batch's transaction: the next fetch, made ahead, is open meanwhile
+
+    for round_ in range(6):
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(bus.run_consumer(resources.js, ns, spec, handle, stop)) for _ in range(2)]
+        for i in range(40):  # 50 a second
+            e = events.ChannelStateChanged(channel_id=f"trickle-{round_}-{i}", state="open")
+            sent_at[e.event_id] = time.monotonic()
+            await resources.js.publish(f"{ns}.channel.probe_test", events.encode(e))
+            await asyncio.sleep(0.02)
+        for _ in range(100):
+            if set(sent_at) <= set(handled_at):
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert set(sent_at) <= set(handled_at)
+    lags = sorted(handled_at[i] - t for i, t in sent_at.items())
+    assert lags[-1] < 0.3, [round(x, 3) for x in lags[-10:]]
 
 
 async def test_a_consumer_fetches_the_next_batch_ahead_and_gives_it_back_when_stopped(resources: Resources) -> None:
