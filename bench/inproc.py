@@ -6,7 +6,8 @@ another, against the bench's nginx upstream and private Redis/NATS.
 granian's threads, its body hand-off and its answer write are not in this number, so what it prints is what
 Faregate's code (and the clients it drives: the upstream HTTP client, Redis, NATS) costs a request on this core:
 CPU and wall µs a request, and the wall and CPU time of the two socket writes every request makes (the upstream
-request and the Redis admission). `--profile` adds a cProfile of the same requests (which slows them about 2x;
+request and the Redis admission; the first is counted at asyncio's StreamWriter.write, so any other such write in
+the process counts too, a few in a run). `--profile` adds a cProfile of the same requests (which slows them about 2x;
 read its shares, not its times).
 
 Why the socket writes are timed: a write to a loopback peer on the other core is a system call that runs the

@@ -138,3 +138,16 @@ def test_smoke_run_measures_every_target_without_errors(tmp_path: Path) -> None:
     md = (out / "latest-smoke.md").read_text()
     assert "## Targets from issue 10" in md
     assert "Gateway req/s ÷ nginx hop's" in md
+
+
+def test_inproc_drives_the_gateway_app_without_the_server(tmp_path: Path) -> None:
+    """bench/inproc.py: every request answered 200 (it exits non-zero otherwise) and went upstream."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_WORK_DIR": str(tmp_path / "work")}
+    proc = subprocess.run([sys.executable, "-m", "bench.inproc", "--requests", "50"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("50 sequential requests: ") for line in lines), proc.stdout
+    upstream = next(line for line in lines if "upstream write" in line)
+    per_request = float(upstream.split(": ", 1)[1].split(" a request")[0])
+    assert 1.0 <= per_request < 1.5, upstream  # one upstream request each, plus the odd other StreamWriter write
