@@ -524,10 +524,11 @@ async def _next_batch(sub: JetStreamContext.PullSubscription, size: int) -> list
     """Wait up to a second for the next event, then take what else is already there, up to `size`.
 
     Not one `fetch(size)`: once its first message has come, nats-py's fetch can go on waiting until `size` have
-    come or its whole timeout has passed. It does when two consumers share the durable (billing and usage run
-    two) and so hold two pull requests open: an event could wait up to a second before it was handled. Two
-    consumers, a 15 ms batch handler, events at 50/s: lag p99 0.90 s before, 0.016 s after; at 2,000/s, 0.26 s
-    before, 0.06 s after (tests/test_foundation.py has the trickle as a test)."""
+    come or its whole timeout has passed. It does when two consumers share the durable (billing runs two a
+    process; replicas of a service share theirs) and so hold two pull requests open: an event could wait up to
+    a second before it was handled. Two consumers, a 15 ms batch handler, events at 50/s: lag p99 0.90 s
+    before, 0.016 s after; at 2,000/s, 0.26 s before, 0.06 s after (tests/test_foundation.py has the trickle as
+    a test)."""
     first = await sub.fetch(1, timeout=1.0)
     if size <= 1:
         return first

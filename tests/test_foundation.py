@@ -155,10 +155,10 @@ async def test_consumer_terminates_malformed_and_acks_after_handler(resources: R
 
 
 async def test_two_consumers_on_one_durable_handle_a_trickle_of_events_at_once(resources: Resources) -> None:
-    """Billing and usage each run two consumers on one durable. With nats-py's fetch(batch), an event arriving
-    at a trickle could wait out one consumer's open fetch (up to its 1 s timeout) before it was handled; it
-    happened in about half the runs of a second of events after the consumers started, so the test starts them
-    six times (against the old fetch it failed 2 runs in 4 with four starts)."""
+    """Billing runs two consumers on one durable (and replicas share theirs). With nats-py's fetch(batch), an
+    event arriving at a trickle could wait out one consumer's open fetch (up to its 1 s timeout) before it was
+    handled; it happened in about half the runs of a second of events after the consumers started, so the test
+    starts them six times (against the old fetch it failed 2 runs in 4 with four starts)."""
     assert resources.js
     ns = resources.common.namespace
     spec = bus.ConsumerSpec(durable="tests-trickle", stream="OPS", filter_subjects=("channel.probe_test",),
