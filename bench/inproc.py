@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import asyncio.streams
 import cProfile
 import os
 import pstats
@@ -32,7 +33,7 @@ from bench import fixtures, gateway
 from faregate.cli import load_all_configs
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
-from shared import config
+from shared import config, resp
 from shared.config import CommonSettings
 
 
@@ -91,16 +92,10 @@ class _Timed:
 
 
 def _patch_writes() -> dict[str, _Timed]:
-    import asyncio.streams
-
-    from shared import resp
-
-    timers = {"Redis write (shared/resp.py)": _Timed(), "upstream write (asyncio StreamWriter)": _Timed()}
-    resp._Connection._flush = timers["Redis write (shared/resp.py)"].wrap(  # type: ignore[method-assign]
-        resp._Connection._flush)
-    asyncio.streams.StreamWriter.write = timers["upstream write (asyncio StreamWriter)"].wrap(  # type: ignore[method-assign]
-        asyncio.streams.StreamWriter.write)
-    return timers
+    redis, upstream = _Timed(), _Timed()
+    resp._Connection._flush = redis.wrap(resp._Connection._flush)  # type: ignore[method-assign]
+    asyncio.streams.StreamWriter.write = upstream.wrap(asyncio.streams.StreamWriter.write)  # type: ignore[method-assign]
+    return {"Redis write (shared/resp.py)": redis, "upstream write (asyncio StreamWriter)": upstream}
 
 
 def main() -> int:
