@@ -161,9 +161,13 @@ def main(argv: list[str] | None = None) -> None:
         prog="faregate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    named = (sys.argv[1:] if argv is None else argv)[:1]
     for name, package in SERVICES.items():
         p = sub.add_parser(name, help=f"run the {name} service, or one of its commands")
-        commands = _optional(f"{package}.commands")
+        # Only the named service's commands are imported: a served process (whose workers granian forks from
+        # this one) would otherwise carry every other service's modules; billing's alone (asyncpg and the
+        # rest) added 4 MB to each gateway worker.
+        commands = _optional(f"{package}.commands") if [name] == named else None
         if commands is not None:
             nested = p.add_subparsers(dest="subcommand")
             commands.add_commands(nested)
