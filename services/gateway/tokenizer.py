@@ -4,7 +4,7 @@ tiktoken downloads its BPE files on first use, which a gateway without internet 
 package ships the same o200k_base file (gzipped); we place it, unzipped, in tiktoken's own cache layout and
 let tiktoken load it, so tiktoken checks the file's sha256 against the hash it expects before using it. Used
 only when an upstream reports no usage (and for the reservation's prompt estimate nothing is tokenized: see
-relay.py).
+relay.py), so tiktoken itself is imported only with the encoding (1.3 MB of a worker that never counts).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import os
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tiktoken
+if TYPE_CHECKING:
+    import tiktoken
 
 _URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
 _lock = threading.Lock()
@@ -46,6 +47,8 @@ def encoding(cache_dir: str | Path | None = None) -> tiktoken.Encoding:
             folder = Path(cache_dir or os.environ.get("TIKTOKEN_CACHE_DIR") or ".data/tiktoken")
             _install_cache(folder)
             os.environ["TIKTOKEN_CACHE_DIR"] = str(folder.resolve())
+            import tiktoken
+
             _encoding = tiktoken.get_encoding("o200k_base")
     return _encoding
 
