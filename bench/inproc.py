@@ -1,7 +1,7 @@
 """The gateway's own Python per request, without the server: its RSGI app called in-process, one request after
 another, against the bench's nginx upstream and private Redis/NATS.
 
-    python -m bench.inproc [--requests 5000] [--profile]
+    python -m bench.inproc [--requests 5000] [--stream] [--profile]
 
 granian's threads, its body hand-off and its answer write are not in this number, so what it prints is what
 Faregate's code (and the clients it drives: the upstream HTTP client, Redis, NATS) costs a request on this core:
@@ -53,20 +53,30 @@ class _Scope:
 
 
 class _Proto:
-    """The RSGI protocol object of one request: the body in one await, the answer in one call."""
+    """The RSGI protocol object of one request: the body in one await, the answer in one call (or a stream's
+    transport). `first_ns`: when the answer, or a stream's first chunk, was handed over (perf_counter_ns)."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
         self.status = 0
+        self.first_ns = 0
+        self.chunks = 0
 
     async def __call__(self) -> bytes:
         return self.body
 
     def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.status = status
+        self.first_ns = time.perf_counter_ns()
 
     def response_stream(self, status: int, headers: list[tuple[str, str]]) -> Any:
-        raise RuntimeError("bench.inproc sends non-streaming requests only")
+        self.status = status
+        return self
+
+    async def send_bytes(self, chunk: bytes) -> None:
+        if not self.chunks:
+            self.first_ns = time.perf_counter_ns()
+        self.chunks += 1
 
     async def client_disconnect(self) -> None:
         await asyncio.Event().wait()
@@ -101,6 +111,7 @@ def _patch_writes() -> dict[str, _Timed]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--stream", action="store_true", help="streaming requests (the bench's 20-chunk stream)")
     ap.add_argument("--profile", action="store_true", help="also print a cProfile of the measured requests")
     args = ap.parse_args()
     with gateway.standalone() as (cores, _, stack, secret):
@@ -112,21 +123,26 @@ def main() -> int:
         asyncio.set_event_loop(loop)
         app.__rsgi_init__(loop)
         timers = _patch_writes()
-        body = fixtures.request_body("bench-json", stream=False)
+        body = fixtures.request_body("bench-stream" if args.stream else "bench-json", stream=args.stream)
         headers = {"authorization": f"Bearer {secret}", "content-type": "application/json",
                    "content-length": str(len(body)), "host": "127.0.0.1"}
+
+        firsts: list[int] = []  # ns from the call to the answer's (or first chunk's) hand-over
 
         async def requests(n: int) -> None:
             for _ in range(n):
                 proto = _Proto(body)
+                t0 = time.perf_counter_ns()
                 await app.__rsgi__(_Scope(headers), proto)
-                if proto.status != 200:
-                    raise SystemExit(f"the gateway answered {proto.status}")
+                if proto.status != 200 or (args.stream and proto.chunks < 2):
+                    raise SystemExit(f"the gateway answered {proto.status} ({proto.chunks} chunks)")
+                firsts.append(proto.first_ns - t0)
 
         try:
             loop.run_until_complete(requests(500))  # warm-up: connections, caches
             for t in timers.values():
                 t.calls = t.wall_ns = t.cpu_ns = 0
+            firsts.clear()
             profiler = cProfile.Profile() if args.profile else None
             wall, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
             if profiler:
@@ -140,9 +156,13 @@ def main() -> int:
         finally:
             app.__rsgi_del__(loop)
     n = args.requests
-    print(f"{n} sequential requests{' (profiled)' if profiler else ''}: {wall / n * 1e6:.1f} µs wall, "
+    kind = "streaming" if args.stream else "sequential"
+    print(f"{n} {kind} requests{' (profiled)' if profiler else ''}: {wall / n * 1e6:.1f} µs wall, "
           f"{cpu / n * 1e6:.1f} µs CPU a request (the whole process: records and events included), "
           f"{main_cpu / n * 1e6:.1f} µs of it on the event loop's thread")
+    firsts.sort()
+    print(f"  to the {'first chunk' if args.stream else 'answer'}'s hand-over: p50 {firsts[n // 2] / 1000:.1f} µs, "
+          f"p90 {firsts[n * 9 // 10] / 1000:.1f} µs")
     for name, t in timers.items():
         if t.calls:
             print(f"  {name}: {t.calls / n:.2f} a request, {t.wall_ns / t.calls / 1000:.1f} µs wall and "

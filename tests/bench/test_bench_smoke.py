@@ -140,14 +140,19 @@ def test_smoke_run_measures_every_target_without_errors(tmp_path: Path) -> None:
     assert "Gateway req/s ÷ nginx hop's" in md
 
 
-def test_inproc_drives_the_gateway_app_without_the_server(tmp_path: Path) -> None:
-    """bench/inproc.py: every request answered 200 (it exits non-zero otherwise) and went upstream."""
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+def test_inproc_drives_the_gateway_app_without_the_server(tmp_path: Path, stream: bool) -> None:
+    """bench/inproc.py: every request answered 200 (a stream in several chunks; it exits non-zero otherwise), went
+    upstream, and the hand-over time is reported."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_WORK_DIR": str(tmp_path / "work")}
-    proc = subprocess.run([sys.executable, "-m", "bench.inproc", "--requests", "50"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    argv = [sys.executable, "-m", "bench.inproc", "--requests", "50", *(["--stream"] if stream else [])]
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    assert any(line.startswith("50 sequential requests: ") for line in lines), proc.stdout
+    kind = "streaming" if stream else "sequential"
+    assert any(line.startswith(f"50 {kind} requests: ") for line in lines), proc.stdout
+    handed = next(line for line in lines if "hand-over: p50 " in line)
+    assert float(handed.split("p50 ")[1].split(" µs")[0]) > 0, handed
     upstream = next(line for line in lines if "upstream write" in line)
     per_request = float(upstream.split(": ", 1)[1].split(" a request")[0])
     assert 1.0 <= per_request < 1.5, upstream  # one upstream request each, plus the odd other StreamWriter write
