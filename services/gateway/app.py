@@ -14,8 +14,6 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
-from litestar.plugins import PluginProtocol
-from litestar.plugins.core import MsgspecDIPlugin
 
 from services.gateway import channel_test, handlers, relay, tokenizer, upstream_http
 from services.gateway.auth import client_address
@@ -141,16 +139,6 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
     )
 
 
-class _App(GatewayApp):
-    """Without the plugins Litestar adds for pydantic and attrs whenever they are installed (the test extras
-    bring both in): nothing the gateway serves through Litestar takes or returns their types, and importing them
-    cost each worker 7 MB. (Its place is GatewayApp in front.py.)"""
-
-    @staticmethod
-    def _get_default_plugins(plugins: list[PluginProtocol]) -> list[PluginProtocol]:
-        return [*plugins, MsgspecDIPlugin()]
-
-
 def create_app(settings: GatewaySettings, common: CommonSettings) -> GatewayApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -183,7 +171,7 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> GatewayApp:
                 await internal.aclose()
 
     ready_checks: dict[str, Any] = {}
-    app = _App(
+    app = GatewayApp(
         logging_config=web.logging_config(),
         route_handlers=[
             # The gateway serves through NATS and Redis outages (spool, caches): they degrade readiness only.

@@ -23,6 +23,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from litestar import Litestar
+from litestar.plugins import PluginProtocol
+from litestar.plugins.core import MsgspecDIPlugin
 
 from services.gateway.errors import BodyTooLarge, GatewayError, error_body, headers_for
 from shared import rsgi
@@ -321,6 +323,14 @@ class GatewayApp(Litestar):
 
     exact_routes: Mapping[str, tuple[str, Handler]]
     prefix_routes: tuple[tuple[str, str, Handler], ...]
+
+    @staticmethod
+    def _get_default_plugins(plugins: list[PluginProtocol]) -> list[PluginProtocol]:
+        # Litestar adds its pydantic and attrs plugins whenever those libraries are installed (the test extras
+        # bring both): nothing the gateway serves through Litestar takes or returns their types, and importing
+        # them cost each worker 7 MB. Litestar is pinned (pyproject.toml); if this private hook is renamed, the
+        # footprint test (tests/gateway/test_footprint.py) says so.
+        return [*plugins, MsgspecDIPlugin()]
 
     def route_paid(
         self, exact: Mapping[str, tuple[str, Handler]], prefixes: tuple[tuple[str, str, Handler], ...]
