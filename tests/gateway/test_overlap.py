@@ -4,6 +4,7 @@ settled like any other, and one refused so gets the refusal, is not charged, and
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from litestar.testing import AsyncTestClient
@@ -139,3 +140,31 @@ async def test_an_overlapped_admission_is_made_once_whether_or_not_an_upstream_w
 
 async def _loaded(gateway: AsyncTestClient[Any], ids: set[str]) -> bool:
     return set(gateway.app.state.gw.catalog.channels) == ids
+
+
+STREAM = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def stream_events(gateway: AsyncTestClient[Any], secret: str) -> tuple[str, list[dict[str, Any]]]:
+    """The request id and the decoded `data:` events of one streamed chat (without [DONE])."""
+    r = await gateway.post("/v1/chat/completions", json=STREAM, headers={"authorization": f"Bearer {secret}"})
+    assert r.status_code == 200, r.text
+    datas = [line[6:] for line in r.text.split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
+    return r.headers["x-request-id"], [json.loads(d) for d in datas]
+
+
+async def test_overlapped_streams_are_admitted_and_settled_exactly(
+        world: World, gateway: AsyncTestClient[Any]) -> None:
+    secret, snap = await world.add_key()
+    assert (await chat(gateway, secret)).status_code == 200  # learns the wallet: the streams overlap
+    before = overlapped()
+    rids = set()
+    for _ in range(3):
+        rid, events = await stream_events(gateway, secret)
+        assert not any("error" in e for e in events) and events[-1]["usage"]["completion_tokens"] > 0
+        rids.add(rid)
+    assert overlapped() == before + 3
+    recorded = await usage_events(world.res, rids)
+    assert len(recorded) == 3
+    assert all(e.status == 200 and e.reserved_micros > 0 and e.completion_tokens > 0 for e in recorded)
+    await eventually(lambda: _nothing_reserved(world, snap.account_id))
