@@ -44,6 +44,9 @@ class Keys:
     def reservation(self, reservation_id: str) -> str:
         return f"{self.ns}:res:{reservation_id}"
 
+    def leases(self, account_id: str) -> str:
+        return f"{self.ns}:leases:{account_id}"
+
     def rate(self, scope: str, ident: str, window: str) -> str:
         return f"{self.ns}:rl:{scope}:{ident}:{window}"
 

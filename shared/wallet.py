@@ -17,8 +17,12 @@ Protocol:
   3. billing, after its transaction commits: `apply_debit` = pending −= actual, balance/used := the ledger's new
      absolute values; guarded by a marker per event id, so a redelivered event changes nothing.
   4. billing, after any credit (top-up, code, refund, adjustment) and at start-up: `set_balance`.
-A reservation that is never settled (a gateway pod killed mid-request) expires: each is also stored as
-`{ns}:res:{id}` with a TTL, and `sweep_expired` gives its amount back.
+A gateway worker may also hold a lease on a wallet (services/gateway/leases.py): one standing reservation, listed
+in `{ns}:leases:{account_id}` (worker field -> "amount:expires_ms") and counted in `reserved`, from which it admits
+a busy key's requests in memory; their actual costs move to `pending` (step 2) before their usage events go out.
+A lease whose worker was killed expires and is given back by the next lease renewal or refused admission.
+A reservation that is never settled (a gateway pod killed mid-request) leaves its marker `{ns}:res:{id}` to
+expire; `sweep_expired` gives an expired reservation's amount back when called with it.
 
 Overspend bound: a request can cost more than it reserved only when the upstream returns more output than the
 reservation assumed (it reserves max_tokens, or the model's output cap when the client gave none). The final

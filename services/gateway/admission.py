@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prometheus_client import Counter
 
+from services.gateway.leases import Leases
 from shared.cache import Keys
 from shared.resp import Resp
 
@@ -108,6 +109,7 @@ class Ticket:
     finished: bool = False
     allowance_key: str = ""  # the allowance hash this request holds against ("" = none)
     counted: int = 0  # what admit.lua counted (finish.lua's ARGV[4]: only the limits set)
+    leased: bool = False  # admitted on the key's lease (leases.py): it ends there, not in finish.lua
 
 
 # Overlapped admission (Admission.overlap_safe): the last balance seen must cover this many such requests.
@@ -163,6 +165,7 @@ class Admission:
     _last_available: dict[str, int] = field(default_factory=dict)
     _local_held: dict[str, int] = field(default_factory=dict)
     _in_flight: dict[str, int] = field(default_factory=dict)  # key id -> this worker's admitted, unsettled
+    leases: Leases = field(init=False)
 
     def overlap_safe(self, account_id: str, key_id: str, amount: int, quota_limit: int, limits: Limits,
                      allowance: Allowance | None) -> bool:
@@ -181,8 +184,21 @@ class Admission:
         return not limits.key_concurrency or self._in_flight.get(key_id, 0) * 4 < limits.key_concurrency
 
     def __post_init__(self) -> None:
-        self._admit = self.redis.script((_LUA / "admit.lua").read_text())
+        self._admit = self.redis.script((_LUA / "sweep_leases.lua").read_text() + (_LUA / "admit.lua").read_text())
         self._finish = self.redis.script((_LUA / "finish.lua").read_text())
+        self.leases = Leases(self.redis, self.keys, INFLIGHT_TTL_MS)
+
+    def admit_leased(self, request_id: str, account_id: str, key_id: str, amount: int, token_estimate: int,
+                     concurrency_limit: int) -> Ticket | None:
+        """Admit on the key's lease, in memory; None when it has none that fits (admission goes to Redis)."""
+        if not self.leases.admit(key_id, amount, concurrency_limit):
+            return None
+        return Ticket(request_id, account_id, key_id, amount, token_estimate, window=0, leased=True)
+
+    def lease_wanted(self, ticket: Ticket, concurrency_limit: int) -> None:
+        """A request that could have been leased was admitted by Redis (leases.py decides when to lease)."""
+        self.leases.admitted_by_redis(ticket.account_id, ticket.key_id, ticket.amount, concurrency_limit,
+                                      self._last_available.get(ticket.account_id, 0))
 
     def _keys(self, account_id: str, key_id: str, request_id: str, window: int) -> list[str]:
         k = self.keys
@@ -197,6 +213,7 @@ class Admission:
             k.rate("acct", account_id, "rpm:" + w),
             k.rate("acct", account_id, "tpm:" + w),
             k.rate("acct", account_id, "inflight"),
+            k.leases(account_id),
         ]
 
     def send_admit(
@@ -323,6 +340,9 @@ class Admission:
         if ticket.finished:
             return None
         ticket.finished = True
+        if ticket.leased:
+            self.leases.ended(ticket.key_id, ticket.amount, actual_cost)  # sent with the next renewal
+            return None
         if ticket.degraded:
             # The local copy keeps the actual spend: it stays spent until Redis (and billing) say otherwise.
             self._local_held[ticket.account_id] = (

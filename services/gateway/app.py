@@ -160,12 +160,14 @@ def create_app(settings: GatewaySettings, common: CommonSettings) -> GatewayApp:
             await gw.subscribe()
             res.spawn(gw.breaker.refresh_forever(lambda: list(gw.catalog.channels), res.stop), "breaker-refresh")
             res.spawn(_reload_catalog_forever(gw), "catalog-reload")
+            res.spawn(gw.admission.leases.keep_forever(res.stop), "lease-keeper")
             app.state.gw = gw
             app.state.ready_checks.update(res.ready_checks())
             try:
                 yield
             finally:
                 await relay.drain(gw)
+                await gw.admission.leases.release()
                 await gw.fast_redis.aclose()
                 await http.aclose()
                 await internal.aclose()

@@ -53,6 +53,10 @@ class GatewaySettings(ServerSettings, frozen=True, kw_only=True):
     # knows of no limit near: the client waits one round trip instead of two. A refusal that comes back then
     # cancels an upstream call already made (the client is not charged; the provider may bill its start).
     overlap_admission: bool = True
+    # Lease a busy key's spending to the worker (an amount of the wallet and slots of the key's concurrency limit,
+    # renewed with the record batch), so its requests are admitted without a Redis round trip each; only keys with
+    # no rate limit, spending cap or allowance (services/gateway/leases.py).
+    lease_admission: bool = True
     # How long an answered request waits to be settled in Redis and published as a usage event when no admission
     # that is not overlapped comes first to take it along: answers within this window go out in one write.
     record_delay_s: float = 0.02

@@ -111,9 +111,22 @@ async def admit_and_open(gw: Gateway, call: Call, incoming: Incoming, snap: Any,
     then closes the upstream answer unread; however it ends, a reservation made is settled by `record`.
 
     Overlapped, the admission is written to Redis right after the upstream request: the upstream's answer, the
-    longer wait, starts sooner, and the admission's own write and Redis's work fall within that wait."""
+    longer wait, starts sooner, and the admission's own write and Redis's work fall within that wait.
+
+    A busy key with no limit but its concurrency is admitted on its lease instead, with no round trip at all
+    (leases.py)."""
+    leasable = relay.may_lease(gw, snap)
+    if leasable:
+        call.ticket = gw.admission.admit_leased(call.request_id, snap.account_id, snap.key_id, amount,
+                                                token_estimate, snap.concurrency_limit)
+        if call.ticket is not None:
+            metrics.LEASED.inc()
+            metrics.OVERHEAD.observe(time.perf_counter() - call.started)
+            return await attempts.open_upstream_for(incoming.disconnected, gw, call, model, plan)
     if not relay.may_overlap(gw, snap, amount):
         call.ticket = await relay.admit(gw, call, snap, amount, token_estimate)
+        if leasable:
+            gw.admission.lease_wanted(call.ticket, snap.concurrency_limit)
         metrics.OVERHEAD.observe(time.perf_counter() - call.started)
         return await attempts.open_upstream_for(incoming.disconnected, gw, call, model, plan)
     metrics.OVERLAPPED.inc()
@@ -142,6 +155,8 @@ async def admit_and_open(gw: Gateway, call: Call, incoming: Incoming, snap: Any,
     except BaseException:
         await attempts.close_response(opened.resp)
         raise
+    if leasable:
+        gw.admission.lease_wanted(call.ticket, snap.concurrency_limit)
     return opened
 
 

@@ -37,6 +37,8 @@ UPSTREAM_ERRORS = Counter("faregate_gateway_upstream_errors_total", "Failed upst
 RATELIMIT_REJECTIONS = Counter("faregate_gateway_ratelimit_rejections_total", "Requests refused by a limit", ["scope"])
 OVERLAPPED = Counter("faregate_gateway_overlapped_admissions_total",
                      "Requests whose admission ran beside the upstream call (no limit near)")
+LEASED = Counter("faregate_gateway_leased_admissions_total",
+                 "Requests admitted on their key's lease, with no Redis round trip of their own")
 INFLIGHT = Gauge("faregate_gateway_inflight_requests", "Client requests in progress", multiprocess_mode="livesum")
 
 

@@ -179,6 +179,15 @@ def _allowance(snap: ev.KeySnapshot) -> Allowance | None:
     return Allowance(snap.org_id, snap.user_id, snap.allowance_micros, snap.allowance_tz) if snap.org_id else None
 
 
+def may_lease(gw: Gateway, snap: ev.KeySnapshot) -> bool:
+    """The key's requests may be admitted on a lease (leases.py): nothing but the wallet and the key's concurrency
+    limit applies to them, which a lease can hold; rate windows, a spending cap and an allowance need Redis."""
+    s = gw.settings
+    return (s.lease_admission and snap.org_id is None and not snap.quota_micros
+            and not (snap.rpm_limit or snap.tpm_limit)
+            and not (s.account_rpm_limit or s.account_tpm_limit or s.account_concurrency_limit))
+
+
 def may_overlap(gw: Gateway, snap: ev.KeySnapshot, amount: int) -> bool:
     """Admission may run beside the upstream call (settings.overlap_admission and Admission.overlap_safe)."""
     return gw.settings.overlap_admission and gw.admission.overlap_safe(
@@ -281,6 +290,9 @@ async def record(gw: Gateway, call: Call) -> None:
     """Settle the reservation and publish the request's one usage.recorded. Idempotent per Call."""
     if call.recorded:
         return
+    if call.ticket is not None and call.ticket.leased:
+        record_soon(gw, call)  # its cost goes to Redis with the next lease renewal, and its event after that
+        return
     cost, latency_ms, settling = _settle(gw, call)
     await gw.admission.settled(settling)
     _account(gw, call, cost, latency_ms)
@@ -312,14 +324,24 @@ def flush_records(gw: Gateway) -> None:
         return
     calls, gw.unrecorded = gw.unrecorded, []
     waiting: list[tuple[Call, int, int, Settling]] = []
+    leased: list[tuple[Call, int, int]] = []
     for call in calls:
         if call.recorded:
             continue
         cost, latency_ms, settling = _settle(gw, call)
-        if settling is None:
+        if call.ticket is not None and call.ticket.leased:
+            leased.append((call, cost, latency_ms))
+        elif settling is None:
             _account(gw, call, cost, latency_ms)
         else:
             waiting.append((call, cost, latency_ms, settling))
+    # After the settles: the leases' renewals carry the leased requests' costs to `pending`, and their usage
+    # events go once that is done, as a settle's do.
+    renewed = gw.admission.leases.renew()
+    if renewed is not None:
+        gw.when_done(renewed, lambda: _accounted_leased(gw, leased))
+    else:
+        _accounted_leased(gw, leased)
     if not waiting:
         return
     last = waiting[-1][3].sent
@@ -328,6 +350,11 @@ def flush_records(gw: Gateway) -> None:
         gw.when_done(last, lambda: _accounted(gw, waiting))
     else:
         gw.spawn(_account_batch(gw, waiting))
+
+
+def _accounted_leased(gw: Gateway, batch: list[tuple[Call, int, int]]) -> None:
+    for item in batch:
+        _account(gw, *item)
 
 
 def _accounted(gw: Gateway, batch: list[tuple[Call, int, int, Settling]]) -> None:

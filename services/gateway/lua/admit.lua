@@ -7,8 +7,10 @@
 -- ARGV[1] amount (micro-USD), ARGV[2] quota limit (0 none), ARGV[3] marker TTL s,
 -- ARGV[4] now ms, ARGV[5] request id, ARGV[6] token estimate, ARGV[7] in-flight entry TTL ms,
 -- ARGV[8..10] key rpm/tpm/concurrency limits, ARGV[11..13] account rpm/tpm/concurrency limits (0 = none)
--- Organisation keys (issue 11): KEYS[10] the member's allowance hash for this month (used, reserved),
--- KEYS[11] its reservation marker (both absent for a personal key); ARGV[14] the monthly allowance (0 = none:
+-- KEYS[10] the wallet's leases hash (lease.lua): only read when the wallet looks short, to give back the leases
+-- of workers that were killed before they could (sweep_leases.lua, prepended to this script).
+-- Organisation keys (issue 11): KEYS[11] the member's allowance hash for this month (used, reserved),
+-- KEYS[12] its reservation marker (both absent for a personal key); ARGV[14] the monthly allowance (0 = none:
 -- nothing is refused, but the spend is still counted, so an allowance set mid-month counts the whole month),
 -- ARGV[15] the allowance hash's TTL s (it outlives its month, then goes: next month starts at zero).
 -- A window or in-flight set is kept only while its limit is set (> 0): no Redis work for limits that do not
@@ -62,6 +64,10 @@ if not w[1] then
   return {3, 0, key_rpm, key_tpm, 0}
 end
 local available = tonumber(w[1]) - tonumber(w[2] or 0) - tonumber(w[3] or 0)
+if (available < amount or available <= 0) and sweep_leases(KEYS[1], KEYS[10], now) > 0 then
+  w = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'pending')
+  available = tonumber(w[1]) - tonumber(w[2] or 0) - tonumber(w[3] or 0)
+end
 if available < amount or available <= 0 then
   return {1, available, key_rpm, key_tpm, 0}
 end
@@ -69,7 +75,7 @@ end
 -- itself counts `used` when it settles (finish.lua), from the same priced cost billing debits.
 local allowance = tonumber(ARGV[14] or 0)
 if allowance > 0 then
-  local a = redis.call('HMGET', KEYS[10], 'used', 'reserved')
+  local a = redis.call('HMGET', KEYS[11], 'used', 'reserved')
   local aa = allowance - tonumber(a[1] or 0) - tonumber(a[2] or 0)
   if aa < amount or aa <= 0 then
     return {4, aa, key_rpm, key_tpm, 0}
@@ -84,10 +90,10 @@ if limit > 0 then
   redis.call('HSET', KEYS[2], 'limit', limit)
   redis.call('HINCRBY', KEYS[2], 'reserved', amount)
 end
-if KEYS[10] then
-  redis.call('HINCRBY', KEYS[10], 'reserved', amount)
-  redis.call('EXPIRE', KEYS[10], tonumber(ARGV[15]))
-  redis.call('SET', KEYS[11], amount, 'EX', tonumber(ARGV[3]))
+if KEYS[11] then
+  redis.call('HINCRBY', KEYS[11], 'reserved', amount)
+  redis.call('EXPIRE', KEYS[11], tonumber(ARGV[15]))
+  redis.call('SET', KEYS[12], amount, 'EX', tonumber(ARGV[3]))
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', amount)
 redis.call('SET', KEYS[3], amount .. ':' .. limit, 'EX', tonumber(ARGV[3]))
