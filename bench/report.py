@@ -544,7 +544,8 @@ def _floor_notes(res: Results) -> list[str]:
     return ["- The floor of a Python relay (bench/floor.py: granian, the body read, one upstream call through the "
             "gateway's own upstream client, the answer handed back; no auth, limits, Redis or usage event), "
             "beside the gateway, in this run: " + "; ".join(out) + ". What the gateway adds beyond the ASGI "
-            "floor is Faregate's own work (key check, one Redis admission round trip, settlement, the event)."]
+            "floor is Faregate's own work (key check, admission on the key's lease or by a Redis round trip, "
+            "settlement, the event)."]
 
 
 def markdown(res: Results) -> str:
