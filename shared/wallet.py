@@ -17,12 +17,18 @@ Protocol:
   3. billing, after its transaction commits: `apply_debit` = pending −= actual, balance/used := the ledger's new
      absolute values; guarded by a marker per event id, so a redelivered event changes nothing.
   4. billing, after any credit (top-up, code, refund, adjustment) and at start-up: `set_balance`.
-A gateway worker may also hold a lease on a wallet (services/gateway/leases.py): one standing reservation, listed
-in `{ns}:leases:{account_id}` (worker field -> "amount:expires_ms") and counted in `reserved`, from which it admits
-a busy key's requests in memory; their actual costs move to `pending` (step 2) before their usage events go out.
-A lease whose worker was killed expires and is given back by the next lease renewal or refused admission.
-A reservation that is never settled (a gateway pod killed mid-request) leaves its marker `{ns}:res:{id}` to
-expire; `sweep_expired` gives an expired reservation's amount back when called with it.
+A gateway worker may also hold a lease on a wallet (services/gateway/leases.py): one standing reservation, counted
+in `reserved`, from which it admits a busy key's requests in memory; their actual costs move to `pending` (step 2)
+before their usage events go out.
+
+What a killed gateway worker held is given back: the wallet's holds hash `{ns}:leases:{account_id}` lists every
+lease (renewed while its worker lives) and every reservation the gateway's admit.lua made (unlisted by its
+settle), each as "amount:expires_ms[:quota hash]". An entry past its expiry is swept (its amount leaves
+`reserved`, and the key quota's) by the next lease renewal or the next admission the wallet or quota would refuse
+(services/gateway/lua/sweep_leases.lua). A reservation's entry expires a minute after its marker `{ns}:res:{id}`,
+so a settle that comes later still finds no marker and gives nothing back twice. (This class's `reserve` lists
+nothing: it is the protocol's reference form, used by tests; its caller gives an expired reservation back with
+`sweep_expired`.)
 
 Overspend bound: a request can cost more than it reserved only when the upstream returns more output than the
 reservation assumed (it reserves max_tokens, or the model's output cap when the client gave none). The final

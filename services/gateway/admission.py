@@ -355,7 +355,7 @@ class Admission:
         else:
             self._in_flight.pop(ticket.key_id, None)
         keys = self._keys(ticket.account_id, ticket.key_id, ticket.request_id, ticket.window)
-        held = [keys[0], keys[1], keys[2], keys[4], keys[7], keys[5], keys[8]]
+        held = [keys[0], keys[1], keys[2], keys[4], keys[7], keys[5], keys[8], keys[9]]
         if ticket.allowance_key:
             held += [ticket.allowance_key, self.keys.reservation(ticket.request_id) + ":allow"]
         args: list[int | str] = [actual_cost, ticket.request_id, actual_tokens - ticket.token_estimate,

@@ -52,9 +52,9 @@ def cost(e: ev.UsageRecorded) -> int:
 
 
 async def leases_of(world: World, account_id: str) -> dict[str, int]:
-    """The wallet's leases: field -> amount held."""
+    """The wallet's leases: field -> amount held (its holds hash also lists requests' reservations, "res:<id>")."""
     raw = await world.redis.hgetall(world.res.keys.leases(account_id))
-    return {k.decode(): int(v.decode().split(":")[0]) for k, v in raw.items()}
+    return {k.decode(): int(v.decode().split(":")[0]) for k, v in raw.items() if not k.startswith(b"res:")}
 
 
 async def lease_slots(world: World, key_id: str) -> list[str]:

@@ -7,8 +7,9 @@
 -- ARGV[1] amount (micro-USD), ARGV[2] quota limit (0 none), ARGV[3] marker TTL s,
 -- ARGV[4] now ms, ARGV[5] request id, ARGV[6] token estimate, ARGV[7] in-flight entry TTL ms,
 -- ARGV[8..10] key rpm/tpm/concurrency limits, ARGV[11..13] account rpm/tpm/concurrency limits (0 = none)
--- KEYS[10] the wallet's leases hash (lease.lua): only read when the wallet looks short, to give back the leases
--- of workers that were killed before they could (sweep_leases.lua, prepended to this script).
+-- KEYS[10] the wallet's holds hash (sweep_leases.lua, prepended to this script): the reservation is listed there
+-- until finish.lua settles it; read whole only when the wallet or quota looks short, to give back what killed
+-- workers held.
 -- Organisation keys (issue 11): KEYS[11] the member's allowance hash for this month (used, reserved),
 -- KEYS[12] its reservation marker (both absent for a personal key); ARGV[14] the monthly allowance (0 = none:
 -- nothing is refused, but the spend is still counted, so an allowance set mid-month counts the whole month),
@@ -85,6 +86,11 @@ if limit > 0 then
   local q = redis.call('HMGET', KEYS[2], 'used', 'reserved', 'pending')
   local qa = limit - tonumber(q[1] or 0) - tonumber(q[2] or 0) - tonumber(q[3] or 0)
   if qa < amount or qa <= 0 then
+    sweep_leases(KEYS[1], KEYS[10], now)
+    q = redis.call('HMGET', KEYS[2], 'used', 'reserved', 'pending')
+    qa = limit - tonumber(q[1] or 0) - tonumber(q[2] or 0) - tonumber(q[3] or 0)
+  end
+  if qa < amount or qa <= 0 then
     return {2, qa, key_rpm, key_tpm, 0}
   end
   redis.call('HSET', KEYS[2], 'limit', limit)
@@ -97,6 +103,11 @@ if KEYS[11] then
 end
 redis.call('HINCRBY', KEYS[1], 'reserved', amount)
 redis.call('SET', KEYS[3], amount .. ':' .. limit, 'EX', tonumber(ARGV[3]))
+local hold = amount .. ':' .. (now + tonumber(ARGV[3]) * 1000 + 60000)
+if limit > 0 then
+  hold = hold .. ':' .. KEYS[2]
+end
+redis.call('HSET', KEYS[10], 'res:' .. member, hold)
 
 -- count the request in the windows whose limit is set; windows outlive their minute a little so a late finish
 -- still lands
