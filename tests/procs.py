@@ -16,11 +16,21 @@ from pathlib import Path
 
 import httpx
 
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, and never one this test process handed out before. The kernel may give the
+    same free port to two calls in a row, and two services started on one port both bind it (granian sets
+    SO_REUSEPORT) and silently share its connections: a gateway's upstream calls then reached the usage service
+    (CI, 2026-12-05, tests/test_paid_request.py)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass
