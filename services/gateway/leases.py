@@ -90,12 +90,6 @@ class Leases:
         prelude = (_LUA / "sweep_leases.lua").read_text()
         self._renew = self.redis.script(prelude + (_LUA / "lease.lua").read_text())
 
-    def field_of(self, key_id: str) -> str:
-        return f"{self.worker}:{key_id}"
-
-    def held(self) -> dict[str, Lease]:
-        return self._leases
-
     # --- the request path --------------------------------------------------------------------------------
 
     def admit(self, key_id: str, amount: int, limit: int) -> bool:
@@ -171,7 +165,7 @@ class Leases:
         lease.peak = lease.busy
         keys = [self.keys.wallet(lease.account_id), self.keys.leases(lease.account_id),
                 self.keys.rate("key", lease.key_id, "inflight")]
-        args: list[int | str] = [self.field_of(lease.key_id), spent, want, want_slots, lease.limit,
+        args: list[int | str] = [f"{self.worker}:{lease.key_id}", spent, want, want_slots, lease.limit,
                                  int(time.time() * 1000), int(LEASE_TTL_S * 1000), self.inflight_ttl_ms,
                                  min(lease.busy, lease.slots) if lease.limit else 0]
         try:
