@@ -195,6 +195,9 @@ class Leases:
     async def keep(self) -> None:
         """Renew held leases that no request renewed, and give back those that went idle (KEEP_EVERY_S)."""
         now = time.monotonic()
+        # Demand counts of keys that never got busy: dropped once their second is over, so a worker serving many
+        # quiet keys keeps none of them.
+        self._demand = {k: v for k, v in self._demand.items() if now - v[0] <= 1.0}
         sent = []
         for key_id, lease in list(self._leases.items()):
             idle = lease.busy == 0 and now - lease.used_at > IDLE_S

@@ -14,8 +14,10 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 
 from services.gateway.app import create_app
+from services.gateway.leases import Leases
 from shared import events as ev
 from shared.pricing import cost_micros
+from shared.resp import Resp
 from shared.wallet import SpendGuard
 from tests import procs
 from tests.gateway.conftest import World, eventually, settings, usage_events
@@ -166,3 +168,18 @@ async def test_a_stopping_gateway_gives_its_leases_back(world: World, common: An
     assert await lease_slots(world, snap.key_id) == []
     w = await world.wallet(snap.account_id)
     assert w.get("reserved") == 0 and w.get("pending", 0) > 0
+
+
+async def test_quiet_keys_leave_no_demand_count_behind(world: World) -> None:
+    redis = Resp.from_url(world.common.redis_url)
+    try:
+        leases = Leases(redis, world.res.keys, 60_000)
+        leases.admitted_by_redis("a_quiet", "k_quiet", 100, 0, 1_000_000)  # one request: counted, not leased
+        leases.admitted_by_redis("a_busy", "k_busy", 100, 0, 1_000_000)
+        assert set(leases._demand) == {"k_quiet", "k_busy"}
+        started, count = leases._demand["k_quiet"]
+        leases._demand["k_quiet"] = (started - 2.0, count)  # its second is long over
+        await leases.keep()
+        assert set(leases._demand) == {"k_busy"}
+    finally:
+        await redis.aclose()
